@@ -1,0 +1,86 @@
+"""YAML configs: load a file over a stage's defaults, apply ``--set key=value`` overrides, save.
+
+Every key a user may set exists in the defaults, so a typo is an error that names the valid keys,
+not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import yaml
+
+from .io import atomic_write_text
+
+__all__ = ["ConfigError", "load_config", "apply_overrides", "merge", "save_config"]
+
+Config = Dict[str, Any]
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says where and why."""
+
+
+def merge(defaults: Mapping[str, Any], update: Mapping[str, Any], *, where: str = "") -> Config:
+    """Deep-merge ``update`` into a copy of ``defaults``; unknown keys raise :class:`ConfigError`."""
+    merged = copy.deepcopy(dict(defaults))
+    for key, value in update.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in merged:
+            valid = ", ".join(sorted(map(str, merged))) or "(none)"
+            raise ConfigError(f"unknown config key {path!r}; valid keys here: {valid}")
+        if isinstance(merged[key], dict) and merged[key]:
+            if not isinstance(value, Mapping):
+                raise ConfigError(
+                    f"config key {path!r} must be a mapping, got {type(value).__name__}"
+                )
+            merged[key] = merge(merged[key], value, where=path)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_config(path: Optional[Path], defaults: Mapping[str, Any]) -> Config:
+    """Read a YAML file over ``defaults`` (``path=None`` gives the defaults)."""
+    if path is None:
+        return copy.deepcopy(dict(defaults))
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    try:
+        return merge(defaults, data)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error
+
+
+def apply_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> Config:
+    """Apply ``key.sub=value`` strings; values are parsed as YAML (``3``, ``0.5``, ``[16, 32]``)."""
+    result = copy.deepcopy(dict(config))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {error}") from error
+        nested: Any = value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        result = merge(result, nested)
+    return result
+
+
+def save_config(config: Mapping[str, Any], path: Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    atomic_write_text(path, yaml.safe_dump(dict(config), sort_keys=False))
