@@ -8,7 +8,8 @@ ladder moves one step per level, the shorter one is spread evenly over the level
 Strategies (decided **once per epoch** from an epoch-level loss, by :meth:`ShuffleCurriculum.step`):
 
 * ``fixed``: stay at ``start_level``;
-* ``linear``: a plan by epoch, from level 0 after warm-up to the hardest level at the last epoch;
+* ``linear``: a plan by epoch, rising evenly (rounded half up) from level 0 after warm-up to the
+  hardest level at the last epoch;
 * ``loss_hold``: if the loss is below the threshold, one level harder and ``threshold *=
   threshold_decay``; otherwise follow the plan (never stepping back below the current level);
 * ``loss_back``: if the loss is below the threshold, one level harder (threshold decays likewise);
