@@ -38,6 +38,7 @@ __all__ = [
     "invert_params",
     "mix_labels",
     "area_weights",
+    "patch_counts",
     "normalize_patch_size",
 ]
 
@@ -367,12 +368,16 @@ def _labels_as_matrix(labels: Tensor, batch_size: int, num_classes: int) -> Tens
     )
 
 
+def patch_counts(params: ShuffleParams) -> Tensor:
+    """``[B, B]`` float matrix: entry ``(b, s)`` counts the patches image ``b`` takes from ``s``."""
+    batch, n = params.batch_size, params.num_patches
+    counts = torch.zeros(batch, batch, device=params.device)
+    return counts.scatter_add_(1, params.source_image, torch.ones(batch, n, device=params.device))
+
+
 def area_weights(params: ShuffleParams) -> Tensor:
     """``[B, B]`` matrix: entry ``(b, s)`` is the fraction of image ``b``'s area taken from ``s``."""
-    batch, n = params.batch_size, params.num_patches
-    weights = torch.zeros(batch, batch, device=params.device)
-    weights.scatter_add_(1, params.source_image, torch.ones(batch, n, device=params.device))
-    return weights / n
+    return patch_counts(params) / params.num_patches
 
 
 def mix_labels(
@@ -387,11 +392,12 @@ def mix_labels(
     if mode not in LABEL_MODES:
         raise ValueError(f"unknown label mode {mode!r}; valid modes: {', '.join(LABEL_MODES)}")
     matrix = _labels_as_matrix(labels, params.batch_size, num_classes)
-    weights = area_weights(params.to(matrix.device)).to(matrix.dtype)
-    mixed = weights @ matrix
+    # Sum whole patch counts first and divide once: exact for multi-hot labels, so an area target
+    # never exceeds 1 through rounding (N shares of 1/N can add up to 1 + eps).
+    counted = patch_counts(params.to(matrix.device)).to(matrix.dtype) @ matrix
     if mode == "presence":
-        return (mixed > 0).to(matrix.dtype)
-    return mixed
+        return (counted > 0).to(matrix.dtype)
+    return counted / params.num_patches
 
 
 class ShuffleResult(NamedTuple):

@@ -300,6 +300,19 @@ def test_patch_shuffle_switches_and_settable_attributes():
         op(images[0], labels)
 
 
+def test_area_targets_never_exceed_one():
+    # regression: nine shares of 1/9 summed in float32 gave 1.0000001
+    params = sample_params(6, 3, 3, patch_size=1, fix_ratio=0.125, mode="group", group_size=3,
+                           generator=torch.Generator().manual_seed(1966))
+    labels = torch.tensor([[1.0, 0.0]] * 6)
+    area = mix_labels(labels, params, 2)
+    assert torch.equal(area, labels)
+    for seed in range(50):
+        params = sample_params(7, 9, 9, patch_size=3, fix_ratio=0.0,
+                               generator=torch.Generator().manual_seed(seed))
+        assert mix_labels(torch.ones(7, 3), params, 3).max() <= 1.0
+
+
 def test_area_weights_rows_sum_to_one():
     params = sample_params(6, 32, 32, patch_size=8, fix_ratio=0.2, mode="random")
     assert torch.allclose(area_weights(params).sum(dim=1), torch.ones(6))
