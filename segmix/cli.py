@@ -7,52 +7,38 @@ in its output folder, and refuses to overwrite finished outputs unless ``--overw
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from types import ModuleType
+from typing import Optional, Sequence, Tuple
 
 from . import __version__
 from .config import ConfigError, apply_overrides, load_config, save_config
-from .runtime import is_main_process
-
-Runner = Callable[..., Any]
 
 
+@dataclass(frozen=True)
 class Subcommand:
-    """A stage: its defaults, the file whose presence marks a finished run, and its runner
-    ``runner(config, output_dir, resume=..., overwrite=...)``."""
+    """A stage, named by its module. The module defines ``DEFAULTS`` (its config), ``DONE_FILE``
+    (the output whose presence marks a finished run) and ``run(config, output_dir, *, resume,
+    overwrite)``; it is imported only when its subcommand runs, so ``--help`` stays fast."""
 
-    def __init__(self, name: str, help: str, defaults: Dict[str, Any], done_file: str,
-                 runner: Runner, resumable: bool = False) -> None:
-        self.name, self.help, self.defaults = name, help, defaults
-        self.done_file, self.runner, self.resumable = done_file, runner, resumable
+    name: str
+    help: str
+    module: str
+    resumable: bool = False
 
-
-def _shuffle_demo() -> Subcommand:
-    from . import shuffle_demo
-
-    def runner(config, output_dir, **_):
-        return shuffle_demo.run(config, output_dir)
-
-    return Subcommand(
-        "shuffle-demo",
-        "shuffle tiles of a real IHC image with every mode and draw the result (no data needed)",
-        shuffle_demo.DEFAULTS, "summary.json", runner,
-    )
+    def load(self) -> ModuleType:
+        return importlib.import_module(f"segmix.{self.module}")
 
 
-def _train_cls() -> Subcommand:
-    from . import train_cls
-
-    return Subcommand(
-        "train-cls",
-        "stage 1: train a classifier on image-level labels with shuffle feedback augmentation",
-        train_cls.DEFAULTS, "classifier.pt", train_cls.run, resumable=True,
-    )
-
-
-def subcommands() -> List[Subcommand]:
-    return [_shuffle_demo(), _train_cls()]
+SUBCOMMANDS: Tuple[Subcommand, ...] = (
+    Subcommand("shuffle-demo", "shuffle tiles of a real IHC image with every mode and draw the"
+               " result (no data needed)", "shuffle_demo"),
+    Subcommand("train-cls", "stage 1: train a classifier on image-level labels with shuffle"
+               " feedback augmentation", "train_cls", resumable=True),
+)
 
 
 def build_parser(commands: Sequence[Subcommand]) -> argparse.ArgumentParser:
@@ -77,15 +63,17 @@ def build_parser(commands: Sequence[Subcommand]) -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    commands = subcommands()
+    commands = SUBCOMMANDS
     parser = build_parser(commands)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
     command = next(c for c in commands if c.name == args.command)
+    stage = command.load()
+    from .runtime import is_main_process
     try:
-        config = apply_overrides(load_config(args.config, command.defaults), args.overrides)
+        config = apply_overrides(load_config(args.config, stage.DEFAULTS), args.overrides)
         if args.output_dir is not None:
             config["output_dir"] = str(args.output_dir)
     except ConfigError as error:
@@ -97,15 +85,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"segmix {command.name}: error: --resume and --overwrite exclude each other",
               file=sys.stderr)
         return 2
-    if (output_dir / command.done_file).exists() and not args.overwrite:
-        print(f"segmix {command.name}: {output_dir / command.done_file} exists: this run is finished."
+    if (output_dir / stage.DONE_FILE).exists() and not args.overwrite:
+        print(f"segmix {command.name}: {output_dir / stage.DONE_FILE} exists: this run is finished."
               " Use --overwrite to replace it or --output-dir for a new folder.", file=sys.stderr)
         return 1
     if is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "config.yaml")
     try:
-        command.runner(config, output_dir, resume=resume, overwrite=args.overwrite)
+        stage.run(config, output_dir, resume=resume, overwrite=args.overwrite)
     except (ValueError, OSError) as error:
         print(f"segmix {command.name}: error: {error}", file=sys.stderr)
         return 1

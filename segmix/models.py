@@ -150,7 +150,7 @@ def save_classifier(path: Path, model: nn.Module, *, name: str, classes: list,
 
 
 def load_classifier(path: Path, map_location: str = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
-    """Rebuild a classifier saved by :func:`save_classifier`; returns ``(model, info)``."""
+    """Rebuild a classifier saved by :func:`save_classifier`, in eval mode; returns ``(model, info)``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"classifier file {path} not found")
@@ -161,4 +161,4 @@ def load_classifier(path: Path, map_location: str = "cpu") -> Tuple[nn.Module, D
     model = timm.create_model(payload["arch"], pretrained=False, num_classes=len(payload["classes"]))
     model.load_state_dict(payload["state_dict"])
     info = {k: v for k, v in payload.items() if k != "state_dict"}
-    return model, info
+    return model.eval(), info

@@ -33,6 +33,7 @@ DEFAULTS: Dict[str, Any] = {
     "curriculum": {"strategy": "linear", "epochs": 12, "warmup_epochs": 1},
 }
 
+DONE_FILE = "summary.json"
 CLASS_NAMES = ("DAB-negative", "DAB-positive")
 
 
@@ -99,8 +100,9 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
             raise OSError(f"could not write {path}")
 
 
-def run(config: Dict[str, Any], output_dir: Path) -> Dict[str, Any]:
-    """Run the demo, write pictures and ``summary.json`` into ``output_dir``; return the summary."""
+def run(config: Dict[str, Any], output_dir: Path, **_: Any) -> Dict[str, Any]:
+    """Run the demo, write pictures and ``summary.json`` into ``output_dir``; return the summary.
+    (It has no checkpoints: ``resume``/``overwrite`` are handled by the CLI.)"""
     shuffle_cfg, curriculum_cfg = config["shuffle"], config["curriculum"]
     tiles, masks, labels = make_tiles(int(config["tile_size"]), float(config["positive_fraction"]))
     num = min(8, tiles.shape[0])

@@ -39,7 +39,9 @@ from .runtime import (
     setup_runtime,
 )
 
-__all__ = ["DEFAULTS", "run", "StageError"]
+__all__ = ["DEFAULTS", "DONE_FILE", "run", "StageError"]
+
+DONE_FILE = "classifier.pt"
 
 DEFAULT_TRAIN_AUGMENTATIONS = [
     {"name": "HorizontalFlip", "p": 0.5},
@@ -78,9 +80,10 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 LOSSES = ("bce", "ce")
-# Keys that may differ between the run that made a checkpoint and the run that resumes it.
-RESUMABLE_CHANGES = {"train.epochs", "train.num_workers", "train.device", "train.eval_batch_size",
-                     "output_dir"}
+# Keys that may differ between the run that made a checkpoint and the run that resumes it. Not
+# train.epochs: the cosine schedule and the curriculum's plan depend on it, so a resumed run with
+# other epochs would not continue the same run (start a new run from classifier.pt instead).
+RESUMABLE_CHANGES = {"train.num_workers", "train.device", "train.eval_batch_size", "output_dir"}
 
 
 class StageError(ValueError):
@@ -126,8 +129,9 @@ def _check_resume_config(saved: Mapping[str, Any], current: Mapping[str, Any]) -
     if changed:
         details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
         raise StageError(f"cannot resume: the config differs from the checkpoint's ({details}). "
-                         "Only train.epochs, train.num_workers, train.device and"
-                         " train.eval_batch_size may change.")
+                         "Only train.num_workers, train.device and train.eval_batch_size may"
+                         " change; for more epochs start a new run with"
+                         " model.weights=<old run>/classifier.pt.")
 
 
 class ClassifierTraining:
@@ -215,7 +219,6 @@ class ClassifierTraining:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scheduler.T_max = max(self.epochs, 1)
         self.scaler.load_state_dict(state["scaler"])
         self.mixer.load_state_dict(state["mixer"])
         self.rows, self.best_f1 = list(state["rows"]), state["best_f1"]
@@ -274,7 +277,7 @@ class ClassifierTraining:
         if main:
             print(f"training {self.config['model']['name']} on {len(self.train_set)} tiles"
                   f" ({len(self.classes)} classes) for {self.epochs} epochs on {self.runtime.device}"
-                  f"{' with AMP' if self.amp else ''}; augment: {self.mixer.name}")
+                  f"{' with AMP' if self.amp else ''}; augment: {self.mixer.name}", flush=True)
         for epoch in range(self.start_epoch, self.epochs):
             settings = self.mixer.start_epoch(epoch)
             lr = self.optimizer.param_groups[0]["lr"]
@@ -310,7 +313,7 @@ class ClassifierTraining:
         self._save(epoch)
         summary = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in row.items() if k != "epoch")
-        print(f"epoch {epoch + 1}/{self.epochs}: {summary}")
+        print(f"epoch {epoch + 1}/{self.epochs}: {summary}", flush=True)
 
 
 def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,

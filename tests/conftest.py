@@ -1,4 +1,6 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,6 +8,8 @@ from hypothesis import HealthCheck, settings
 
 # Hypothesis: no per-example deadline on this noisy 2-core machine; a fixed database-free profile
 # in CI so runs are reproducible.
+sys.path.insert(0, str(Path(__file__).parent))  # tests/synthetic.py
+
 settings.register_profile(
     "default", deadline=None, max_examples=60,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

@@ -34,6 +34,7 @@ __all__ = [
     "verify_files",
 ]
 
+FORMATS = ("csv", "luad", "bcss", "folders")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LUAD_CLASSES = ("TE", "NEC", "LYM", "TAS")
 BCSS_CLASSES = ("TUM", "STR", "LYM", "NEC")
@@ -193,5 +194,3 @@ def verify_files(result: ReadResult, *, check_masks: bool = True, progress: bool
         good.append(sample)
     return ReadResult(good, problems)
 
-
-FORMATS = ("csv", "luad", "bcss", "folders")
