@@ -111,11 +111,18 @@ class _PairMixer(BatchMixer):
             raise ValueError(f"p must be in [0, 1], got {p}")
         self.alpha, self.p = float(alpha), float(p)
 
-    def _draw(self, batch: int, generator: torch.Generator) -> Optional[Tuple[Tensor, float]]:
+    def __call__(self, images, targets, masks=None, generator=None) -> Batch:
+        generator = _fresh(generator)
         if float(torch.rand((), generator=generator, device=generator.device)) >= self.p:
-            return None
-        permutation = torch.randperm(batch, generator=generator, device=generator.device)
-        return permutation, _beta(self.alpha, generator)
+            return images, targets, masks
+        permutation = torch.randperm(images.shape[0], generator=generator, device=generator.device)
+        lam = _beta(self.alpha, generator)
+        return self._mix(images, targets, masks, permutation.to(images.device), lam, generator)
+
+    def _mix(self, images: Tensor, targets: Tensor, masks: Optional[Tensor], permutation: Tensor,
+             lam: float, generator: torch.Generator) -> Batch:
+        """Mix each image with ``images[permutation]`` at strength ``lam`` ~ Beta(alpha, alpha)."""
+        raise NotImplementedError
 
 
 class CutMix(_PairMixer):
@@ -123,13 +130,7 @@ class CutMix(_PairMixer):
 
     name = "cutmix"
 
-    def __call__(self, images, targets, masks=None, generator=None) -> Batch:
-        generator = _fresh(generator)
-        drawn = self._draw(images.shape[0], generator)
-        if drawn is None:
-            return images, targets, masks
-        permutation, lam = drawn
-        permutation = permutation.to(images.device)
+    def _mix(self, images, targets, masks, permutation, lam, generator) -> Batch:
         height, width = images.shape[-2:]
         cut = math.sqrt(1.0 - lam)
         box_h, box_w = int(height * cut), int(width * cut)
@@ -155,12 +156,9 @@ class MixUp(_PairMixer):
         if masks is not None:
             raise ValueError("mixup blends pixels, which has no meaning for hard masks; use"
                              " segmix or cutmix for segmentation")
-        generator = _fresh(generator)
-        drawn = self._draw(images.shape[0], generator)
-        if drawn is None:
-            return images, targets, masks
-        permutation, lam = drawn
-        permutation = permutation.to(images.device)
+        return super().__call__(images, targets, None, generator)
+
+    def _mix(self, images, targets, masks, permutation, lam, generator) -> Batch:
         return (lam * images + (1 - lam) * images[permutation],
                 lam * targets + (1 - lam) * targets[permutation], None)
 

@@ -97,6 +97,12 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
+def _check_label_mode(mode: str) -> str:
+    if mode not in LABEL_MODES:
+        raise ValueError(f"unknown label mode {mode!r}; valid modes: {', '.join(LABEL_MODES)}")
+    return mode
+
+
 def _check_group_size(mode: str, batch_size: int, group_size: Optional[int]) -> Optional[int]:
     if mode != "group":
         return group_size
@@ -389,8 +395,7 @@ def mix_labels(
     * multi-hot or soft ``[B, K]``: ``area`` gives the area-weighted multi-hot, ``presence`` gives 1
       where any source image that contributes a patch has the class.
     """
-    if mode not in LABEL_MODES:
-        raise ValueError(f"unknown label mode {mode!r}; valid modes: {', '.join(LABEL_MODES)}")
+    _check_label_mode(mode)
     matrix = _labels_as_matrix(labels, params.batch_size, num_classes)
     # Sum whole patch counts first and divide once: exact for multi-hot labels, so an area target
     # never exceeds 1 through rounding (N shares of 1/N can add up to 1 + eps).
@@ -441,11 +446,7 @@ class PatchShuffle:
         self.num_classes = num_classes
         self.p = p
         self.group_size = group_size
-        if label_mode not in LABEL_MODES:
-            raise ValueError(
-                f"unknown label mode {label_mode!r}; valid modes: {', '.join(LABEL_MODES)}"
-            )
-        self.label_mode = label_mode
+        self.label_mode = _check_label_mode(label_mode)
         self.enabled = True
 
     @property
