@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Optional, Sequence, Tuple
 
 from . import __version__
-from .config import ConfigError, apply_overrides, load_config, save_config
+from .config import ConfigError, apply_overrides, config_differences, load_config, save_config
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,12 @@ SUBCOMMANDS: Tuple[Subcommand, ...] = (
                " result (no data needed)", "shuffle_demo"),
     Subcommand("train-cls", "stage 1: train a classifier on image-level labels with shuffle"
                " feedback augmentation", "train_cls", resumable=True),
+    Subcommand("cams", "stage 2: class activation maps of a trained classifier (CAM, Grad-CAM,"
+               " Grad-CAM++, LayerCAM; flip, scale and shuffle TTA)", "cams_stage"),
+    Subcommand("pseudo-masks", "stage 3: CAMs -> palette PNG pseudo masks (background model,"
+               " ignore band, clean-up, threshold sweep)", "pseudo_stage"),
+    Subcommand("evaluate", "score predicted masks against the ground truth of any labelled split"
+               " (mIoU, FwIoU, Dice; with and without background)", "evaluate_stage"),
 )
 
 
@@ -89,9 +95,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"segmix {command.name}: {output_dir / stage.DONE_FILE} exists: this run is finished."
               " Use --overwrite to replace it or --output-dir for a new folder.", file=sys.stderr)
         return 1
+    saved = output_dir / "config.yaml"
+    if saved.exists() and not args.overwrite:
+        allowed = {"output_dir", *getattr(stage, "RESUMABLE_CHANGES", ())}
+        differences = config_differences(load_config(saved, stage.DEFAULTS), config, allowed)
+        if differences:
+            print(f"segmix {command.name}: {saved} holds a run with other settings ({differences})."
+                  " Use --overwrite to start again or --output-dir for a new folder.",
+                  file=sys.stderr)
+            return 1
     if is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / "config.yaml")
+        save_config(config, saved)
     try:
         stage.run(config, output_dir, resume=resume, overwrite=args.overwrite)
     except (ValueError, OSError) as error:

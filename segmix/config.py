@@ -14,7 +14,8 @@ import yaml
 
 from .io import atomic_write_text
 
-__all__ = ["ConfigError", "load_config", "apply_overrides", "merge", "save_config"]
+__all__ = ["ConfigError", "load_config", "apply_overrides", "merge", "save_config",
+           "config_differences"]
 
 Config = Dict[str, Any]
 
@@ -84,3 +85,23 @@ def apply_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> Conf
 def save_config(config: Mapping[str, Any], path: Path) -> None:
     """Write the resolved config as YAML, atomically."""
     atomic_write_text(path, yaml.safe_dump(dict(config), sort_keys=False))
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    flat: Dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any],
+                       allowed: Sequence[str] = ()) -> str:
+    """A readable list of the dotted keys whose values differ (outside ``allowed``); '' if none."""
+    before, after = _flatten(old), _flatten(new)
+    changed = sorted(k for k in set(before) | set(after)
+                     if before.get(k) != after.get(k) and k not in set(allowed))
+    return "; ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in changed[:8])

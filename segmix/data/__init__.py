@@ -1,7 +1,16 @@
 """Datasets with image-level labels (CSV, LUAD-HistoSeg, BCSS-WSSS, class folders) and masks."""
 
-from .dataset import TileDataset, build_transform, dataset_classes, image_size_of, read_split
-from .images import IGNORE_INDEX, MaskConvention, decode_mask, read_mask, read_rgb
+from .dataset import (
+    DATA_DEFAULTS,
+    TileDataset,
+    build_transform,
+    dataset_classes,
+    image_size_of,
+    mask_convention,
+    read_split,
+    unique_names,
+)
+from .images import IGNORE_INDEX, MaskConvention, decode_mask, read_mask, read_rgb, write_rgb
 from .readers import (
     BCSS_CLASSES,
     FORMATS,
@@ -15,9 +24,9 @@ from .readers import (
 from .samples import DatasetError, Problem, ReadResult, Sample, resolve_problems
 
 __all__ = [
-    "BCSS_CLASSES", "FORMATS", "IGNORE_INDEX", "LUAD_CLASSES", "DatasetError", "MaskConvention",
+    "DATA_DEFAULTS", "mask_convention", "unique_names", "BCSS_CLASSES", "FORMATS", "IGNORE_INDEX", "LUAD_CLASSES", "DatasetError", "MaskConvention",
     "Problem", "ReadResult", "Sample", "TileDataset", "build_transform", "dataset_classes",
     "decode_mask", "image_size_of", "parse_filename_label", "read_class_folders", "read_csv",
     "read_filename_labels", "read_mask", "read_rgb", "read_split", "resolve_problems",
-    "verify_files",
+    "verify_files", "write_rgb",
 ]

@@ -25,7 +25,21 @@ from .readers import (
 )
 from .samples import DatasetError, ReadResult, Sample, resolve_problems
 
-__all__ = ["TileDataset", "build_transform", "read_split", "dataset_classes", "image_size_of"]
+__all__ = ["DATA_DEFAULTS", "TileDataset", "build_transform", "read_split", "dataset_classes",
+           "image_size_of", "mask_convention", "unique_names"]
+
+# The ``data`` config section every stage shares (see docs/classification.md).
+DATA_DEFAULTS: Dict[str, Any] = {
+    "format": "csv",
+    "classes": [],
+    "image_size": 224,
+    "train": {"path": None, "split": "train", "masks": None},
+    "val": {"path": None, "split": "val", "masks": None},
+    "mask": {"convention": "binary", "background_value": 0, "first_class_value": 1,
+             "ignore_value": 255},
+    "on_bad_file": "raise",
+    "verify_files": True,
+}
 
 
 def image_size_of(value: Any) -> Tuple[int, int]:
@@ -143,3 +157,20 @@ def read_split(data: Mapping[str, Any], split: str, *, progress: bool = True) ->
         result = verify_files(result, progress=progress)
     where = f"data.{split} ({path}{', split ' + spec['split'] if spec.get('split') else ''})"
     return resolve_problems(result, where, data.get("on_bad_file", "raise"))
+
+
+def mask_convention(data: Mapping[str, Any]) -> MaskConvention:
+    """The ``data.mask`` section as a :class:`MaskConvention`."""
+    return MaskConvention(**data["mask"])
+
+
+def unique_names(samples: Sequence[Sample]) -> List[str]:
+    """File stems used to name per-tile outputs; duplicates are an error naming them."""
+    names = [s.image.stem for s in samples]
+    seen: Dict[str, Path] = {}
+    for name, sample in zip(names, samples):
+        if name in seen:
+            raise DatasetError(f"two tiles share the name {name!r} ({seen[name]} and {sample.image});"
+                               " per-tile outputs are named by file stem, so rename one")
+        seen[name] = sample.image
+    return names

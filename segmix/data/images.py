@@ -13,9 +13,13 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["IGNORE_INDEX", "MaskConvention", "read_rgb", "read_mask", "decode_mask", "check_image"]
+from pseudo_masks.generate import IGNORE_INDEX
 
-IGNORE_INDEX = 255
+from ..io import atomic_path
+
+__all__ = ["IGNORE_INDEX", "MaskConvention", "read_rgb", "read_mask", "decode_mask", "check_image",
+           "write_rgb"]
+
 MASK_CONVENTIONS = ("binary", "index")
 
 
@@ -44,7 +48,14 @@ def check_image(path: Path) -> None:
 def read_rgb(path: Path) -> np.ndarray:
     """An ``H x W x 3`` uint8 RGB array."""
     with _open(path) as image:
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))
+
+
+def write_rgb(path: Path, rgb: np.ndarray) -> None:
+    """Write an ``H x W x 3`` uint8 RGB array as PNG (or by the suffix), atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(rgb)).save(tmp, format=Image.registered_extensions()
+                                                        .get(Path(path).suffix.lower(), "PNG"))
 
 
 def read_mask(path: Path) -> np.ndarray:

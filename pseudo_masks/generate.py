@@ -1,0 +1,154 @@
+"""CAMs -> pseudo masks: label gating, a background model, an ignore band, clean-up.
+
+Label space of the output: 0 = background, ``1..K`` = the classes, 255 = ignore (uncertain pixels;
+a segmentation loss with ``ignore_index=255`` skips them).
+
+Steps, batched in torch (clean-up per image with scikit-image):
+
+1. **gate**: maps of classes absent from the tile's image-level label can never win;
+2. **normalise** each present class's map to ``[0, 1]`` (negatives clipped, divided by its maximum);
+3. **background score**: ``threshold`` (a constant), ``power`` (``(1 - max_k cam)^alpha``, as in TPRO),
+   or ``tissue`` (only the tissue prior decides background);
+4. **tissue prior** (optional with the first two, implied by ``tissue``): near-white pixels
+   (grey level above ``white_level``, specks under ``min_speck`` pixels removed) are background;
+5. **argmax**; pixels whose best-minus-second score is below ``ignore_margin`` become 255;
+6. **clean-up** (optional): class regions under ``min_region`` pixels become 255, background holes
+   under ``max_hole`` pixels inside a class region are filled with that class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+from skimage.morphology import remove_small_holes, remove_small_objects
+from torch import Tensor
+
+__all__ = ["PseudoMaskConfig", "BACKGROUNDS", "IGNORE_INDEX", "cams_to_masks", "tissue_background",
+           "trivial_masks"]
+
+IGNORE_INDEX = 255
+BACKGROUNDS = ("threshold", "power", "tissue")
+
+
+@dataclass(frozen=True)
+class PseudoMaskConfig:
+    background: str = "threshold"
+    threshold: float = 0.3
+    alpha: float = 1.0
+    tissue_prior: bool = False
+    white_level: int = 200
+    min_speck: int = 64
+    ignore_margin: float = 0.0
+    min_region: int = 0
+    max_hole: int = 0
+
+    def __post_init__(self) -> None:
+        if self.background not in BACKGROUNDS:
+            raise ValueError(f"unknown background {self.background!r}; valid: {', '.join(BACKGROUNDS)}")
+        if not 0 <= self.threshold <= 1:
+            raise ValueError(f"threshold must be in [0, 1] (maps are normalised), got {self.threshold}")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be positive, got {self.alpha}")
+        if self.ignore_margin < 0 or self.min_region < 0 or self.max_hole < 0 or self.min_speck < 0:
+            raise ValueError("ignore_margin, min_region, max_hole and min_speck must be >= 0")
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "PseudoMaskConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown pseudo-mask settings {unknown}; valid: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def tissue_background(images: Tensor, white_level: int = 200, min_speck: int = 64) -> Tensor:
+    """Near-white pixels of uint8 RGB ``images [B, 3, H, W]`` (or ``[B, H, W, 3]``) -> bool
+    ``[B, H, W]``; white specks and tissue specks under ``min_speck`` pixels are removed."""
+    if images.dim() != 4:
+        raise ValueError(f"images must be [B, 3, H, W] uint8, got {tuple(images.shape)}")
+    if images.shape[1] != 3 and images.shape[-1] == 3:
+        images = images.permute(0, 3, 1, 2)
+    grey = images.float().mean(dim=1)  # [B, H, W]
+    white = (grey > white_level).cpu().numpy()
+    out = np.empty_like(white)
+    for i, mask in enumerate(white):
+        if min_speck:
+            mask = remove_small_objects(mask, max_size=min_speck)
+            mask = ~remove_small_objects(~mask, max_size=min_speck)
+        out[i] = mask
+    return torch.from_numpy(out).to(images.device)
+
+
+def _clean(mask: np.ndarray, min_region: int, max_hole: int) -> np.ndarray:
+    out = mask.copy()
+    for value in np.unique(mask):
+        if value in (0, IGNORE_INDEX):
+            continue
+        region = mask == value
+        if max_hole:
+            filled = remove_small_holes(region, max_size=max_hole)
+            out[filled & (mask == 0)] = value
+            region = filled
+        if min_region:
+            kept = remove_small_objects(region, max_size=min_region)
+            out[region & ~kept] = IGNORE_INDEX
+    return out
+
+
+def cams_to_masks(cams: Tensor, labels: Tensor, config: PseudoMaskConfig = PseudoMaskConfig(),
+                  images: Optional[Tensor] = None) -> Tensor:
+    """Raw CAMs ``[B, K, H, W]`` and multi-hot labels ``[B, K]`` -> uint8 masks ``[B, H, W]``.
+
+    ``images`` (uint8 RGB, same size) are needed for the tissue prior.
+    """
+    if cams.dim() != 4:
+        raise ValueError(f"cams must be [B, K, H, W], got {tuple(cams.shape)}")
+    if labels.shape != cams.shape[:2]:
+        raise ValueError(f"labels must be [B, K] = {tuple(cams.shape[:2])}, got {tuple(labels.shape)}")
+    present = labels.bool()[:, :, None, None]
+    positive = cams.float().clamp_min(0) * present
+    peak = positive.amax(dim=(-2, -1), keepdim=True)
+    normalised = positive / peak.clamp_min(1e-6)
+    scores = torch.where(present, normalised, torch.full_like(normalised, -torch.inf))
+
+    best_class = normalised.amax(dim=1, keepdim=True)
+    if config.background == "threshold":
+        background = torch.full_like(best_class, config.threshold)
+    elif config.background == "power":
+        background = (1 - best_class).clamp_min(0).pow(config.alpha)
+    else:  # tissue: only the tissue prior makes background
+        background = torch.full_like(best_class, -1.0)
+    if config.tissue_prior or config.background == "tissue":
+        if images is None:
+            raise ValueError("the tissue prior needs the images (uint8 RGB)")
+        white = tissue_background(images, config.white_level, config.min_speck)
+        background = torch.where(white[:, None].to(background.device), torch.full_like(background, 2.0),
+                                 background)
+    scores = torch.cat([background, scores], dim=1)
+    top = scores.topk(2, dim=1).values if scores.shape[1] > 1 else torch.cat(
+        [scores, torch.full_like(scores, -torch.inf)], dim=1)
+    masks = scores.argmax(dim=1).to(torch.uint8)
+    if config.ignore_margin > 0:
+        masks[(top[:, 0] - top[:, 1]) < config.ignore_margin] = IGNORE_INDEX
+    if config.min_region or config.max_hole:
+        cleaned = [_clean(m, config.min_region, config.max_hole) for m in masks.cpu().numpy()]
+        masks = torch.from_numpy(np.stack(cleaned)).to(cams.device)
+    return masks
+
+
+def trivial_masks(labels: Tensor, height: int, width: int, images: Optional[Tensor] = None,
+                  white_level: int = 200, min_speck: int = 64) -> Tensor:
+    """References without learning, for single-label tiles: every pixel = the tile's class, or
+    (with ``images``) the tissue prior only: near-white = background, the rest = the class."""
+    if not bool((labels.sum(dim=1) == 1).all()):
+        raise ValueError("trivial masks need exactly one class per tile")
+    masks = (labels.argmax(dim=1) + 1).to(torch.uint8)[:, None, None].expand(-1, height, width).clone()
+    if images is not None:
+        masks[tissue_background(images, white_level, min_speck)] = 0
+    return masks

@@ -1,0 +1,75 @@
+"""Masks as palette PNGs (pixel value = class index), their legend, and overlays."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+from PIL import Image
+
+from segmix.io import atomic_path, atomic_write_text
+
+from .generate import IGNORE_INDEX
+
+__all__ = ["palette_colors", "write_mask_png", "read_mask_png", "write_legend", "overlay"]
+
+IGNORE_COLOR = (128, 128, 128)
+# Background black, then well-separated colours for classes 1..K (cycled past 12).
+_CLASS_COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+                 (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128),
+                 (170, 110, 40), (128, 0, 0)]
+
+
+def palette_colors(num_classes: int) -> List[tuple]:
+    """RGB colours of indices ``0..num_classes`` (0 = background)."""
+    return [(0, 0, 0)] + [_CLASS_COLORS[i % len(_CLASS_COLORS)] for i in range(num_classes)]
+
+
+def _flat_palette(num_classes: int) -> List[int]:
+    colors = palette_colors(num_classes) + [(0, 0, 0)] * (256 - num_classes - 1)
+    colors[IGNORE_INDEX] = IGNORE_COLOR
+    return [channel for color in colors for channel in color]
+
+
+def write_mask_png(path: Path, mask: np.ndarray, num_classes: int) -> None:
+    """Write an ``H x W`` uint8 mask as a palette PNG, atomically."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"a mask must be H x W, got shape {mask.shape}")
+    valid = (mask <= num_classes) | (mask == IGNORE_INDEX)
+    if not valid.all():
+        raise ValueError(f"mask values {np.unique(mask[~valid])[:5].tolist()} are outside"
+                         f" 0..{num_classes} and {IGNORE_INDEX}")
+    image = Image.fromarray(mask.astype(np.uint8))
+    image.putpalette(_flat_palette(num_classes))
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def read_mask_png(path: Path) -> np.ndarray:
+    """The class indices of a mask PNG (palette indices for palette images)."""
+    with Image.open(path) as image:
+        if image.mode not in ("P", "L"):
+            raise ValueError(f"{path}: expected a palette or greyscale mask, got mode {image.mode}")
+        return np.asarray(image).copy()
+
+
+def write_legend(folder: Path, classes: Sequence[str]) -> Dict[str, Dict[str, object]]:
+    """``legend.json`` beside the masks: index -> name and colour."""
+    colors = palette_colors(len(classes))
+    names = ["background", *classes]
+    legend = {str(i): {"name": name, "color": list(colors[i])} for i, name in enumerate(names)}
+    legend[str(IGNORE_INDEX)] = {"name": "ignore", "color": list(IGNORE_COLOR)}
+    atomic_write_text(Path(folder) / "legend.json", json.dumps(legend, indent=2))
+    return legend
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float = 0.45) -> np.ndarray:
+    """RGB uint8 picture: the image with class colours blended in (background left as it is)."""
+    colors = np.array(palette_colors(num_classes) + [IGNORE_COLOR], dtype=np.float32)
+    index = np.where(mask == IGNORE_INDEX, num_classes + 1, np.minimum(mask, num_classes + 1))
+    painted = colors[index]
+    weight = np.where(mask[..., None] == 0, 0.0, alpha)
+    return (image * (1 - weight) + painted * weight).round().astype(np.uint8)

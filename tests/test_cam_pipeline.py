@@ -1,0 +1,104 @@
+"""Stages 2-3 and evaluation through the CLI on tiny synthetic data: outputs, resume, overwrite."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from pseudo_masks import read_mask_png
+from segmix.cams_stage import load_cam_file
+from segmix.cli import main
+
+from synthetic import write_csv_dataset
+
+
+def data_settings(csv_path):
+    return ["data.classes=[A, B, C]", f"data.train.path={csv_path}", f"data.val.path={csv_path}",
+            "data.image_size=32"]
+
+
+def cli(command, out, settings, *flags):
+    return main([command, "--output-dir", str(out), *[a for s in settings for a in ("--set", s)],
+                 *flags])
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    csv_path = write_csv_dataset(root / "tiles", per_class=8, size=32)
+    out = root / "classifier"
+    settings = data_settings(csv_path) + [
+        "model.name=test_efficientnet", "model.weights=null", "train.epochs=1",
+        "train.batch_size=6", "train.num_workers=0", "augment.curriculum.patch_sizes=[16, 8]"]
+    assert cli("train-cls", out, settings) == 0
+    return csv_path, out / "classifier.pt"
+
+
+def test_cams_pseudo_masks_and_evaluate(classifier, tmp_path, capsys):
+    csv_path, model = classifier
+    cams = tmp_path / "cams"
+    cam_settings = data_settings(csv_path) + [
+        f"classifier={model}", "splits=[train, val]", "cam.method=gradcam", "cam.num_workers=0",
+        "cam.batch_size=4", "cam.flips=[horizontal]",
+        "cam.shuffle_tta={enabled: true, patch_size: 8, draws: 2, fix_ratio: 0.0, mode: batch, group_size: null}"]
+    assert cli("cams", cams, cam_settings) == 0
+    with open(cams / "index.csv", newline="") as handle:
+        index = list(csv.DictReader(handle))
+    assert len(index) == 24 and {r["split"] for r in index} == {"train", "val"}
+    arrays = load_cam_file(cams / index[0]["cams"])
+    assert arrays["cams"].shape == (3, 32, 32) and arrays["cams"].dtype == np.float16
+    assert arrays["labels"].tolist() == [1, 0, 0] and arrays["probabilities"].shape == (3,)
+
+    masks = tmp_path / "masks"
+    mask_settings = data_settings(csv_path) + [
+        f"cams_dir={cams}", "splits=[val]", "overlays=true",
+        "sweep={enabled: true, key: threshold, values: [0.1, 0.5], split: val,"
+        " protocol: with_background, metric: mIoU}"]
+    assert cli("pseudo-masks", masks, mask_settings) == 0
+    summary = json.loads((masks / "summary.json").read_text())
+    assert summary["sweep"]["chosen"] in (0.1, 0.5) and len(summary["sweep"]["table"]) == 2
+    assert summary["settings"]["threshold"] == summary["sweep"]["chosen"]
+    written = sorted((masks / "masks" / "val").glob("*.png"))
+    assert len(written) == 6 and len(list((masks / "overlays" / "val").glob("*.png"))) == 6
+    mask = read_mask_png(written[0])
+    assert mask.shape == (32, 32) and set(np.unique(mask)) <= {0, 1, 2, 3, 255}
+    metrics = json.loads((masks / "metrics.json").read_text())
+    assert set(metrics["val"]) >= {"with_background", "ignore_background"}
+    assert json.loads((masks / "masks" / "legend.json").read_text())["1"]["name"] == "A"
+
+    evaluation = tmp_path / "evaluation"
+    assert cli("evaluate", evaluation, data_settings(csv_path) + [
+        f"predictions={masks / 'masks' / 'val'}", "split=val"]) == 0
+    scored = json.loads((evaluation / "metrics.json").read_text())
+    assert scored["with_background"]["mIoU"] == pytest.approx(metrics["val"]["with_background"]["mIoU"])
+    assert scored["tiles"] == 6
+
+    # a finished run is not overwritten; an interrupted one writes only what is missing
+    assert cli("pseudo-masks", masks, mask_settings) == 1
+    assert "this run is finished" in capsys.readouterr().err
+    (masks / "summary.json").unlink()
+    kept, removed = written[1], written[0]
+    removed.unlink()
+    before = kept.stat().st_mtime_ns
+    assert cli("pseudo-masks", masks, mask_settings) == 0
+    assert removed.exists() and kept.stat().st_mtime_ns == before
+    assert cli("pseudo-masks", masks, mask_settings, "--overwrite") == 0
+    assert kept.stat().st_mtime_ns != before
+    # other settings in the same (unfinished) folder are refused
+    (masks / "summary.json").unlink()
+    assert cli("pseudo-masks", masks, mask_settings + ["masks.threshold=0.9"]) == 1
+    assert "holds a run with other settings" in capsys.readouterr().err
+
+
+def test_stage_errors_are_clear(classifier, tmp_path, capsys):
+    csv_path, model = classifier
+    assert cli("cams", tmp_path / "c", data_settings(csv_path)[:-1] + [
+        "data.classes=[A, B, X]", f"classifier={model}"]) == 1
+    assert "was trained on classes ['A', 'B', 'C']" in capsys.readouterr().err
+    assert cli("pseudo-masks", tmp_path / "p", data_settings(csv_path) + [
+        f"cams_dir={tmp_path / 'none'}"]) == 1
+    assert "run `segmix cams` first" in capsys.readouterr().err
+    assert cli("evaluate", tmp_path / "e", data_settings(csv_path) + [
+        f"predictions={tmp_path}"]) == 1
+    assert "predictions are missing" in capsys.readouterr().err
