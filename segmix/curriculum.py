@@ -23,6 +23,7 @@ run continues exactly. Depends on nothing but the standard library.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -85,8 +86,11 @@ def default_patch_sizes(
     return sorted(sizes, reverse=True)
 
 
-def default_fix_ratios(start: float = 0.9, end: float = 0.25, steps: int = 8) -> List[float]:
-    """``steps`` evenly spaced fix ratios from ``start`` (easy) to ``end`` (hard)."""
+def default_fix_ratios(start: float = 0.75, end: float = 0.25, steps: int = 8) -> List[float]:
+    """``steps`` evenly spaced fix ratios from ``start`` (easy) to ``end`` (hard).
+
+    The default start, 0.75, still moves one of the 4 positions of the coarsest default patch
+    (half the image side); 0.9 there would keep all 4 and shuffle nothing."""
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     if steps == 1:
@@ -177,6 +181,7 @@ class ShuffleCurriculum:
         if not isinstance(start_level, int) or not 0 <= start_level < self.num_levels:
             raise ValueError(f"start_level must be in [0, {self.num_levels}), got {start_level!r}")
         self.start_level = start_level
+        self._warn_idle_levels()
         self.level = start_level if strategy == "fixed" else 0
         self.threshold = self.initial_threshold
         self.next_epoch = 0
@@ -211,6 +216,22 @@ class ShuffleCurriculum:
             if not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
                 raise ValueError(f"fix ratio {ratio!r} is not in [0, 1]")
         return [float(r) for r in ratios]
+
+    def _warn_idle_levels(self) -> None:
+        """Warn about levels whose fix ratio keeps every grid position: they shuffle nothing."""
+        height, width = self.image_size
+        idle = []
+        for level in range(self.num_levels):
+            setting = self.setting_at(level)
+            ph, pw = (setting.patch_size, setting.patch_size) if isinstance(setting.patch_size, int) \
+                else setting.patch_size
+            positions = (height // ph) * (width // pw)
+            if int(round(setting.fix_ratio * positions)) >= positions:
+                idle.append(f"level {level} (patch {setting.patch_size}, ratio {setting.fix_ratio})")
+        if idle:
+            warnings.warn(f"{', '.join(idle)} keep every grid position of a {height}x{width} image:"
+                          " these levels shuffle nothing. Use smaller patches or lower fix ratios.",
+                          stacklevel=3)
 
     # -- settings ---------------------------------------------------------------------------
     def setting_at(self, level: int) -> CurriculumSetting:

@@ -8,7 +8,7 @@ import pytest
 from segmix.curriculum import ShuffleCurriculum, default_fix_ratios, default_patch_sizes
 from segmix.io import write_csv
 
-# Ladders with 4 levels: L0 (32, .9), L1 (16, .7), L2 (16, .5), L3 (8, .3).
+# Ladders with 4 levels on 128 px: L0 (32, .9), L1 (16, .7), L2 (16, .5), L3 (8, .3).
 LADDERS = dict(patch_sizes=[32, 16, 8], fix_ratios=[0.9, 0.7, 0.5, 0.3])
 
 
@@ -32,33 +32,43 @@ def test_default_ladders():
     assert len(default_fix_ratios()) == 8
 
 
+def test_levels_that_shuffle_nothing_are_warned_about():
+    with pytest.warns(UserWarning, match=r"level 0 \(patch 112, ratio 0.9\) keep every grid position"):
+        ShuffleCurriculum(224, "fixed", patch_sizes=[112, 56], fix_ratios=[0.9, 0.5])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ShuffleCurriculum(224, "loss_hold", total_epochs=10)  # the defaults move patches at every level
+
+
 def test_levels_map_onto_both_ladders():
-    c = ShuffleCurriculum(64, "fixed", **LADDERS)
+    c = ShuffleCurriculum(128, "fixed", **LADDERS)
     settings = [(s.patch_size, s.fix_ratio) for s in map(c.setting_at, range(c.num_levels))]
     assert settings == [(32, 0.9), (16, 0.7), (16, 0.5), (8, 0.3)]
 
 
 def test_fixed_strategy_never_moves():
-    c = ShuffleCurriculum(64, "fixed", start_level=2, **LADDERS)
+    c = ShuffleCurriculum(128, "fixed", start_level=2, **LADDERS)
     assert run(c, [5.0, 0.01, 0.01, 9.0]) == [2, 2, 2, 2]
     assert {row["decision"] for row in c.history} == {"fixed"}
     assert c.setting.patch_size == 16 and c.setting.fix_ratio == 0.5
 
 
 def test_linear_plan_with_warmup():
-    c = ShuffleCurriculum(64, "linear", total_epochs=7, warmup_epochs=1, **LADDERS)
+    c = ShuffleCurriculum(128, "linear", total_epochs=7, warmup_epochs=1, **LADDERS)
     assert run(c, [1.0] * 7) == [0, 0, 1, 1, 2, 2, 3]
     assert [row["decision"] for row in c.history][:2] == ["plan", "plan"]
 
 
 def test_linear_plan_ignores_the_loss():
-    a = ShuffleCurriculum(64, "linear", total_epochs=7, **LADDERS)
-    b = ShuffleCurriculum(64, "linear", total_epochs=7, **LADDERS)
+    a = ShuffleCurriculum(128, "linear", total_epochs=7, **LADDERS)
+    b = ShuffleCurriculum(128, "linear", total_epochs=7, **LADDERS)
     assert run(a, [0.01] * 7) == run(b, [100.0] * 7)
 
 
 def test_loss_hold_scripted_curve():
-    c = ShuffleCurriculum(64, "loss_hold", total_epochs=7, warmup_epochs=1, threshold_decay=0.5,
+    c = ShuffleCurriculum(128, "loss_hold", total_epochs=7, warmup_epochs=1, threshold_decay=0.5,
                           **LADDERS)
     levels = run(c, [2.0, 1.0, 0.9, 0.95, 0.3, 0.4, 0.1])
     assert levels == [0, 0, 1, 2, 2, 3, 3]
@@ -69,13 +79,13 @@ def test_loss_hold_scripted_curve():
 
 
 def test_loss_hold_follows_the_plan_when_loss_stays_high():
-    c = ShuffleCurriculum(64, "loss_hold", total_epochs=7, loss_threshold=0.1, **LADDERS)
-    linear = ShuffleCurriculum(64, "linear", total_epochs=7, **LADDERS)
+    c = ShuffleCurriculum(128, "loss_hold", total_epochs=7, loss_threshold=0.1, **LADDERS)
+    linear = ShuffleCurriculum(128, "linear", total_epochs=7, **LADDERS)
     assert run(c, [1.0] * 7) == run(linear, [1.0] * 7)
 
 
 def test_loss_back_scripted_curve():
-    c = ShuffleCurriculum(64, "loss_back", loss_threshold=1.0, threshold_decay=1.0, **LADDERS)
+    c = ShuffleCurriculum(128, "loss_back", loss_threshold=1.0, threshold_decay=1.0, **LADDERS)
     levels = run(c, [0.5, 0.5, 2.0, 0.5, 0.5, 0.5, 2.0, 2.0])
     assert levels == [0, 1, 2, 1, 2, 3, 3, 2]
     assert [r["decision"] for r in c.history] == [
@@ -84,15 +94,15 @@ def test_loss_back_scripted_curve():
 
 
 def test_warmup_holds_the_easiest_level_without_feedback():
-    c = ShuffleCurriculum(64, "loss_back", warmup_epochs=3, loss_threshold=1.0, **LADDERS)
+    c = ShuffleCurriculum(128, "loss_back", warmup_epochs=3, loss_threshold=1.0, **LADDERS)
     assert run(c, [0.1, 0.1, 0.1, 0.1]) == [0, 0, 0, 1]
     assert [r["decision"] for r in c.history] == ["warmup", "warmup", "harder", "harder"]
 
 
 def test_low_loss_makes_loss_hold_reach_the_hardest_level_before_the_plan():
     epochs = 20
-    hold = ShuffleCurriculum(64, "loss_hold", total_epochs=epochs, loss_threshold=1.0, **LADDERS)
-    plan = ShuffleCurriculum(64, "linear", total_epochs=epochs, **LADDERS)
+    hold = ShuffleCurriculum(128, "loss_hold", total_epochs=epochs, loss_threshold=1.0, **LADDERS)
+    plan = ShuffleCurriculum(128, "linear", total_epochs=epochs, **LADDERS)
     hold_levels = run(hold, [0.01] * epochs)
     plan_levels = run(plan, [0.01] * epochs)
     first_hold = hold_levels.index(hold.hardest_level)
@@ -105,13 +115,13 @@ def test_low_loss_makes_loss_hold_reach_the_hardest_level_before_the_plan():
 def test_resume_mid_run_gives_the_same_sequence(strategy):
     losses = [2.0, 1.5, 1.6, 1.2, 1.3, 0.9, 1.4, 0.7, 0.8, 0.6]
     kwargs = dict(total_epochs=len(losses), warmup_epochs=1, **LADDERS)
-    uninterrupted = ShuffleCurriculum(64, strategy, **kwargs)
+    uninterrupted = ShuffleCurriculum(128, strategy, **kwargs)
     run(uninterrupted, losses)
 
-    first = ShuffleCurriculum(64, strategy, **kwargs)
+    first = ShuffleCurriculum(128, strategy, **kwargs)
     run(first, losses[:4])
     saved = json.loads(json.dumps(first.state_dict()))  # as a checkpoint would store it
-    resumed = ShuffleCurriculum(64, strategy, **kwargs)
+    resumed = ShuffleCurriculum(128, strategy, **kwargs)
     resumed.load_state_dict(saved)
     run(resumed, losses[4:], start_epoch=4)
     assert resumed.history == uninterrupted.history
@@ -119,7 +129,7 @@ def test_resume_mid_run_gives_the_same_sequence(strategy):
 
 
 def test_step_order_and_loss_are_checked():
-    c = ShuffleCurriculum(64, "loss_back", **LADDERS)
+    c = ShuffleCurriculum(128, "loss_back", **LADDERS)
     with pytest.raises(ValueError, match="step\\(epoch=3\\) but the curriculum expects epoch 0"):
         c.step(3, 1.0)
     with pytest.raises(ValueError, match="must be a finite number"):
@@ -139,12 +149,12 @@ def test_bad_settings_raise_clear_errors():
     with pytest.raises(ValueError, match="fix ratio 1.2 is not in"):
         ShuffleCurriculum(64, "fixed", patch_sizes=[16], fix_ratios=[1.2])
     with pytest.raises(ValueError, match="start_level must be in"):
-        ShuffleCurriculum(64, "fixed", start_level=9, **LADDERS)
+        ShuffleCurriculum(128, "fixed", start_level=9, **LADDERS)
 
 
 def test_load_state_from_other_settings_is_refused():
-    a = ShuffleCurriculum(64, "loss_back", **LADDERS)
-    b = ShuffleCurriculum(64, "loss_back", patch_sizes=[32, 16], fix_ratios=[0.9, 0.3])
+    a = ShuffleCurriculum(128, "loss_back", **LADDERS)
+    b = ShuffleCurriculum(64, "loss_back", patch_sizes=[32, 16], fix_ratios=[0.7, 0.3])
     with pytest.raises(ValueError, match="saved with other settings .*patch_sizes"):
         b.load_state_dict(a.state_dict())
 
