@@ -113,13 +113,15 @@ def main() -> None:
         figure_masks[arm] = {n: read_mask_png(masks_dir / "masks" / "val" / f"{n}.png") for n in names}
 
     lines = ["| pseudo mask (val, tile label known) | threshold (swept on val) | mIoU (7 classes) |"
-             " foreground IoU | background IoU | per-class IoU (Normal, Polyp, LGIN, HGIN, Adeno, Serrated) |",
+             " foreground IoU | background IoU |"
+             " per-class IoU (Normal, Polyp, LGIN, HGIN, Adeno, Serrated) |",
              "|---|---|---|---|---|---|"]
     for r in results:
         per_class = ", ".join(f"{100 * r['iou'][c]:.1f}" for c in classes)
         threshold = "-" if r["threshold"] is None else f"{r['threshold']:g}"
-        lines.append(f"| {r['arm']} | {threshold} | {100 * r['mIoU']:.1f} | {100 * r['foreground_iou']:.1f} |"
-                     f" {100 * r['iou']['background']:.1f} | {per_class} |")
+        lines.append(f"| {r['arm']} | {threshold} | {100 * r['mIoU']:.1f} |"
+                     f" {100 * r['foreground_iou']:.1f} | {100 * r['iou']['background']:.1f} |"
+                     f" {per_class} |")
     table = "\n".join(lines)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)

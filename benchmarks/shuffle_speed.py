@@ -141,8 +141,8 @@ def run_cuda(repeats: int, modes: List[str]) -> List[dict]:
 
 
 def print_cpu(rows: List[dict]) -> None:
-    header = (f"| case | mode | shuffle ms | copy floor ms | shuffle / floor | shuffle new ms | clone ms"
-              f" | new / clone | naive loop ms | original ms (quoted) | speed-up vs original |")
+    header = ("| case | mode | shuffle ms | copy floor ms | shuffle / floor | shuffle new ms | clone ms"
+              " | new / clone | naive loop ms | original ms (quoted) | speed-up vs original |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for r in rows:

@@ -11,7 +11,8 @@ Steps, batched in torch (clean-up per image with scikit-image):
    or ``tissue`` (only the tissue prior decides background);
 4. **tissue prior** (optional with the first two, implied by ``tissue``): near-white pixels
    (grey level above ``white_level``, specks under ``min_speck`` pixels removed) are background;
-5. **argmax**; pixels whose best-minus-second score is below ``ignore_margin`` become 255;
+5. **argmax** (or, with ``crf``, the marginals of a dense CRF over the normalised scores, an
+   optional extra); pixels whose best-minus-second score is below ``ignore_margin`` become 255;
 6. **clean-up** (optional): class regions under ``min_region`` pixels become 255, background holes
    under ``max_hole`` pixels inside a class region are filled with that class.
 """
@@ -44,6 +45,8 @@ class PseudoMaskConfig:
     ignore_margin: float = 0.0
     min_region: int = 0
     max_hole: int = 0
+    crf: bool = False
+    crf_iterations: int = 5
 
     def __post_init__(self) -> None:
         if self.background not in BACKGROUNDS:
@@ -101,11 +104,29 @@ def _clean(mask: np.ndarray, min_region: int, max_hole: int) -> np.ndarray:
     return out
 
 
+def _crf_scores(scores: Tensor, images: Optional[Tensor], iterations: int) -> Tensor:
+    """Dense-CRF marginals of the per-pixel score distribution (absent classes stay impossible)."""
+    from .crf import crf_refine, require_crf
+
+    require_crf()
+    if images is None:
+        raise ValueError("the dense CRF needs the images (uint8 RGB)")
+    if images.shape[1] == 3:
+        images = images.permute(0, 2, 3, 1)
+    possible = torch.isfinite(scores)
+    weights = torch.where(possible, scores.clamp_min(0) + 1e-3, torch.zeros_like(scores))
+    probabilities = weights / weights.sum(dim=1, keepdim=True)
+    refined = [crf_refine(image.cpu().numpy(), p.cpu().numpy(), iterations)
+               for image, p in zip(images, probabilities)]
+    marginals = torch.from_numpy(np.stack(refined)).to(scores.device)
+    return torch.where(possible, marginals, torch.full_like(marginals, -torch.inf))
+
+
 def cams_to_masks(cams: Tensor, labels: Tensor, config: PseudoMaskConfig = PseudoMaskConfig(),
                   images: Optional[Tensor] = None) -> Tensor:
     """Raw CAMs ``[B, K, H, W]`` and multi-hot labels ``[B, K]`` -> uint8 masks ``[B, H, W]``.
 
-    ``images`` (uint8 RGB, same size) are needed for the tissue prior.
+    ``images`` (uint8 RGB, same size) are needed for the tissue prior and the dense CRF.
     """
     if cams.dim() != 4:
         raise ValueError(f"cams must be [B, K, H, W], got {tuple(cams.shape)}")
@@ -131,6 +152,8 @@ def cams_to_masks(cams: Tensor, labels: Tensor, config: PseudoMaskConfig = Pseud
         background = torch.where(white[:, None].to(background.device), torch.full_like(background, 2.0),
                                  background)
     scores = torch.cat([background, scores], dim=1)
+    if config.crf:
+        scores = _crf_scores(scores, images, config.crf_iterations)
     top = scores.topk(2, dim=1).values if scores.shape[1] > 1 else torch.cat(
         [scores, torch.full_like(scores, -torch.inf)], dim=1)
     masks = scores.argmax(dim=1).to(torch.uint8)

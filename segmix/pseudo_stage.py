@@ -78,7 +78,8 @@ class Tile:
             cams = F.interpolate(cams, size=size, mode="bilinear", align_corners=False)
         return cams, torch.from_numpy(arrays["labels"].astype(np.float32))[None]
 
-    def truth(self, data: Dict[str, Any], labels: torch.Tensor, num_classes: int) -> Optional[np.ndarray]:
+    def truth(self, data: Dict[str, Any], labels: torch.Tensor,
+              num_classes: int) -> Optional[np.ndarray]:
         if self.mask is None:
             return None
         present = tuple(int(k) for k in torch.nonzero(labels[0]).flatten())
@@ -94,12 +95,16 @@ def read_index(cams_dir: Path) -> List[Tile]:
         return [Tile(row, cams_dir) for row in csv.DictReader(handle)]
 
 
-def _mask_of(tile: Tile, settings: PseudoMaskConfig) -> Tuple[np.ndarray, np.ndarray, torch.Tensor]:
+def _inputs(tile: Tile) -> Tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The tile's RGB array, the same as a ``[1, 3, H, W]`` tensor, its CAMs at that size, labels."""
     image = read_rgb(tile.image)
     cams, labels = tile.cams_and_labels(image.shape[:2])
-    images = torch.from_numpy(image).permute(2, 0, 1)[None]
-    mask = cams_to_masks(cams, labels, settings, images=images)[0].numpy()
-    return image, mask, labels
+    return image, torch.from_numpy(image).permute(2, 0, 1)[None], cams, labels
+
+
+def _mask_of(tile: Tile, settings: PseudoMaskConfig) -> Tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    image, images, cams, labels = _inputs(tile)
+    return image, cams_to_masks(cams, labels, settings, images=images)[0].numpy(), labels
 
 
 def sweep(tiles: List[Tile], data: Dict[str, Any], base: PseudoMaskConfig, key: str,
@@ -110,12 +115,10 @@ def sweep(tiles: List[Tile], data: Dict[str, Any], base: PseudoMaskConfig, key: 
     num_classes = len(dataset_classes(data))
     matrices = {value: ConfusionMatrix(num_classes) for value in values}
     for tile in tqdm(tiles, desc=f"sweep {key}", unit="tile"):
-        image = read_rgb(tile.image)
-        cams, labels = tile.cams_and_labels(image.shape[:2])
+        _, images, cams, labels = _inputs(tile)
         truth = tile.truth(data, labels, num_classes)
         if truth is None:
             raise ValueError(f"the sweep needs ground-truth masks; {tile.image} has none")
-        images = torch.from_numpy(image).permute(2, 0, 1)[None]
         for value in values:
             settings = PseudoMaskConfig.from_dict({**base.to_dict(), key: value})
             mask = cams_to_masks(cams, labels, settings, images=images)[0]
@@ -129,7 +132,8 @@ def sweep(tiles: List[Tile], data: Dict[str, Any], base: PseudoMaskConfig, key: 
     return best[key], rows
 
 
-def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False, **_: Any) -> Dict[str, Any]:
+def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
+        **_: Any) -> Dict[str, Any]:
     data = config["data"]
     classes = dataset_classes(data)
     tiles = read_index(Path(config["cams_dir"]))
@@ -171,7 +175,8 @@ def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False, **
                 matrix.update(torch.from_numpy(mask), torch.from_numpy(truth))
                 scored += 1
             fractions = np.bincount(mask.ravel(), minlength=256) / mask.size
-            rows.append({"split": split, "image": str(tile.image), "mask": str(path.relative_to(output_dir)),
+            rows.append({"split": split, "image": str(tile.image),
+                         "mask": str(path.relative_to(output_dir)),
                          "background": fractions[0], "ignore": fractions[255],
                          **{name: fractions[i + 1] for i, name in enumerate(classes)}})
         if scored:

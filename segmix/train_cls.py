@@ -16,7 +16,7 @@ import copy
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -153,20 +153,20 @@ class ClassifierTraining:
         data, augs, train_cfg = self.config["data"], self.config["augmentations"], self.config["train"]
         progress = self.runtime.is_main
         train_samples = read_split(data, "train", progress=progress)
-        self.train_set = TileDataset(train_samples, len(self.classes),
-                                     build_transform(augs["train"], self.image_size, self.mean, self.std))
+        train_transform = build_transform(augs["train"], self.image_size, self.mean, self.std)
+        self.train_set = TileDataset(train_samples, len(self.classes), train_transform)
         self.val_set: Optional[TileDataset] = None
         if (data.get("val") or {}).get("path"):
             val_samples = read_split(data, "val", progress=progress)
-            self.val_set = TileDataset(val_samples, len(self.classes),
-                                       build_transform(augs["eval"], self.image_size, self.mean, self.std))
-        workers = int(train_cfg["num_workers"])
+            eval_transform = build_transform(augs["eval"], self.image_size, self.mean, self.std)
+            self.val_set = TileDataset(val_samples, len(self.classes), eval_transform)
+        workers, batch_size = int(train_cfg["num_workers"]), int(train_cfg["batch_size"])
         self.loader_generator = torch.Generator()
         self.sampler = (DistributedSampler(self.train_set, shuffle=True, seed=self.seed)
                         if self.runtime.distributed else None)
         self.train_loader = DataLoader(
-            self.train_set, batch_size=int(train_cfg["batch_size"]), shuffle=self.sampler is None,
-            sampler=self.sampler, num_workers=workers, drop_last=len(self.train_set) > int(train_cfg["batch_size"]),
+            self.train_set, batch_size=batch_size, shuffle=self.sampler is None,
+            sampler=self.sampler, num_workers=workers, drop_last=len(self.train_set) > batch_size,
             generator=self.loader_generator, worker_init_fn=_seed_worker if workers else None,
             pin_memory=self.runtime.device.type == "cuda",
         )

@@ -7,7 +7,6 @@ import torch
 
 from segmix.metrics import average_precision, classification_metrics
 from segmix.mixing import CutMix, MixUp, NoMixing, ShuffleMixing, build_mixer
-from segmix.shuffle import apply_params
 
 
 def batch(seed=0):

@@ -131,3 +131,30 @@ def test_metrics_count_ignored_predictions_as_misses():
         matrix.update(torch.tensor([3]), torch.tensor([0]))
     with pytest.raises(ValueError, match="unknown protocol"):
         segmentation_metrics(matrix, "foreground")
+
+
+def test_crf_without_the_extra_says_how_to_install(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_crf(name, *args, **kwargs):
+        if name.startswith("pydensecrf"):
+            raise ImportError("No module named 'pydensecrf'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_crf)
+    images = torch.full((1, 3, 2, 3), 120, dtype=torch.uint8)
+    with pytest.raises(ImportError, match=r"optional extra 'crf': pip install \"segmix-wsss\[crf\]\""):
+        cams_to_masks(CAMS, ONLY_FIRST, PseudoMaskConfig(crf=True), images=images)
+
+
+def test_crf_refines_masks_when_installed():
+    pytest.importorskip("pydensecrf.densecrf", reason="the optional 'crf' extra is not installed")
+    images = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
+    images[..., :, 8:] = 200  # two flat halves
+    cams = torch.zeros(1, 1, 16, 16)
+    cams[..., :, 7:] = 1.0    # the map spills one column over the edge
+    masks = cams_to_masks(cams, torch.ones(1, 1), PseudoMaskConfig(threshold=0.5, crf=True),
+                          images=images)
+    assert (masks[0, :, 9:] == 1).all() and (masks[0, :, :6] == 0).all()

@@ -24,7 +24,8 @@ from .readers import (
 from .samples import DatasetError, Problem, ReadResult, Sample, resolve_problems
 
 __all__ = [
-    "DATA_DEFAULTS", "mask_convention", "unique_names", "BCSS_CLASSES", "FORMATS", "IGNORE_INDEX", "LUAD_CLASSES", "DatasetError", "MaskConvention",
+    "DATA_DEFAULTS", "mask_convention", "unique_names",
+    "BCSS_CLASSES", "FORMATS", "IGNORE_INDEX", "LUAD_CLASSES", "DatasetError", "MaskConvention",
     "Problem", "ReadResult", "Sample", "TileDataset", "build_transform", "dataset_classes",
     "decode_mask", "image_size_of", "parse_filename_label", "read_class_folders", "read_csv",
     "read_filename_labels", "read_mask", "read_rgb", "read_split", "resolve_problems",
