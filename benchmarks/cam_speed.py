@@ -12,6 +12,7 @@ interleaved runs.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -52,9 +53,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for classes in (4, 6):
         model = create_classifier("tf_efficientnet_lite0", classes, weights=OFFLINE_LITE0).eval()
-        layer = model.get_submodule(args.layer)
+        twin = copy.deepcopy(model)  # the package hooks its own copy; its hooks cannot be batched
+        layer = twin.get_submodule(args.layer)
         ours = GradCAM(model, [args.layer])
-        with PackageGradCAM(model=model, target_layers=[layer]) as reference:
+        with PackageGradCAM(model=twin, target_layers=[layer]) as reference:
             ours_maps = ours.layer_maps(images)[0][0].numpy()
             difference = float(np.abs(ours_maps - package_maps(reference, layer, images, classes)).max())
             times = {"ours": [], "package": []}

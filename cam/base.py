@@ -18,6 +18,7 @@ comparable; :func:`normalize_per_class` scales them when a consumer needs ``[0, 
 from __future__ import annotations
 
 import difflib
+import warnings
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -129,13 +130,18 @@ class BaseCAM:
         if self.batched_gradients:
             selectors = torch.eye(classes, device=logits.device, dtype=logits.dtype)
             selectors = selectors.unsqueeze(1).expand(classes, batch, classes)
-            grads = torch.autograd.grad(logits, activations, grad_outputs=selectors,
-                                        is_grads_batched=True)
-        else:
-            per_class = [torch.autograd.grad(logits[:, k].sum(), activations, retain_graph=True)
-                         for k in range(classes)]
-            grads = tuple(torch.stack([g[i] for g in per_class]) for i in range(len(activations)))
-        return [g.transpose(0, 1) for g in grads]
+            try:
+                grads = torch.autograd.grad(logits, activations, grad_outputs=selectors,
+                                            is_grads_batched=True, retain_graph=True)
+                return [g.transpose(0, 1) for g in grads]
+            except RuntimeError as error:  # an op or a tensor hook that vmap cannot batch
+                warnings.warn(f"batched gradients failed ({str(error).splitlines()[0]}); computing"
+                              " them class by class (same maps, slower). Pass"
+                              " batched_gradients=False to skip this attempt.", stacklevel=3)
+                self.batched_gradients = False
+        per_class = [torch.autograd.grad(logits[:, k].sum(), activations, retain_graph=True)
+                     for k in range(classes)]
+        return [torch.stack([g[i] for g in per_class], dim=1) for i in range(len(activations))]
 
     def layer_maps(self, images: Tensor) -> Tuple[List[Tensor], Tensor]:
         """Raw maps ``[B, K, h, w]`` of each target layer at its own resolution, and the logits."""

@@ -43,8 +43,12 @@ def merge(defaults: Mapping[str, Any], update: Mapping[str, Any], *, where: str 
     return merged
 
 
-def load_config(path: Optional[Path], defaults: Mapping[str, Any]) -> Config:
-    """Read a YAML file over ``defaults`` (``path=None`` gives the defaults)."""
+def load_config(path: Optional[Path], defaults: Mapping[str, Any],
+                foreign_keys: Sequence[str] = ()) -> Config:
+    """Read a YAML file over ``defaults`` (``path=None`` gives the defaults).
+
+    Top-level keys in ``foreign_keys`` (sections of other stages sharing the file) are skipped;
+    any other unknown key is an error."""
     if path is None:
         return copy.deepcopy(dict(defaults))
     path = Path(path)
@@ -58,6 +62,7 @@ def load_config(path: Optional[Path], defaults: Mapping[str, Any]) -> Config:
         data = {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    data = {k: v for k, v in data.items() if k in defaults or k not in set(foreign_keys)}
     try:
         return merge(defaults, data)
     except ConfigError as error:

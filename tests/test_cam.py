@@ -180,3 +180,19 @@ def test_normalize_per_class():
     normed = normalize_per_class(maps)
     assert torch.allclose(normed[0, 0], torch.tensor([[0.0, 0.5], [1.0, 0.0]]), atol=1e-5)
     assert torch.equal(normed[0, 1], torch.zeros(2, 2))
+
+
+def test_batched_gradients_fall_back_to_a_loop_when_vmap_cannot_batch():
+    from pytorch_grad_cam import GradCAM as ReferenceGradCAM
+
+    torch.manual_seed(5)
+    model = timm.create_model("test_efficientnet", num_classes=3).eval()
+    images = torch.randn(2, 3, 32, 32)
+    expected = GradCAM(model, ["conv_head"])(images)
+    # the package's gradient hook (a .detach() inside) cannot run under vmap
+    with ReferenceGradCAM(model=model, target_layers=[model.conv_head]):
+        cam = GradCAM(model, ["conv_head"])
+        with pytest.warns(UserWarning, match="batched gradients failed"):
+            maps = cam(images)
+    assert not cam.batched_gradients
+    assert torch.allclose(maps, expected, atol=1e-6)

@@ -115,3 +115,13 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert main(["shuffle-demo", "--output-dir", str(tmp_path), "--set", "tile_size=100",
                  "--set", "shuffle.patch_size=16"]) == 1
     assert "height 100 is not a multiple of patch height 16" in capsys.readouterr().err
+
+
+def test_one_file_serves_several_stages(tmp_path):
+    foreign = ["model", "train"]
+    path = tmp_path / "all.yaml"
+    path.write_text("epochs: 3\nmodel: {name: x}\ntrain: {lr: 0.1}\n")
+    assert load_config(path, DEFAULTS, foreign)["epochs"] == 3
+    path.write_text("epochs: 3\nmodle: {name: x}\n")
+    with pytest.raises(ConfigError, match="unknown config key 'modle'"):
+        load_config(path, DEFAULTS, foreign)
