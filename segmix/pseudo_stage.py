@@ -57,7 +57,7 @@ DEFAULTS: Dict[str, Any] = {
     "splits": ["val"],
     "masks": PseudoMaskConfig().to_dict(),
     "sweep": {"enabled": False, "key": "threshold",
-              "values": [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5],
+              "values": [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5],
               "split": "val", "protocol": "with_background", "metric": "mIoU"},
     "overlays": False,
 }
