@@ -140,28 +140,32 @@ def run_cuda(repeats: int, modes: List[str]) -> List[dict]:
     return rows
 
 
+def print_table(columns: List[str], cells: List[List[str]]) -> None:
+    """A markdown table."""
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in cells:
+        print("| " + " | ".join(row) + " |")
+
+
 def print_cpu(rows: List[dict]) -> None:
-    header = ("| case | mode | shuffle ms | copy floor ms | shuffle / floor | shuffle new ms | clone ms"
-              " | new / clone | naive loop ms | original ms (quoted) | speed-up vs original |")
-    print(header)
-    print("|" + "---|" * (header.count("|") - 1))
-    for r in rows:
-        print(f"| {r['case']} | {r['mode']} | {r['shuffle_ms']:.1f} | {r['copy_ms']:.1f} |"
-              f" {r['shuffle_ms'] / r['copy_ms']:.1f}x | {r['shuffle_new_ms']:.1f} |"
-              f" {r['clone_ms']:.1f} | {r['shuffle_new_ms'] / r['clone_ms']:.1f}x |"
-              f" {r['naive_loop_ms']:.1f} | {r['original_ms']:.0f} |"
-              f" {r['original_ms'] / r['shuffle_ms']:.0f}x |")
+    print_table(
+        ["case", "mode", "shuffle ms", "copy floor ms", "shuffle / floor", "shuffle new ms",
+         "clone ms", "new / clone", "naive loop ms", "original ms (quoted)", "speed-up vs original"],
+        [[r["case"], r["mode"], f"{r['shuffle_ms']:.1f}", f"{r['copy_ms']:.1f}",
+          f"{r['shuffle_ms'] / r['copy_ms']:.1f}x", f"{r['shuffle_new_ms']:.1f}",
+          f"{r['clone_ms']:.1f}", f"{r['shuffle_new_ms'] / r['clone_ms']:.1f}x",
+          f"{r['naive_loop_ms']:.1f}", f"{r['original_ms']:.0f}",
+          f"{r['original_ms'] / r['shuffle_ms']:.0f}x"] for r in rows])
 
 
 def print_cuda(rows: List[dict]) -> None:
-    header = ("| case | mode | shuffle ms (sample+apply) | apply ms | copy ms | apply GB/s | copy GB/s"
-              " | apply / copy bandwidth |")
-    print(header)
-    print("|" + "---|" * (header.count("|") - 1))
-    for r in rows:
-        print(f"| {r['case']} | {r['mode']} | {r['shuffle_ms']:.3f} | {r['apply_ms']:.3f} |"
-              f" {r['copy_ms']:.3f} | {r['apply_GBps']:.0f} | {r['copy_GBps']:.0f} |"
-              f" {r['apply_GBps'] / r['copy_GBps']:.0%} |")
+    print_table(
+        ["case", "mode", "shuffle ms (sample+apply)", "apply ms", "copy ms", "apply GB/s",
+         "copy GB/s", "apply / copy bandwidth"],
+        [[r["case"], r["mode"], f"{r['shuffle_ms']:.3f}", f"{r['apply_ms']:.3f}",
+          f"{r['copy_ms']:.3f}", f"{r['apply_GBps']:.0f}", f"{r['copy_GBps']:.0f}",
+          f"{r['apply_GBps'] / r['copy_GBps']:.0%}"] for r in rows])
 
 
 def main() -> None:
