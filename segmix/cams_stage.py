@@ -2,8 +2,9 @@
 
 For each split: ``<output_dir>/<split>/<tile stem>.npz`` holding ``cams`` (float16 ``[K, h, w]`` at
 the classifier's input size, raw: not normalised), ``labels`` (multi-hot image-level label) and
-``probabilities`` (the classifier's sigmoid outputs). ``index.csv`` lists them and marks the run
-finished. A re-run computes only the missing files (``--overwrite`` recomputes all).
+``probabilities`` (the classifier's sigmoid outputs, softmax for a ``ce``-trained one).
+``index.csv`` lists them and marks the run finished. A re-run computes only the missing files
+(``--overwrite`` recomputes all).
 """
 
 from __future__ import annotations
@@ -113,7 +114,9 @@ def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False, **
             images = batch["image"].to(runtime.device)
             maps = cams_with_tta(cam, images, generator=generator, **tta)
             with torch.no_grad():
-                probabilities = torch.sigmoid(model(images)).cpu().numpy()
+                logits = model(images)
+                probabilities = (torch.softmax(logits, dim=1) if info.get("loss") == "ce"
+                                 else torch.sigmoid(logits)).cpu().numpy()
             for j, index in enumerate(batch["index"].tolist()):
                 _save_npz(folder / f"{names[index]}.npz",
                           cams=maps[j].cpu().numpy().astype(np.float16),

@@ -277,7 +277,8 @@ class ClassifierTraining:
         if main:
             save_classifier(self.output_dir / "classifier.pt", self.model,
                             name=self.config["model"]["name"], classes=self.classes,
-                            image_size=self.image_size, extra={"epochs": self.epochs})
+                            image_size=self.image_size,
+                            extra={"epochs": self.epochs, "loss": self.loss_kind})
             print(f"wrote {self.output_dir / 'classifier.pt'}")
         return self.rows
 
@@ -290,7 +291,8 @@ class ClassifierTraining:
             self.best_f1 = f1
             save_classifier(self.output_dir / "classifier_best.pt", self.model,
                             name=self.config["model"]["name"], classes=self.classes,
-                            image_size=self.image_size, extra={"epoch": epoch, "val_macro_f1": f1})
+                            image_size=self.image_size,
+                            extra={"epoch": epoch, "val_macro_f1": f1, "loss": self.loss_kind})
         self._save(epoch)
         summary = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in row.items() if k != "epoch")

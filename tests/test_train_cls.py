@@ -53,7 +53,7 @@ def test_two_epochs_write_every_output(dataset, tmp_path):
     assert checkpoint["epoch"] == 1
     assert {"model", "optimizer", "scheduler", "scaler", "mixer", "rng"} <= set(checkpoint)
     model, info = load_classifier(out / "classifier.pt")
-    assert info["classes"] == ["A", "B", "C"]
+    assert info["classes"] == ["A", "B", "C"] and info["loss"] == "bce"
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
     assert (out / "classifier_best.pt").exists()
     assert main(args_for(dataset, out)) == 1  # finished: refuses to overwrite
