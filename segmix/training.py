@@ -1,0 +1,223 @@
+"""What every training stage shares: the epoch loop with the batch mixer and its curriculum
+feedback, deterministic per-epoch seeding, AMP, DDP, per-epoch CSVs, atomic checkpoints and an
+exact ``--resume``.
+
+A stage subclasses :class:`EpochTrainer`, builds its model and datasets, calls :meth:`setup`, and
+implements :meth:`batch_loss`, :meth:`evaluate` and :meth:`save_model`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from .config import config_differences
+from .io import write_csv
+from .mixing import BatchMixer
+from .runtime import Runtime, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+__all__ = ["EpochTrainer", "StageError", "RESUMABLE_CHANGES"]
+
+# Keys that may differ between the run that made a checkpoint and the run that resumes it. Not
+# train.epochs: the cosine schedule and the curriculum's plan depend on it, so a resumed run with
+# other epochs would not continue the same run (start a new run from the saved model instead).
+RESUMABLE_CHANGES = {"train.num_workers", "train.device", "train.eval_batch_size", "output_dir"}
+
+
+class StageError(ValueError):
+    """A run that cannot start as asked (e.g. an earlier run's checkpoint is in the way)."""
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**63)
+
+
+def _seed_worker(_: int) -> None:
+    """Seed the albumentations pipeline of a DataLoader worker from its torch seed."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
+class EpochTrainer:
+    """The loop of a training stage. Subclasses set ``final_file`` (marks the run finished),
+    ``best_file`` and ``best_metric`` (a validation column to maximise)."""
+
+    final_file = "model.pt"
+    best_file = "model_best.pt"
+    best_metric = "val_loss"
+
+    def __init__(self, config: Dict[str, Any], output_dir: Path, runtime: Runtime) -> None:
+        self.config, self.output_dir, self.runtime = config, output_dir, runtime
+        self.epochs = int(config["train"]["epochs"])
+        self.seed = int(config["seed"])
+        self.rows: List[Dict[str, Any]] = []
+        self.best = -math.inf
+        self.start_epoch = 0
+
+    # -- what a stage provides -----------------------------------------------------------------
+    def batch_loss(self, batch: Mapping[str, Any],
+                   generator: torch.Generator) -> Tuple[torch.Tensor, int]:
+        """The loss of one training batch (after the mixer) and its number of images."""
+        raise NotImplementedError
+
+    def evaluate(self) -> Dict[str, float]:
+        """Validation metrics (keys start with ``val_``), on rank 0."""
+        raise NotImplementedError
+
+    def save_model(self, path: Path, extra: Dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"training for {self.epochs} epochs"
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def setup(self, model: nn.Module, mixer: BatchMixer, train_set: Dataset,
+              val_set: Optional[Dataset]) -> None:
+        """Move the model, wrap it for DDP, build loaders, optimiser, schedule and AMP scaler."""
+        train_cfg, runtime = self.config["train"], self.runtime
+        self.model, self.mixer, self.train_set = model.to(runtime.device), mixer, train_set
+        self.train_model: nn.Module = self.model
+        if runtime.distributed:
+            ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        workers, batch_size = int(train_cfg["num_workers"]), int(train_cfg["batch_size"])
+        pin = runtime.device.type == "cuda"
+        self.loader_generator = torch.Generator()
+        self.sampler = (DistributedSampler(train_set, shuffle=True, seed=self.seed)
+                        if runtime.distributed else None)
+        self.train_loader = DataLoader(
+            train_set, batch_size=batch_size, shuffle=self.sampler is None, sampler=self.sampler,
+            num_workers=workers, drop_last=len(train_set) > batch_size,
+            generator=self.loader_generator, worker_init_fn=_seed_worker if workers else None,
+            pin_memory=pin,
+        )
+        self.val_loader = None if val_set is None else DataLoader(
+            val_set, batch_size=int(train_cfg["eval_batch_size"]), shuffle=False,
+            num_workers=workers, pin_memory=pin,
+        )
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(train_cfg["lr"]),
+                                           weight_decay=float(train_cfg["weight_decay"]))
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
+                                                                    T_max=max(self.epochs, 1))
+        self.amp = bool(train_cfg["amp"]) and runtime.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.output_dir / "checkpoints" / "last.pt"
+
+    def _save(self, epoch: int) -> None:
+        save_checkpoint(self.checkpoint_path, {
+            "epoch": epoch, "config": self.config, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "mixer": self.mixer.state_dict(),
+            "rows": self.rows, "best": self.best, "rng": rng_state(),
+        })
+
+    def resume(self) -> None:
+        """Load ``checkpoints/last.pt`` and continue after its epoch."""
+        state = load_checkpoint(self.checkpoint_path)
+        differences = config_differences(state["config"], self.config, RESUMABLE_CHANGES)
+        if differences:
+            raise StageError(f"cannot resume: the config differs from the checkpoint's"
+                             f" ({differences}). Only {', '.join(sorted(RESUMABLE_CHANGES))} may"
+                             f" change; for more epochs start a new run from {self.final_file}.")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.mixer.load_state_dict(state["mixer"])
+        self.rows, self.best = list(state["rows"]), state["best"]
+        set_rng_state(state["rng"])
+        self.start_epoch = state["epoch"] + 1
+        if self.runtime.is_main:
+            print(f"resuming after epoch {state['epoch']} from {self.checkpoint_path}", flush=True)
+
+    # -- loop -----------------------------------------------------------------------------------
+    def _train_epoch(self, epoch: int) -> Tuple[float, int, float]:
+        seed = epoch_seed(self.seed, epoch)
+        self.loader_generator.manual_seed(seed)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        if self.train_loader.num_workers == 0:
+            self.train_set.transform.set_random_seed(seed % 2**32)
+        shuffle_generator = torch.Generator().manual_seed(seed + 1)
+        self.train_model.train()
+        total, count = 0.0, 0
+        start = time.perf_counter()
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
+                   disable=not self.runtime.is_main, leave=False)
+        for batch in bar:
+            with torch.autocast(self.runtime.device.type, enabled=self.amp):
+                loss, size = self.batch_loss(batch, shuffle_generator)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total += float(loss.detach()) * size
+            count += size
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        seconds = time.perf_counter() - start
+        return self.runtime.mean(total / max(count, 1), count), count * self.runtime.world_size, seconds
+
+    def fit(self) -> List[Dict[str, Any]]:
+        main = self.runtime.is_main
+        if main:
+            print(f"{self.describe()} on {self.runtime.device}{' with AMP' if self.amp else ''};"
+                  f" augment: {self.mixer.name}", flush=True)
+        for epoch in range(self.start_epoch, self.epochs):
+            settings = self.mixer.start_epoch(epoch)
+            lr = self.optimizer.param_groups[0]["lr"]
+            loss, images, seconds = self._train_epoch(epoch)
+            self.mixer.end_epoch(epoch, loss)
+            self.scheduler.step()
+            row: Dict[str, Any] = {"epoch": epoch, "train_loss": loss, "lr": lr,
+                                   "images_per_s": images / seconds, "train_seconds": seconds,
+                                   **settings}
+            if main and self.val_loader is not None:
+                self.model.eval()
+                with torch.no_grad():
+                    row.update(self.evaluate())
+            self.rows.append(row)
+            if main:
+                self._write_epoch(epoch, row)
+            self.runtime.barrier()
+        if main:
+            self.save_model(self.output_dir / self.final_file, {"epochs": self.epochs})
+            print(f"wrote {self.output_dir / self.final_file}", flush=True)
+        return self.rows
+
+    def _write_epoch(self, epoch: int, row: Dict[str, Any]) -> None:
+        write_csv(self.output_dir / "metrics.csv", self.rows)
+        if self.mixer.history:
+            write_csv(self.output_dir / "curriculum.csv", self.mixer.history)
+        score = row.get(self.best_metric)
+        if score is not None and score > self.best:
+            self.best = score
+            self.save_model(self.output_dir / self.best_file,
+                            {"epoch": epoch, self.best_metric: score})
+        self._save(epoch)
+        summary = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in row.items() if k != "epoch")
+        print(f"epoch {epoch + 1}/{self.epochs}: {summary}", flush=True)
+
+
+def run_training(trainer_class, config: Dict[str, Any], output_dir: Path, *, resume: bool,
+                 overwrite: bool, runtime: Runtime) -> List[Dict[str, Any]]:
+    """Build ``trainer_class`` and train, resuming or refusing to clobber an earlier checkpoint."""
+    trainer = trainer_class(config, output_dir, runtime)
+    if resume:
+        trainer.resume()
+    elif trainer.checkpoint_path.exists() and not overwrite:
+        raise StageError(f"{trainer.checkpoint_path} exists from an earlier run: use --resume"
+                         " to continue it or --overwrite to start again")
+    return trainer.fit()
