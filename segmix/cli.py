@@ -42,6 +42,8 @@ SUBCOMMANDS: Tuple[Subcommand, ...] = (
                " Grad-CAM++, LayerCAM; flip, scale and shuffle TTA)", "cams_stage"),
     Subcommand("pseudo-masks", "stage 3: CAMs -> palette PNG pseudo masks (background model,"
                " ignore band, clean-up, threshold sweep)", "pseudo_stage"),
+    Subcommand("train-seg", "stage 4: train a segmentation model on the pseudo masks, image and"
+               " mask shuffled together", "train_seg", resumable=True),
     Subcommand("evaluate", "score predicted masks against the ground truth of any labelled split"
                " (mIoU, FwIoU, Dice; with and without background)", "evaluate_stage"),
 )

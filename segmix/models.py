@@ -26,6 +26,9 @@ __all__ = [
     "normalization_of",
     "save_classifier",
     "load_classifier",
+    "segmenter_normalization",
+    "save_segmenter",
+    "load_segmenter",
 ]
 
 OFFLINE_LITE0 = "efficientnet-lite0-wheel"
@@ -212,3 +215,40 @@ def load_classifier(path: Path, map_location: str = "cpu") -> Tuple[nn.Module, D
     model.load_state_dict(payload["state_dict"])
     info = {k: v for k, v in payload.items() if k != "state_dict"}
     return model.eval(), info
+
+
+def segmenter_normalization(encoder: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    """Input mean and std for an smp encoder (timm's pretrained config for ``tu-`` encoders)."""
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    if encoder.startswith("tu-"):
+        cfg = timm.get_pretrained_cfg(encoder[3:])
+        if cfg is not None and cfg.mean and cfg.std:
+            return tuple(cfg.mean), tuple(cfg.std)
+    return imagenet
+
+
+def save_segmenter(path: Path, model: nn.Module, *, arch: str, encoder: str, classes: list,
+                   image_size: Tuple[int, int], extra: Optional[Dict[str, Any]] = None) -> None:
+    """Write a self-describing segmentation model file (0 = background, 1..K = ``classes``)."""
+    from .io import atomic_path
+
+    mean, std = segmenter_normalization(encoder)
+    payload = {"arch": arch, "encoder": encoder, "classes": list(classes),
+               "image_size": list(image_size), "mean": list(mean), "std": list(std),
+               "state_dict": model.state_dict(), **(extra or {})}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_segmenter(path: Path, map_location: str = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
+    """Rebuild a model saved by :func:`save_segmenter`, in eval mode; returns ``(model, info)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"segmentation model file {path} not found")
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    missing = {"arch", "encoder", "classes", "state_dict"} - set(payload)
+    if missing:
+        raise ValueError(f"{path} is not a segmix segmentation model file (lacks {sorted(missing)})")
+    model = create_segmenter(payload["arch"], payload["encoder"], len(payload["classes"]) + 1)
+    model.load_state_dict(payload["state_dict"])
+    return model.eval(), {k: v for k, v in payload.items() if k != "state_dict"}

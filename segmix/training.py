@@ -24,7 +24,27 @@ from .io import write_csv
 from .mixing import BatchMixer
 from .runtime import Runtime, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
-__all__ = ["EpochTrainer", "StageError", "RESUMABLE_CHANGES"]
+__all__ = ["AUGMENT_DEFAULTS", "AUGMENTATION_DEFAULTS", "EpochTrainer", "StageError",
+           "RESUMABLE_CHANGES", "run_training"]
+
+# Config sections both training stages share.
+AUGMENTATION_DEFAULTS: Dict[str, Any] = {
+    "train": [
+        {"name": "HorizontalFlip", "p": 0.5},
+        {"name": "VerticalFlip", "p": 0.5},
+        {"name": "RandomRotate90", "p": 0.5},
+        {"name": "ColorJitter", "brightness": 0.1, "contrast": 0.1, "saturation": 0.1,
+         "hue": 0.03, "p": 0.5},
+    ],
+    "eval": [],
+}
+AUGMENT_DEFAULTS: Dict[str, Any] = {
+    "name": "segmix", "p": 1.0, "mode": "batch", "group_size": None, "label_mode": "area",
+    "alpha": 1.0,
+    "curriculum": {"strategy": "loss_hold", "warmup_epochs": 1, "patch_sizes": None,
+                   "fix_ratios": None, "base": 16, "loss_threshold": None,
+                   "threshold_decay": 0.933, "start_level": 0},
+}
 
 # Keys that may differ between the run that made a checkpoint and the run that resumes it. Not
 # train.epochs: the cosine schedule and the curriculum's plan depend on it, so a resumed run with

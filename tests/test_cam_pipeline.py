@@ -41,7 +41,8 @@ def test_cams_pseudo_masks_and_evaluate(classifier, tmp_path, capsys):
     cam_settings = data_settings(csv_path) + [
         f"classifier={model}", "splits=[train, val]", "cam.method=gradcam", "cam.num_workers=0",
         "cam.batch_size=4", "cam.flips=[horizontal]",
-        "cam.shuffle_tta={enabled: true, patch_size: 8, draws: 2, fix_ratio: 0.0, mode: batch, group_size: null}"]
+        "cam.shuffle_tta={enabled: true, patch_size: 8, draws: 2, fix_ratio: 0.0, mode: batch,"
+        " group_size: null}"]
     assert cli("cams", cams, cam_settings) == 0
     with open(cams / "index.csv", newline="") as handle:
         index = list(csv.DictReader(handle))
@@ -102,3 +103,76 @@ def test_stage_errors_are_clear(classifier, tmp_path, capsys):
     assert cli("evaluate", tmp_path / "e", data_settings(csv_path) + [
         f"predictions={tmp_path}"]) == 1
     assert "predictions are missing" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def pseudo_masks(classifier, tmp_path_factory):
+    """CAMs and pseudo masks of both splits from the module's classifier."""
+    csv_path, model = classifier
+    root = tmp_path_factory.mktemp("stages")
+    cams, masks = root / "cams", root / "pseudo"
+    assert cli("cams", cams, data_settings(csv_path) + [
+        f"classifier={model}", "splits=[train, val]", "cam.num_workers=0"]) == 0
+    assert cli("pseudo-masks", masks, data_settings(csv_path) + [
+        f"cams_dir={cams}", "splits=[train, val]", "masks.threshold=0.2"]) == 0
+    return csv_path, masks
+
+
+def seg_settings(csv_path, masks, *extra):
+    return data_settings(csv_path) + [
+        f"pseudo_masks_dir={masks}", "segmenter.encoder=tu-test_efficientnet",
+        "segmenter.encoder_weights=null", "train.epochs=2", "train.batch_size=4",
+        "train.num_workers=0", "augment.curriculum.patch_sizes=[16, 8]", *extra]
+
+
+def test_train_seg_on_pseudo_masks_with_ground_truth_validation(pseudo_masks, tmp_path, capsys):
+    import torch
+
+    from segmix.models import load_segmenter
+
+    csv_path, masks = pseudo_masks
+    out = tmp_path / "segmenter"
+    assert cli("train-seg", out, seg_settings(csv_path, masks)) == 0
+    assert "validating on ground truth" in capsys.readouterr().out
+    with open(out / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 and 0 <= float(rows[-1]["val_mIoU"]) <= 1
+    assert rows[0]["shuffle_patch_size"] == "16"
+    model, info = load_segmenter(out / "segmenter.pt")
+    assert info["classes"] == ["A", "B", "C"] and info["validated_on"] == "ground truth"
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 4, 32, 32)
+
+
+def test_train_seg_resumes_exactly_and_validates_on_pseudo_masks(pseudo_masks, tmp_path,
+                                                                 monkeypatch, capsys):
+    import torch
+
+    from segmix import training
+
+    csv_path, masks = pseudo_masks
+    settings = seg_settings(csv_path, masks, "validate_on=pseudo_masks", "augment.name=cutmix")
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert cli("train-seg", straight, settings) == 0
+    assert "validating on pseudo masks" in capsys.readouterr().out
+    write_epoch = training.EpochTrainer._write_epoch
+
+    def crash(self, epoch, row):
+        write_epoch(self, epoch, row)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.EpochTrainer, "_write_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        cli("train-seg", interrupted, settings)
+    monkeypatch.setattr(training.EpochTrainer, "_write_epoch", write_epoch)
+    assert cli("train-seg", interrupted, settings, "--resume") == 0
+    a = torch.load(straight / "segmenter.pt", weights_only=True)["state_dict"]
+    b = torch.load(interrupted / "segmenter.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_seg_errors(pseudo_masks, tmp_path, capsys):
+    csv_path, masks = pseudo_masks
+    assert cli("train-seg", tmp_path / "a", seg_settings(csv_path, masks, "augment.name=mixup")) == 1
+    assert "no meaning for masks" in capsys.readouterr().err
+    assert cli("train-seg", tmp_path / "b", seg_settings(csv_path, tmp_path / "none")) == 1
+    assert "pseudo masks are missing" in capsys.readouterr().err

