@@ -35,15 +35,16 @@ from .runtime import Runtime, setup_runtime
 from .training import (
     AUGMENT_DEFAULTS,
     AUGMENTATION_DEFAULTS,
-    RESUMABLE_CHANGES,
     EpochTrainer,
     StageError,
+    resumable_changes,
     run_training,
 )
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "StageError"]
 
 DONE_FILE = "classifier.pt"
+RESUMABLE_CHANGES = resumable_changes("train")
 
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/classifier",

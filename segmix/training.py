@@ -25,7 +25,7 @@ from .mixing import BatchMixer
 from .runtime import Runtime, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 __all__ = ["AUGMENT_DEFAULTS", "AUGMENTATION_DEFAULTS", "EpochTrainer", "StageError",
-           "RESUMABLE_CHANGES", "run_training"]
+           "resumable_changes", "run_training"]
 
 # Config sections both training stages share.
 AUGMENTATION_DEFAULTS: Dict[str, Any] = {
@@ -46,10 +46,16 @@ AUGMENT_DEFAULTS: Dict[str, Any] = {
                    "threshold_decay": 0.933, "start_level": 0},
 }
 
-# Keys that may differ between the run that made a checkpoint and the run that resumes it. Not
-# train.epochs: the cosine schedule and the curriculum's plan depend on it, so a resumed run with
-# other epochs would not continue the same run (start a new run from the saved model instead).
-RESUMABLE_CHANGES = {"train.num_workers", "train.device", "train.eval_batch_size", "output_dir"}
+
+
+def resumable_changes(train_section: str) -> set:
+    """Keys that may differ between the run that made a checkpoint and the run that resumes it.
+
+    Not ``epochs``: the cosine schedule and the curriculum's plan depend on it, so a resumed run
+    with other epochs would not continue the same run (start a new run from the saved model).
+    """
+    return {f"{train_section}.{key}" for key in ("num_workers", "device", "eval_batch_size")} | {
+        "output_dir"}
 
 
 class StageError(ValueError):
@@ -73,10 +79,12 @@ class EpochTrainer:
     final_file = "model.pt"
     best_file = "model_best.pt"
     best_metric = "val_loss"
+    train_section = "train"  # the config section with epochs, batch_size, lr, ...
 
     def __init__(self, config: Dict[str, Any], output_dir: Path, runtime: Runtime) -> None:
         self.config, self.output_dir, self.runtime = config, output_dir, runtime
-        self.epochs = int(config["train"]["epochs"])
+        self.train_cfg = config[self.train_section]
+        self.epochs = int(self.train_cfg["epochs"])
         self.seed = int(config["seed"])
         self.rows: List[Dict[str, Any]] = []
         self.best = -math.inf
@@ -102,7 +110,7 @@ class EpochTrainer:
     def setup(self, model: nn.Module, mixer: BatchMixer, train_set: Dataset,
               val_set: Optional[Dataset]) -> None:
         """Move the model, wrap it for DDP, build loaders, optimiser, schedule and AMP scaler."""
-        train_cfg, runtime = self.config["train"], self.runtime
+        train_cfg, runtime = self.train_cfg, self.runtime
         self.model, self.mixer, self.train_set = model.to(runtime.device), mixer, train_set
         self.train_model: nn.Module = self.model
         if runtime.distributed:
@@ -146,10 +154,11 @@ class EpochTrainer:
     def resume(self) -> None:
         """Load ``checkpoints/last.pt`` and continue after its epoch."""
         state = load_checkpoint(self.checkpoint_path)
-        differences = config_differences(state["config"], self.config, RESUMABLE_CHANGES)
+        allowed = resumable_changes(self.train_section)
+        differences = config_differences(state["config"], self.config, allowed)
         if differences:
             raise StageError(f"cannot resume: the config differs from the checkpoint's"
-                             f" ({differences}). Only {', '.join(sorted(RESUMABLE_CHANGES))} may"
+                             f" ({differences}). Only {', '.join(sorted(allowed))} may"
                              f" change; for more epochs start a new run from {self.final_file}.")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -121,8 +121,8 @@ def pseudo_masks(classifier, tmp_path_factory):
 def seg_settings(csv_path, masks, *extra):
     return data_settings(csv_path) + [
         f"pseudo_masks_dir={masks}", "segmenter.encoder=tu-test_efficientnet",
-        "segmenter.encoder_weights=null", "train.epochs=2", "train.batch_size=4",
-        "train.num_workers=0", "augment.curriculum.patch_sizes=[16, 8]", *extra]
+        "segmenter.encoder_weights=null", "seg_train.epochs=2", "seg_train.batch_size=4",
+        "seg_train.num_workers=0", "seg_augment.curriculum.patch_sizes=[16, 8]", *extra]
 
 
 def test_train_seg_on_pseudo_masks_with_ground_truth_validation(pseudo_masks, tmp_path, capsys):
@@ -150,7 +150,7 @@ def test_train_seg_resumes_exactly_and_validates_on_pseudo_masks(pseudo_masks, t
     from segmix import training
 
     csv_path, masks = pseudo_masks
-    settings = seg_settings(csv_path, masks, "validate_on=pseudo_masks", "augment.name=cutmix")
+    settings = seg_settings(csv_path, masks, "validate_on=pseudo_masks", "seg_augment.name=cutmix")
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     assert cli("train-seg", straight, settings) == 0
     assert "validating on pseudo masks" in capsys.readouterr().out
@@ -172,7 +172,7 @@ def test_train_seg_resumes_exactly_and_validates_on_pseudo_masks(pseudo_masks, t
 
 def test_train_seg_errors(pseudo_masks, tmp_path, capsys):
     csv_path, masks = pseudo_masks
-    assert cli("train-seg", tmp_path / "a", seg_settings(csv_path, masks, "augment.name=mixup")) == 1
+    assert cli("train-seg", tmp_path / "a", seg_settings(csv_path, masks, "seg_augment.name=mixup")) == 1
     assert "no meaning for masks" in capsys.readouterr().err
     assert cli("train-seg", tmp_path / "b", seg_settings(csv_path, tmp_path / "none")) == 1
     assert "pseudo masks are missing" in capsys.readouterr().err

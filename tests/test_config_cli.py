@@ -125,3 +125,17 @@ def test_one_file_serves_several_stages(tmp_path):
     path.write_text("epochs: 3\nmodle: {name: x}\n")
     with pytest.raises(ConfigError, match="unknown config key 'modle'"):
         load_config(path, DEFAULTS, foreign)
+
+
+def test_every_shipped_config_loads_for_every_stage():
+    from pathlib import Path
+
+    from segmix.cli import SUBCOMMANDS
+
+    configs = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+    stages = [command.load() for command in SUBCOMMANDS]
+    all_keys = {key for stage in stages for key in stage.DEFAULTS}
+    assert configs
+    for path in configs:
+        for stage in stages:
+            load_config(path, stage.DEFAULTS, all_keys - set(stage.DEFAULTS))
