@@ -189,28 +189,36 @@ def normalization_of(model: nn.Module) -> Tuple[Tuple[float, ...], Tuple[float, 
     return mean, std
 
 
-def save_classifier(path: Path, model: nn.Module, *, name: str, classes: list,
-                    image_size: Tuple[int, int], extra: Optional[Dict[str, Any]] = None) -> None:
-    """Write a self-describing classifier file (architecture, classes, input size, weights)."""
+def _write_model_file(path: Path, payload: Dict[str, Any]) -> None:
     from .io import atomic_path
 
-    mean, std = normalization_of(model)
-    payload = {"arch": name, "classes": list(classes), "image_size": list(image_size),
-               "mean": list(mean), "std": list(std), "state_dict": model.state_dict(),
-               **(extra or {})}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-def load_classifier(path: Path, map_location: str = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
-    """Rebuild a classifier saved by :func:`save_classifier`, in eval mode; returns ``(model, info)``."""
+def _read_model_file(path: Path, kind: str, required: set, map_location: str) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"classifier file {path} not found")
+        raise FileNotFoundError(f"{kind} file {path} not found")
     payload = torch.load(path, map_location=map_location, weights_only=True)
-    missing = {"arch", "classes", "state_dict"} - set(payload)
+    missing = required - set(payload) if isinstance(payload, dict) else required
     if missing:
-        raise ValueError(f"{path} is not a segmix classifier file (lacks {sorted(missing)})")
+        raise ValueError(f"{path} is not a segmix {kind} file (lacks {sorted(missing)})")
+    return payload
+
+
+def save_classifier(path: Path, model: nn.Module, *, name: str, classes: list,
+                    image_size: Tuple[int, int], extra: Optional[Dict[str, Any]] = None) -> None:
+    """Write a self-describing classifier file (architecture, classes, input size, weights)."""
+    mean, std = normalization_of(model)
+    _write_model_file(path, {"arch": name, "classes": list(classes), "image_size": list(image_size),
+                             "mean": list(mean), "std": list(std), "state_dict": model.state_dict(),
+                             **(extra or {})})
+
+
+def load_classifier(path: Path, map_location: str = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
+    """Rebuild a classifier saved by :func:`save_classifier`, in eval mode; returns ``(model, info)``."""
+    payload = _read_model_file(path, "classifier", {"arch", "classes", "state_dict"}, map_location)
     model = timm.create_model(payload["arch"], pretrained=False, num_classes=len(payload["classes"]))
     model.load_state_dict(payload["state_dict"])
     info = {k: v for k, v in payload.items() if k != "state_dict"}
@@ -230,25 +238,16 @@ def segmenter_normalization(encoder: str) -> Tuple[Tuple[float, ...], Tuple[floa
 def save_segmenter(path: Path, model: nn.Module, *, arch: str, encoder: str, classes: list,
                    image_size: Tuple[int, int], extra: Optional[Dict[str, Any]] = None) -> None:
     """Write a self-describing segmentation model file (0 = background, 1..K = ``classes``)."""
-    from .io import atomic_path
-
     mean, std = segmenter_normalization(encoder)
-    payload = {"arch": arch, "encoder": encoder, "classes": list(classes),
-               "image_size": list(image_size), "mean": list(mean), "std": list(std),
-               "state_dict": model.state_dict(), **(extra or {})}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    _write_model_file(path, {"arch": arch, "encoder": encoder, "classes": list(classes),
+                             "image_size": list(image_size), "mean": list(mean), "std": list(std),
+                             "state_dict": model.state_dict(), **(extra or {})})
 
 
 def load_segmenter(path: Path, map_location: str = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
     """Rebuild a model saved by :func:`save_segmenter`, in eval mode; returns ``(model, info)``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"segmentation model file {path} not found")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
-    missing = {"arch", "encoder", "classes", "state_dict"} - set(payload)
-    if missing:
-        raise ValueError(f"{path} is not a segmix segmentation model file (lacks {sorted(missing)})")
+    payload = _read_model_file(path, "segmentation model", {"arch", "encoder", "classes",
+                                                            "state_dict"}, map_location)
     model = create_segmenter(payload["arch"], payload["encoder"], len(payload["classes"]) + 1)
     model.load_state_dict(payload["state_dict"])
     return model.eval(), {k: v for k, v in payload.items() if k != "state_dict"}

@@ -12,7 +12,6 @@ Outputs in the output folder: ``config.yaml``, ``metrics.csv``, ``curriculum.csv
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -31,7 +30,7 @@ from .data import (
 from .metrics import classification_metrics
 from .mixing import build_mixer
 from .models import create_classifier, normalization_of, save_classifier
-from .runtime import Runtime, setup_runtime
+from .runtime import Runtime
 from .training import (
     AUGMENT_DEFAULTS,
     AUGMENTATION_DEFAULTS,
@@ -133,9 +132,4 @@ class ClassifierTraining(EpochTrainer):
 def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         overwrite: bool = False) -> List[Dict[str, Any]]:
     """Train a classifier as ``config`` says; returns the per-epoch metric rows."""
-    runtime = setup_runtime(config["train"]["device"])
-    try:
-        return run_training(ClassifierTraining, copy.deepcopy(config), output_dir, resume=resume,
-                            overwrite=overwrite, runtime=runtime)
-    finally:
-        runtime.close()
+    return run_training(ClassifierTraining, config, output_dir, resume=resume, overwrite=overwrite)

@@ -14,7 +14,6 @@ which. Outputs: ``config.yaml``, ``metrics.csv``, ``curriculum.csv``, ``checkpoi
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -40,7 +39,7 @@ from .data import (
 )
 from .mixing import build_mixer
 from .models import create_segmenter, save_segmenter, segmenter_normalization
-from .runtime import Runtime, setup_runtime
+from .runtime import Runtime
 from .training import (
     AUGMENT_DEFAULTS,
     AUGMENTATION_DEFAULTS,
@@ -178,9 +177,4 @@ class SegmenterTraining(EpochTrainer):
 def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         overwrite: bool = False) -> List[Dict[str, Any]]:
     """Train a segmentation model on pseudo masks as ``config`` says; returns the metric rows."""
-    runtime = setup_runtime(config["seg_train"]["device"])
-    try:
-        return run_training(SegmenterTraining, copy.deepcopy(config), output_dir, resume=resume,
-                            overwrite=overwrite, runtime=runtime)
-    finally:
-        runtime.close()
+    return run_training(SegmenterTraining, config, output_dir, resume=resume, overwrite=overwrite)

@@ -8,6 +8,7 @@ implements :meth:`batch_loss`, :meth:`evaluate` and :meth:`save_model`.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -22,7 +23,14 @@ from tqdm import tqdm
 from .config import config_differences
 from .io import write_csv
 from .mixing import BatchMixer
-from .runtime import Runtime, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .runtime import (
+    Runtime,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    setup_runtime,
+)
 
 __all__ = ["AUGMENT_DEFAULTS", "AUGMENTATION_DEFAULTS", "EpochTrainer", "StageError",
            "resumable_changes", "run_training"]
@@ -241,12 +249,18 @@ class EpochTrainer:
 
 
 def run_training(trainer_class, config: Dict[str, Any], output_dir: Path, *, resume: bool,
-                 overwrite: bool, runtime: Runtime) -> List[Dict[str, Any]]:
-    """Build ``trainer_class`` and train, resuming or refusing to clobber an earlier checkpoint."""
-    trainer = trainer_class(config, output_dir, runtime)
-    if resume:
-        trainer.resume()
-    elif trainer.checkpoint_path.exists() and not overwrite:
-        raise StageError(f"{trainer.checkpoint_path} exists from an earlier run: use --resume"
-                         " to continue it or --overwrite to start again")
-    return trainer.fit()
+                 overwrite: bool) -> List[Dict[str, Any]]:
+    """Set up the device (and DDP), build ``trainer_class`` and train, resuming or refusing to
+    clobber an earlier checkpoint; returns the per-epoch metric rows."""
+    config = copy.deepcopy(config)
+    runtime = setup_runtime(config[trainer_class.train_section]["device"])
+    try:
+        trainer = trainer_class(config, output_dir, runtime)
+        if resume:
+            trainer.resume()
+        elif trainer.checkpoint_path.exists() and not overwrite:
+            raise StageError(f"{trainer.checkpoint_path} exists from an earlier run: use --resume"
+                             " to continue it or --overwrite to start again")
+        return trainer.fit()
+    finally:
+        runtime.close()
