@@ -10,6 +10,7 @@ from pseudo_masks import read_mask_png
 from segmix.cams_stage import load_cam_file
 from segmix.cli import main
 
+from interrupt import run_killed_after_first_epoch
 from synthetic import write_csv_dataset
 
 
@@ -147,23 +148,12 @@ def test_train_seg_resumes_exactly_and_validates_on_pseudo_masks(pseudo_masks, t
                                                                  monkeypatch, capsys):
     import torch
 
-    from segmix import training
-
     csv_path, masks = pseudo_masks
     settings = seg_settings(csv_path, masks, "validate_on=pseudo_masks", "seg_augment.name=cutmix")
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     assert cli("train-seg", straight, settings) == 0
     assert "validating on pseudo masks" in capsys.readouterr().out
-    write_epoch = training.EpochTrainer._write_epoch
-
-    def crash(self, epoch, row):
-        write_epoch(self, epoch, row)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(training.EpochTrainer, "_write_epoch", crash)
-    with pytest.raises(KeyboardInterrupt):
-        cli("train-seg", interrupted, settings)
-    monkeypatch.setattr(training.EpochTrainer, "_write_epoch", write_epoch)
+    run_killed_after_first_epoch(monkeypatch, lambda: cli("train-seg", interrupted, settings))
     assert cli("train-seg", interrupted, settings, "--resume") == 0
     a = torch.load(straight / "segmenter.pt", weights_only=True)["state_dict"]
     b = torch.load(interrupted / "segmenter.pt", weights_only=True)["state_dict"]

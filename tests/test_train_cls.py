@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from segmix import train_cls
 from segmix.cli import main
 from segmix.models import load_classifier
 
+from interrupt import run_killed_after_first_epoch
 from synthetic import write_csv_dataset
 
 TIMING = {"images_per_s", "train_seconds"}
@@ -64,16 +64,8 @@ def test_resume_after_interruption_continues_exactly(dataset, tmp_path, monkeypa
     assert main(args_for(dataset, straight, "train.num_workers=1")) == 0
 
     interrupted = tmp_path / "interrupted"
-    write_epoch = train_cls.ClassifierTraining._write_epoch
-
-    def crash_after_first_epoch(self, epoch, row):
-        write_epoch(self, epoch, row)
-        raise KeyboardInterrupt("killed")
-
-    monkeypatch.setattr(train_cls.ClassifierTraining, "_write_epoch", crash_after_first_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        main(args_for(dataset, interrupted, "train.num_workers=1"))
-    monkeypatch.setattr(train_cls.ClassifierTraining, "_write_epoch", write_epoch)
+    run_killed_after_first_epoch(
+        monkeypatch, lambda: main(args_for(dataset, interrupted, "train.num_workers=1")))
     assert not (interrupted / "classifier.pt").exists()
 
     assert main(args_for(dataset, interrupted, "train.num_workers=1")) == 1  # needs --resume
@@ -90,16 +82,7 @@ def test_resume_after_interruption_continues_exactly(dataset, tmp_path, monkeypa
 
 def test_resume_with_another_config_is_refused(dataset, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    write_epoch = train_cls.ClassifierTraining._write_epoch
-
-    def crash(self, epoch, row):
-        write_epoch(self, epoch, row)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_cls.ClassifierTraining, "_write_epoch", crash)
-    with pytest.raises(KeyboardInterrupt):
-        main(args_for(dataset, out))
-    monkeypatch.setattr(train_cls.ClassifierTraining, "_write_epoch", write_epoch)
+    run_killed_after_first_epoch(monkeypatch, lambda: main(args_for(dataset, out)))
     assert main(args_for(dataset, out, "train.lr=0.01") + ["--resume"]) == 1
     assert "holds a run with other settings (train.lr: 0.001 -> 0.01)" in capsys.readouterr().err
     assert main(args_for(dataset, out, "train.num_workers=1") + ["--resume"]) == 0  # allowed change

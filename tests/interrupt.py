@@ -1,0 +1,22 @@
+"""Simulate a training run killed right after its first epoch's checkpoint."""
+
+import pytest
+
+from segmix import training
+
+
+def run_killed_after_first_epoch(monkeypatch, command):
+    """Call ``command()`` with every trainer raising ``KeyboardInterrupt`` once the first epoch's
+    metrics and checkpoint are written; the patch is undone afterwards."""
+    write_epoch = training.EpochTrainer._write_epoch
+
+    def crash(self, epoch, row):
+        write_epoch(self, epoch, row)
+        raise KeyboardInterrupt("killed after the first epoch")
+
+    monkeypatch.setattr(training.EpochTrainer, "_write_epoch", crash)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            command()
+    finally:
+        monkeypatch.setattr(training.EpochTrainer, "_write_epoch", write_epoch)
