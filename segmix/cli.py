@@ -81,7 +81,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stage = command.load()
     from .runtime import is_main_process
     # One file may hold every stage's settings: keys of the other stages are skipped here.
-    foreign = {key for other in commands for key in other.load().DEFAULTS} - set(stage.DEFAULTS)
+    foreign = set()
+    if args.config is not None:
+        foreign = {key for other in commands for key in other.load().DEFAULTS} - set(stage.DEFAULTS)
     try:
         config = apply_overrides(load_config(args.config, stage.DEFAULTS, foreign), args.overrides)
         if args.output_dir is not None:

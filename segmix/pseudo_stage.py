@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pseudo_masks import (
+    PROTOCOLS,
     ConfusionMatrix,
     PseudoMaskConfig,
     cams_to_masks,
@@ -48,7 +49,6 @@ from .io import atomic_write_text, write_csv
 __all__ = ["DEFAULTS", "DONE_FILE", "run", "sweep"]
 
 DONE_FILE = "summary.json"
-PROTOCOLS = ("with_background", "ignore_background")
 
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/pseudo-masks",
@@ -77,6 +77,11 @@ class Tile:
         if tuple(cams.shape[-2:]) != size:
             cams = F.interpolate(cams, size=size, mode="bilinear", align_corners=False)
         return cams, torch.from_numpy(arrays["labels"].astype(np.float32))[None]
+
+    def labels(self) -> torch.Tensor:
+        """The multi-hot label ``[1, K]``, read without decompressing the CAMs."""
+        with np.load(self.cam_path) as data:
+            return torch.from_numpy(data["labels"].astype(np.float32))[None]
 
     def truth(self, data: Dict[str, Any], labels: torch.Tensor,
               num_classes: int) -> Optional[np.ndarray]:
@@ -161,8 +166,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
         for tile in tqdm(split_tiles, desc=f"masks {split}", unit="tile"):
             path = output_dir / "masks" / split / f"{tile.name}.png"
             if path.exists() and not overwrite:
-                mask = read_mask_png(path)
-                _, labels = tile.cams_and_labels(mask.shape)
+                mask, labels = read_mask_png(path), tile.labels()
                 image = read_rgb(tile.image) if config["overlays"] else None
             else:
                 image, mask, labels = _mask_of(tile, settings)

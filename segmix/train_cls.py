@@ -35,12 +35,11 @@ from .training import (
     AUGMENT_DEFAULTS,
     AUGMENTATION_DEFAULTS,
     EpochTrainer,
-    StageError,
     resumable_changes,
     run_training,
 )
 
-__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "StageError"]
+__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run"]
 
 DONE_FILE = "classifier.pt"
 RESUMABLE_CHANGES = resumable_changes("train")

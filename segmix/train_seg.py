@@ -44,13 +44,11 @@ from .training import (
     AUGMENT_DEFAULTS,
     AUGMENTATION_DEFAULTS,
     EpochTrainer,
-    StageError,
     resumable_changes,
     run_training,
 )
 
-__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "StageError",
-           "PSEUDO_MASK_CONVENTION"]
+__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "PSEUDO_MASK_CONVENTION"]
 
 DONE_FILE = "segmenter.pt"
 RESUMABLE_CHANGES = resumable_changes("seg_train")

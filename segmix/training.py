@@ -84,9 +84,9 @@ class EpochTrainer:
     """The loop of a training stage. Subclasses set ``final_file`` (marks the run finished),
     ``best_file`` and ``best_metric`` (a validation column to maximise)."""
 
-    final_file = "model.pt"
-    best_file = "model_best.pt"
-    best_metric = "val_loss"
+    final_file: str
+    best_file: str
+    best_metric: str  # maximised
     train_section = "train"  # the config section with epochs, batch_size, lr, ...
 
     def __init__(self, config: Dict[str, Any], output_dir: Path, runtime: Runtime) -> None:
