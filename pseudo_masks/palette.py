@@ -67,9 +67,18 @@ def write_legend(folder: Path, classes: Sequence[str]) -> Dict[str, Dict[str, ob
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 picture: the image with class colours blended in (background left as it is)."""
-    colors = np.array(palette_colors(num_classes) + [IGNORE_COLOR], dtype=np.float32)
-    index = np.where(mask == IGNORE_INDEX, num_classes + 1, np.minimum(mask, num_classes + 1))
-    painted = colors[index]
-    weight = np.where(mask[..., None] == 0, 0.0, alpha)
-    return (image * (1 - weight) + painted * weight).round().astype(np.uint8)
+    """RGB uint8 picture: the image with class colours blended in (background left as it is).
+
+    Integer arithmetic over bands of rows, so a large image needs little memory beyond the result.
+    """
+    colors = np.array(palette_colors(num_classes) + [IGNORE_COLOR], dtype=np.uint16)
+    share = np.uint16(round(alpha * 256))
+    result = np.array(image, dtype=np.uint8, copy=True)
+    for top in range(0, mask.shape[0], 256):
+        rows = mask[top:top + 256]
+        index = np.where(rows == IGNORE_INDEX, num_classes + 1, np.minimum(rows, num_classes + 1))
+        blended = (result[top:top + 256].astype(np.uint16) * (256 - share) + colors[index] * share
+                   + 128) >> 8
+        painted = rows != 0
+        result[top:top + 256][painted] = blended[painted].astype(np.uint8)
+    return result

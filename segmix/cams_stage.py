@@ -9,7 +9,6 @@ the classifier's input size, raw: not normalised), ``labels`` (multi-hot image-l
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -29,7 +28,7 @@ from .data import (
     read_split,
     unique_names,
 )
-from .io import atomic_write_bytes, write_csv
+from .io import atomic_write_npz, write_csv
 from .models import load_classifier
 from .runtime import setup_runtime
 
@@ -63,12 +62,6 @@ def load_cam_file(path: Path) -> Dict[str, np.ndarray]:
     """The arrays of one ``.npz`` written by this stage."""
     with np.load(path) as data:
         return {key: data[key] for key in data.files}
-
-
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def tta_settings(config: Dict[str, Any]):
@@ -118,7 +111,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False, **
                 probabilities = (torch.softmax(logits, dim=1) if info.get("loss") == "ce"
                                  else torch.sigmoid(logits)).cpu().numpy()
             for j, index in enumerate(batch["index"].tolist()):
-                _save_npz(folder / f"{names[index]}.npz",
+                atomic_write_npz(folder / f"{names[index]}.npz",
                           cams=maps[j].cpu().numpy().astype(np.float16),
                           labels=batch["target"][j].numpy().astype(np.uint8),
                           probabilities=probabilities[j].astype(np.float32))

@@ -44,6 +44,8 @@ SUBCOMMANDS: Tuple[Subcommand, ...] = (
                " ignore band, clean-up, threshold sweep)", "pseudo_stage"),
     Subcommand("train-seg", "stage 4: train a segmentation model on the pseudo masks, image and"
                " mask shuffled together", "train_seg", resumable=True),
+    Subcommand("predict", "masks for new images of any size with a trained segmentation model"
+               " (sliding window, blended logits, flip TTA)", "predict_stage"),
     Subcommand("evaluate", "score predicted masks against the ground truth of any labelled split"
                " (mIoU, FwIoU, Dice; with and without background)", "evaluate_stage"),
 )

@@ -10,9 +10,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Sequence, Union
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "write_csv"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "atomic_write_npz", "write_csv"]
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0o666 less the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextmanager
@@ -31,6 +38,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, _file_mode())  # mkstemp makes it private; outputs get the usual mode
         os.replace(tmp, target)
     finally:
         if tmp.exists():
@@ -46,6 +54,15 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
 def atomic_write_text(path: PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_npz(path: PathLike, **arrays: Any) -> None:
+    """Write arrays as a compressed ``.npz`` atomically."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_csv(path: PathLike, rows: Sequence[Dict[str, Any]]) -> None:

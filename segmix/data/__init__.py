@@ -9,6 +9,7 @@ from .dataset import (
     mask_convention,
     read_split,
     unique_names,
+    unique_stems,
 )
 from .images import IGNORE_INDEX, MaskConvention, decode_mask, read_mask, read_rgb, write_rgb
 from .readers import (
@@ -24,7 +25,7 @@ from .readers import (
 from .samples import DatasetError, Problem, ReadResult, Sample, resolve_problems
 
 __all__ = [
-    "DATA_DEFAULTS", "mask_convention", "unique_names",
+    "DATA_DEFAULTS", "mask_convention", "unique_names", "unique_stems",
     "BCSS_CLASSES", "FORMATS", "IGNORE_INDEX", "LUAD_CLASSES", "DatasetError", "MaskConvention",
     "Problem", "ReadResult", "Sample", "TileDataset", "build_transform", "dataset_classes",
     "decode_mask", "image_size_of", "parse_filename_label", "read_class_folders", "read_csv",

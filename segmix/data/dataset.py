@@ -26,7 +26,7 @@ from .readers import (
 from .samples import DatasetError, ReadResult, Sample, resolve_problems
 
 __all__ = ["DATA_DEFAULTS", "TileDataset", "build_transform", "read_split", "dataset_classes",
-           "image_size_of", "mask_convention", "unique_names"]
+           "image_size_of", "mask_convention", "unique_names", "unique_stems"]
 
 # The ``data`` config section every stage shares (see docs/classification.md).
 DATA_DEFAULTS: Dict[str, Any] = {
@@ -166,11 +166,15 @@ def mask_convention(data: Mapping[str, Any]) -> MaskConvention:
 
 def unique_names(samples: Sequence[Sample]) -> List[str]:
     """File stems used to name per-tile outputs; duplicates are an error naming them."""
-    names = [s.image.stem for s in samples]
+    return unique_stems([s.image for s in samples])
+
+
+def unique_stems(paths: Sequence[Path]) -> List[str]:
+    """The file stems of ``paths``, which name per-image outputs; duplicates are an error."""
     seen: Dict[str, Path] = {}
-    for name, sample in zip(names, samples):
-        if name in seen:
-            raise DatasetError(f"two tiles share the name {name!r} ({seen[name]} and {sample.image});"
-                               " per-tile outputs are named by file stem, so rename one")
-        seen[name] = sample.image
-    return names
+    for path in paths:
+        if path.stem in seen:
+            raise DatasetError(f"two images share the name {path.stem!r} ({seen[path.stem]} and"
+                               f" {path}); per-image outputs are named by file stem, so rename one")
+        seen[path.stem] = path
+    return list(seen)

@@ -1,0 +1,211 @@
+"""``segmix predict``: masks for new images from a trained segmentation model.
+
+Inputs (one of): ``input``, a folder of images or a CSV with an ``image`` column (paths relative to
+the CSV; ``input_split`` keeps the rows of one ``split``), or ``split``, a split of the ``data``
+section (as ``segmix run`` uses it). Images of any size are predicted with a sliding window
+(:mod:`segmix.sliding_window`): windows of the training size overlap by ``overlap`` and their logits
+are blended, in memory bounded by one band of windows; ``flips`` adds flip test-time augmentation.
+
+Outputs: ``masks/<stem>.png`` (palette PNG: 0 background, 1..K classes) with ``masks/legend.json``,
+optional ``probabilities/<stem>.npz`` (float16 ``[K+1, H, W]`` softmax) and
+``overlays/<stem>.jpg``, ``predictions.csv`` (size and class fractions per image) and
+``summary.json`` (marks the run finished). Writes are atomic; a re-run predicts only the images
+whose outputs are missing. An unreadable image is an error naming it, or is skipped and counted
+with ``on_bad_file: skip``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pseudo_masks import overlay, read_mask_png, write_legend, write_mask_png
+
+from .data import DATA_DEFAULTS, DatasetError, read_rgb, read_split, unique_stems, write_rgb
+from .data.images import ImageReadError
+from .data.readers import IMAGE_SUFFIXES
+from .io import atomic_write_npz, atomic_write_text, write_csv
+from .models import load_segmenter
+from .runtime import setup_runtime
+from .sliding_window import sliding_window_predict
+
+__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "list_inputs"]
+
+DONE_FILE = "summary.json"
+RESUMABLE_CHANGES = {"batch_size", "device"}
+
+DEFAULTS: Dict[str, Any] = {
+    "output_dir": "runs/predict",
+    "segmenter_path": "runs/segmenter/segmenter.pt",
+    "input": None,           # a folder of images or a CSV with an `image` column
+    "input_split": None,     # with a CSV input: keep rows whose `split` column has this value
+    "split": None,           # instead of input: a split of the `data` section (train, val)
+    "data": DATA_DEFAULTS,
+    "window": None,          # null: the model's training size; or an int / [height, width]
+    "overlap": 0.25,
+    "blend": "gaussian",     # gaussian | uniform
+    "flips": [],             # test-time augmentation: horizontal, vertical
+    "scale": 1.0,            # resize factor applied before prediction (e.g. if training tiles were resized)
+    "batch_size": 8,
+    "device": "auto",
+    "probabilities": False,
+    "overlays": True,
+    "on_bad_file": "raise",  # or skip: leave unreadable images out with a warning and a count
+}
+
+
+def _csv_images(path: Path, split: Optional[str]) -> List[Path]:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        needed = ["image"] + (["split"] if split is not None else [])
+        missing = [c for c in needed if c not in columns]
+        if missing:
+            raise DatasetError(f"{path}: missing column(s) {missing}; columns are {columns}")
+        rows = [(line, row) for line, row in enumerate(reader, start=2)
+                if split is None or (row.get("split") or "").strip() == split]
+    empty = [line for line, row in rows if not (row.get("image") or "").strip()]
+    if empty:
+        raise DatasetError(f"{path}: empty image path on line(s) {empty[:10]}")
+    return [path.parent / row["image"].strip() for _, row in rows]
+
+
+def list_inputs(config: Dict[str, Any]) -> List[Path]:
+    """The image paths a predict config names (``input`` folder or CSV, or a ``data`` split)."""
+    source, split = config["input"], config["split"]
+    if (source is None) == (split is None):
+        raise ValueError("set exactly one of input (a folder of images or a CSV with an `image`"
+                         " column) and split (a split of the data section, e.g. val)")
+    if split is not None:
+        return [s.image for s in read_split(config["data"], split)]
+    path = Path(source)
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    elif path.is_file() and path.suffix.lower() == ".csv":
+        images = _csv_images(path, config["input_split"])
+    elif path.exists():
+        raise ValueError(f"input {path} is neither a folder of images nor a .csv file")
+    else:
+        raise FileNotFoundError(f"input {path} does not exist")
+    if not images:
+        raise DatasetError(f"input {path} holds no images (suffixes {', '.join(IMAGE_SUFFIXES)})")
+    return images
+
+
+def _resized(array: np.ndarray, size: Tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """``array`` (``H x W [x C]``) resized to ``size`` = (height, width)."""
+    if nearest:
+        interpolation = cv2.INTER_NEAREST
+    else:
+        interpolation = cv2.INTER_AREA if size[0] < array.shape[0] else cv2.INTER_LINEAR
+    return cv2.resize(array, (size[1], size[0]), interpolation=interpolation)
+
+
+class Predictor:
+    """A loaded segmentation model and the settings to predict one image."""
+
+    def __init__(self, config: Dict[str, Any]) -> None:
+        runtime = setup_runtime(config["device"])
+        self.device = runtime.device
+        self.model, info = load_segmenter(Path(config["segmenter_path"]), map_location="cpu")
+        self.model.to(self.device)
+        self.classes: List[str] = list(info["classes"])
+        self.mean, self.std = info["mean"], info["std"]
+        self.window = config["window"] if config["window"] is not None else list(info["image_size"])
+        stride = getattr(self.model.encoder, "output_stride", 1)
+        window = [self.window] * 2 if isinstance(self.window, int) else list(self.window)
+        if any(side % stride for side in window):
+            raise ValueError(f"window {self.window} must be a multiple of the encoder's output stride"
+                             f" {stride}")
+        self.scale = float(config["scale"])
+        if self.scale <= 0:
+            raise ValueError(f"scale must be positive, got {self.scale}")
+        self.settings = {"overlap": float(config["overlap"]), "blend": config["blend"],
+                         "flips": list(config["flips"]), "batch_size": int(config["batch_size"])}
+
+    def __call__(self, image: np.ndarray, probabilities: bool,
+                 on_row=None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        size = image.shape[:2]
+        if self.scale != 1.0:
+            image = _resized(image, (max(1, round(size[0] * self.scale)),
+                                     max(1, round(size[1] * self.scale))))
+        mask, probs = sliding_window_predict(
+            self.model, image, window=self.window, mean=self.mean, std=self.std,
+            probabilities=probabilities, device=self.device, on_row=on_row, **self.settings)
+        if self.scale != 1.0:
+            mask = _resized(mask, size, nearest=True)
+            if probs is not None:
+                probs = np.stack([_resized(p.astype(np.float32), size) for p in probs]).astype(np.float16)
+        return mask, probs
+
+
+def _outputs(output_dir: Path, name: str, config: Dict[str, Any]) -> Dict[str, Path]:
+    paths = {"mask": output_dir / "masks" / f"{name}.png"}
+    if config["probabilities"]:
+        paths["probabilities"] = output_dir / "probabilities" / f"{name}.npz"
+    if config["overlays"]:
+        paths["overlay"] = output_dir / "overlays" / f"{name}.jpg"
+    return paths
+
+
+def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
+        **_: Any) -> Dict[str, Any]:
+    """Predict every input image; returns the summary written to ``summary.json``."""
+    if config["on_bad_file"] not in ("raise", "skip"):
+        raise ValueError(f"on_bad_file must be 'raise' or 'skip', got {config['on_bad_file']!r}")
+    images = list_inputs(config)
+    names = unique_stems(images)
+    predictor = Predictor(config)
+    num_classes = len(predictor.classes)
+    write_legend(output_dir / "masks", predictor.classes)
+    rows, skipped, predicted, pixels = [], [], 0, 0
+    start = time.perf_counter()
+    bar = tqdm(list(zip(images, names)), desc="predicting", unit="image")
+    for image_path, name in bar:
+        paths = _outputs(output_dir, name, config)
+        if not overwrite and all(p.exists() for p in paths.values()):
+            mask = read_mask_png(paths["mask"])
+        else:
+            try:
+                image = read_rgb(image_path)
+            except ImageReadError as error:
+                if config["on_bad_file"] == "raise":
+                    raise ImageReadError(f"{error}. Fix or remove it, or set on_bad_file=skip") from error
+                skipped.append(str(error))
+                continue
+            mask, probs = predictor(image, config["probabilities"],
+                                    on_row=lambda done, total: bar.set_postfix(rows=f"{done}/{total}"))
+            write_mask_png(paths["mask"], mask, num_classes)
+            if probs is not None:
+                atomic_write_npz(paths["probabilities"], probabilities=probs,
+                                 classes=np.array(["background", *predictor.classes]))
+            if "overlay" in paths:
+                write_rgb(paths["overlay"], overlay(image, mask, num_classes))
+            predicted += 1
+            pixels += mask.size
+        fractions = np.bincount(mask.ravel(), minlength=num_classes + 1) / mask.size
+        rows.append({"image": str(image_path), "mask": str(paths["mask"].relative_to(output_dir)),
+                     "height": mask.shape[0], "width": mask.shape[1],
+                     **{c: fractions[i] for i, c in enumerate(["background", *predictor.classes])}})
+    seconds = time.perf_counter() - start
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s):\n  " + "\n  ".join(skipped[:20]),
+                      stacklevel=2)
+    write_csv(output_dir / "predictions.csv", rows)
+    summary = {"segmenter": str(config["segmenter_path"]), "images": len(rows),
+               "predicted_now": predicted, "already_done": len(rows) - predicted,
+               "skipped": skipped, "seconds": seconds,
+               "megapixels_per_s": pixels / 1e6 / seconds if predicted else None}
+    atomic_write_text(output_dir / DONE_FILE, json.dumps(summary, indent=2))
+    print(f"predicted {predicted} image(s) ({len(rows) - predicted} already done,"
+          f" {len(skipped)} skipped) into {output_dir / 'masks'}", flush=True)
+    return summary

@@ -1,0 +1,212 @@
+"""Sliding-window prediction (exactness, padding, bounded memory) and the ``segmix predict`` stage."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pseudo_masks import read_mask_png
+from segmix.cli import main
+from segmix.models import create_segmenter, save_segmenter
+from segmix.sliding_window import blend_weights, sliding_window_predict, window_starts
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+def normalised(image: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def random_image(height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    return create_segmenter("Unet", "tu-test_efficientnet", 4, encoder_weights=None).eval()
+
+
+def test_window_starts_cover_the_length_and_end_flush():
+    assert window_starts(100, 128, 96) == [0]
+    assert window_starts(300, 128, 96) == [0, 96, 172]
+    assert window_starts(256, 128, 128) == [0, 128]
+    weights = blend_weights(64, 32)
+    assert weights.shape == (64, 32) and weights.max() == 1 and weights.min() >= 1e-3
+    assert torch.equal(blend_weights(8, 8, "uniform"), torch.ones(8, 8))
+
+
+@pytest.mark.parametrize("flips", [[], ["horizontal", "vertical"]])
+def test_one_window_equals_whole_image_prediction(unet, flips):
+    image = random_image(64, 96)
+    mask, probs = sliding_window_predict(unet, image, window=[64, 96], mean=MEAN, std=STD,
+                                         flips=flips, probabilities=True)
+    with torch.no_grad():
+        x = normalised(image)
+        logits = sum(unet(x.flip(d) if d else x).flip(d) if d else unet(x)
+                     for d in [()] + [(-1,) if f == "horizontal" else (-2,) for f in flips])
+        logits = logits[0] / (1 + len(flips))
+    assert np.array_equal(mask, logits.argmax(0).numpy())
+    assert np.allclose(probs.astype(np.float32), torch.softmax(logits, 0).numpy(), atol=2e-3)
+
+
+@pytest.mark.parametrize("blend", ["gaussian", "uniform"])
+def test_overlapping_windows_of_a_pointwise_model_equal_the_whole_image(blend):
+    """A 1x1 convolution gives every window the same logits where they overlap, so any blend of
+    them must reproduce the whole-image logits: this checks the band bookkeeping exactly."""
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 5, 1).eval()
+    image = random_image(301, 437, seed=1)
+    mask, probs = sliding_window_predict(model, image, window=64, overlap=0.4, mean=MEAN, std=STD,
+                                         blend=blend, probabilities=True, batch_size=3)
+    with torch.no_grad():
+        logits = model(normalised(image))[0]
+    assert np.array_equal(mask, logits.argmax(0).numpy())
+    assert np.abs(probs.astype(np.float32) - torch.softmax(logits, 0).numpy()).max() < 2e-3
+
+
+def test_an_image_smaller_than_the_window_is_padded(unet):
+    mask, probs = sliding_window_predict(unet, random_image(40, 50), window=64, mean=MEAN, std=STD,
+                                         probabilities=True)
+    assert mask.shape == (40, 50) and probs.shape == (4, 40, 50)
+    assert np.allclose(probs.astype(np.float32).sum(0), 1, atol=1e-2)
+
+
+def test_bad_arguments_are_named(unet):
+    with pytest.raises(ValueError, match="H x W x 3 uint8"):
+        sliding_window_predict(unet, np.zeros((8, 8), np.uint8), window=64, mean=MEAN, std=STD)
+    with pytest.raises(ValueError, match="overlap must be in"):
+        sliding_window_predict(unet, random_image(8, 8), window=64, mean=MEAN, std=STD, overlap=1)
+    with pytest.raises(ValueError, match="unknown flips"):
+        sliding_window_predict(unet, random_image(8, 8), window=64, mean=MEAN, std=STD,
+                               flips=["diagonal"])
+    with pytest.raises(ValueError, match="full-resolution logits"):
+        sliding_window_predict(torch.nn.Conv2d(3, 2, 2, stride=2), random_image(64, 64), window=64,
+                               mean=MEAN, std=STD)
+
+
+def test_a_4000_by_3000_image_needs_less_memory_than_its_logit_map():
+    """Peak memory while predicting stays far below what blending into full-image float32 maps
+    needs (8 logit channels + 1 weight channel x 12 Mpx x 4 bytes = 412 MiB): the band design holds
+    one row of windows, not the whole image (about 110 MiB here, allocator slack included)."""
+    script = textwrap.dedent("""
+        import numpy as np, torch
+        from segmix.sliding_window import sliding_window_predict
+        def status_mib(field):  # VmRSS now, VmHWM peak of this process image (ru_maxrss is not:
+            with open("/proc/self/status") as f:  # it keeps the forking parent's peak)
+                line = next(l for l in f if l.startswith(field + ":"))
+            return int(line.split()[1]) / 1024
+        torch.manual_seed(0)
+        model = torch.nn.Conv2d(3, 8, 1).eval()
+        image = np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)
+        before = status_mib("VmRSS")
+        mask, _ = sliding_window_predict(model, image, window=256, mean=(0.5,) * 3, std=(0.25,) * 3,
+                                         batch_size=2)
+        growth = status_mib("VmHWM") - before
+        assert mask.shape == (3000, 4000) and mask.max() < 8
+        print(growth)
+    """)
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/self/status")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            check=True)
+    growth_mib = float(result.stdout.strip().splitlines()[-1])
+    full_maps_mib = 9 * 3000 * 4000 * 4 / 2**20
+    assert growth_mib < full_maps_mib / 2, f"peak grew by {growth_mib:.0f} MiB"
+
+
+# -- the stage ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def segmenter_file(tmp_path_factory, unet):
+    path = tmp_path_factory.mktemp("model") / "segmenter.pt"
+    save_segmenter(path, unet, arch="Unet", encoder="tu-test_efficientnet", classes=["A", "B", "C"],
+                   image_size=(64, 64))
+    return path
+
+
+def write_images(folder, sizes):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(random_image(h, w, seed=i)).save(folder / f"img{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+
+
+def predict(out, *settings, extra=()):
+    return main(["predict", "--output-dir", str(out), *[a for s in settings for a in ("--set", s)],
+                 *extra])
+
+
+def test_predict_folder_outputs_resume_and_refusal(segmenter_file, tmp_path, capsys):
+    images = tmp_path / "images"
+    write_images(images, [(64, 64), (100, 150), (40, 30)])
+    out = tmp_path / "predict"
+    settings = [f"segmenter_path={segmenter_file}", f"input={images}", "probabilities=true",
+                "flips=[horizontal]"]
+    assert predict(out, *settings) == 0
+    for i, size in enumerate([(64, 64), (100, 150), (40, 30)]):
+        mask = read_mask_png(out / "masks" / f"img{i}.png")
+        assert mask.shape == size and mask.max() <= 3
+        with np.load(out / "probabilities" / f"img{i}.npz") as data:
+            assert data["probabilities"].shape == (4, *size)
+            assert data["classes"].tolist() == ["background", "A", "B", "C"]
+        assert Image.open(out / "overlays" / f"img{i}.jpg").size == size[::-1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 3 and summary["predicted_now"] == 3
+    assert json.loads((out / "masks" / "legend.json").read_text())["3"]["name"] == "C"
+    assert (out / "predictions.csv").read_text().count("\n") == 4
+
+    assert predict(out, *settings) == 1  # finished: refuses
+    assert "exists: this run is finished" in capsys.readouterr().err
+    # an interrupted run (no summary, one mask missing) predicts only what is missing
+    (out / "summary.json").unlink()
+    (out / "masks" / "img1.png").unlink()
+    assert predict(out, *settings) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["predicted_now"] == 1 and summary["already_done"] == 2
+
+
+def test_predict_csv_input_scale_and_bad_files(segmenter_file, tmp_path, capsys):
+    images = tmp_path / "images"
+    write_images(images, [(64, 64), (96, 80)])
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    csv_path = tmp_path / "list.csv"
+    csv_path.write_text("image,split\nimages/img0.png,test\nimages/broken.png,test\n"
+                        "images/img1.png,test\nimages/img1.png,other\n")
+    base = [f"segmenter_path={segmenter_file}", f"input={csv_path}", "input_split=test",
+            "scale=0.5", "overlays=false"]
+    assert predict(tmp_path / "raise", *base) == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "on_bad_file=skip" in err
+
+    with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
+        assert predict(tmp_path / "skip", *base, "on_bad_file=skip") == 0
+    summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
+    assert summary["images"] == 2 and len(summary["skipped"]) == 1
+    assert read_mask_png(tmp_path / "skip" / "masks" / "img1.png").shape == (96, 80)
+    assert not (tmp_path / "skip" / "overlays").exists()
+
+
+def test_predict_input_errors(segmenter_file, tmp_path, capsys):
+    model = f"segmenter_path={segmenter_file}"
+    assert predict(tmp_path / "a", model) == 1
+    assert "set exactly one of input" in capsys.readouterr().err
+    assert predict(tmp_path / "b", model, f"input={tmp_path / 'nowhere'}") == 1
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert predict(tmp_path / "c", model, f"input={tmp_path / 'empty'}") == 1
+    assert "holds no images" in capsys.readouterr().err
+    (tmp_path / "x.csv").write_text("path\na.png\n")
+    assert predict(tmp_path / "d", model, f"input={tmp_path / 'x.csv'}") == 1
+    assert "missing column(s) ['image']" in capsys.readouterr().err
+    write_images(tmp_path / "imgs", [(64, 64)])
+    assert predict(tmp_path / "e", model, f"input={tmp_path / 'imgs'}", "window=50") == 1
+    assert "multiple of the encoder's output stride 32" in capsys.readouterr().err
+    assert predict(tmp_path / "f", "segmenter_path=nothing.pt", f"input={tmp_path / 'imgs'}") == 1
+    assert "segmentation model file nothing.pt not found" in capsys.readouterr().err
