@@ -15,7 +15,8 @@ from types import ModuleType
 from typing import Optional, Sequence, Tuple
 
 from . import __version__
-from .config import ConfigError, apply_overrides, config_differences, load_config, save_config
+from .config import ConfigError, apply_overrides, load_config
+from .run_folders import OutputDirError, prepare_output_dir
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class Subcommand:
 
 
 SUBCOMMANDS: Tuple[Subcommand, ...] = (
+    Subcommand("demo", "the whole pipeline on a synthetic tissue dataset it writes itself (no data,"
+               " no internet; a few minutes on a CPU)", "demo"),
     Subcommand("shuffle-demo", "shuffle tiles of a real IHC image with every mode and draw the"
                " result (no data needed)", "shuffle_demo"),
     Subcommand("train-cls", "stage 1: train a classifier on image-level labels with shuffle"
@@ -46,6 +49,9 @@ SUBCOMMANDS: Tuple[Subcommand, ...] = (
                " mask shuffled together", "train_seg", resumable=True),
     Subcommand("predict", "masks for new images of any size with a trained segmentation model"
                " (sliding window, blended logits, flip TTA)", "predict_stage"),
+    Subcommand("run", "the whole pipeline in one folder: train-cls -> cams -> pseudo-masks ->"
+               " train-seg -> predict -> evaluate; re-run to continue after an interruption",
+               "pipeline"),
     Subcommand("evaluate", "score predicted masks against the ground truth of any labelled split"
                " (mIoU, FwIoU, Dice; with and without background)", "evaluate_stage"),
 )
@@ -81,7 +87,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     command = next(c for c in commands if c.name == args.command)
     stage = command.load()
-    from .runtime import is_main_process
     # One file may hold every stage's settings: keys of the other stages are skipped here.
     foreign = set()
     if args.config is not None:
@@ -99,22 +104,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"segmix {command.name}: error: --resume and --overwrite exclude each other",
               file=sys.stderr)
         return 2
-    if (output_dir / stage.DONE_FILE).exists() and not args.overwrite:
-        print(f"segmix {command.name}: {output_dir / stage.DONE_FILE} exists: this run is finished."
-              " Use --overwrite to replace it or --output-dir for a new folder.", file=sys.stderr)
+    try:
+        prepare_output_dir(stage, config, output_dir, overwrite=args.overwrite)
+    except OutputDirError as error:
+        print(f"segmix {command.name}: {error}", file=sys.stderr)
         return 1
-    saved = output_dir / "config.yaml"
-    if saved.exists() and not args.overwrite:
-        allowed = {"output_dir", *getattr(stage, "RESUMABLE_CHANGES", ())}
-        differences = config_differences(load_config(saved, stage.DEFAULTS), config, allowed)
-        if differences:
-            print(f"segmix {command.name}: {saved} holds a run with other settings ({differences})."
-                  " Use --overwrite to start again or --output-dir for a new folder.",
-                  file=sys.stderr)
-            return 1
-    if is_main_process():
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, saved)
     try:
         stage.run(config, output_dir, resume=resume, overwrite=args.overwrite)
     except (ValueError, OSError) as error:

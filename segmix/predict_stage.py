@@ -3,15 +3,15 @@
 Inputs (one of): ``input``, a folder of images or a CSV with an ``image`` column (paths relative to
 the CSV; ``input_split`` keeps the rows of one ``split``), or ``split``, a split of the ``data``
 section (as ``segmix run`` uses it). Images of any size are predicted with a sliding window
-(:mod:`segmix.sliding_window`): windows of the training size overlap by ``overlap`` and their logits
-are blended, in memory bounded by one band of windows; ``flips`` adds flip test-time augmentation.
+(:mod:`segmix.sliding_window`): windows of the training size overlap by ``predict.overlap``; logits
+are blended, in memory bounded by one band of windows; ``predict.flips`` adds flip TTA.
 
 Outputs: ``masks/<stem>.png`` (palette PNG: 0 background, 1..K classes) with ``masks/legend.json``,
 optional ``probabilities/<stem>.npz`` (float16 ``[K+1, H, W]`` softmax) and
 ``overlays/<stem>.jpg``, ``predictions.csv`` (size and class fractions per image) and
 ``summary.json`` (marks the run finished). Writes are atomic; a re-run predicts only the images
 whose outputs are missing. An unreadable image is an error naming it, or is skipped and counted
-with ``on_bad_file: skip``.
+with ``predict.on_bad_file: skip``. Settings live in the ``predict`` section.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from .sliding_window import sliding_window_predict
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "list_inputs"]
 
 DONE_FILE = "summary.json"
-RESUMABLE_CHANGES = {"batch_size", "device"}
+RESUMABLE_CHANGES = {"predict.batch_size", "predict.device"}
 
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/predict",
@@ -50,16 +50,18 @@ DEFAULTS: Dict[str, Any] = {
     "input_split": None,     # with a CSV input: keep rows whose `split` column has this value
     "split": None,           # instead of input: a split of the `data` section (train, val)
     "data": DATA_DEFAULTS,
-    "window": None,          # null: the model's training size; or an int / [height, width]
-    "overlap": 0.25,
-    "blend": "gaussian",     # gaussian | uniform
-    "flips": [],             # test-time augmentation: horizontal, vertical
-    "scale": 1.0,            # resize factor applied before prediction (e.g. if training tiles were resized)
-    "batch_size": 8,
-    "device": "auto",
-    "probabilities": False,
-    "overlays": True,
-    "on_bad_file": "raise",  # or skip: leave unreadable images out with a warning and a count
+    "predict": {
+        "window": None,          # null: the model's training size; or an int / [height, width]
+        "overlap": 0.25,         # fraction of a window shared with its neighbour
+        "blend": "gaussian",     # gaussian | uniform
+        "flips": [],             # test-time augmentation: horizontal, vertical
+        "scale": 1.0,            # resize factor before prediction (if training tiles were resized)
+        "batch_size": 8,
+        "device": "auto",
+        "probabilities": False,  # also write float16 softmax maps
+        "overlays": True,
+        "on_bad_file": "raise",  # or skip: leave unreadable images out with a warning and a count
+    },
 }
 
 
@@ -113,10 +115,10 @@ def _resized(array: np.ndarray, size: Tuple[int, int], nearest: bool = False) ->
 class Predictor:
     """A loaded segmentation model and the settings to predict one image."""
 
-    def __init__(self, config: Dict[str, Any]) -> None:
+    def __init__(self, segmenter_path: Path, config: Dict[str, Any]) -> None:
         runtime = setup_runtime(config["device"])
         self.device = runtime.device
-        self.model, info = load_segmenter(Path(config["segmenter_path"]), map_location="cpu")
+        self.model, info = load_segmenter(Path(segmenter_path), map_location="cpu")
         self.model.to(self.device)
         self.classes: List[str] = list(info["classes"])
         self.mean, self.std = info["mean"], info["std"]
@@ -148,11 +150,11 @@ class Predictor:
         return mask, probs
 
 
-def _outputs(output_dir: Path, name: str, config: Dict[str, Any]) -> Dict[str, Path]:
+def _outputs(output_dir: Path, name: str, settings: Dict[str, Any]) -> Dict[str, Path]:
     paths = {"mask": output_dir / "masks" / f"{name}.png"}
-    if config["probabilities"]:
+    if settings["probabilities"]:
         paths["probabilities"] = output_dir / "probabilities" / f"{name}.npz"
-    if config["overlays"]:
+    if settings["overlays"]:
         paths["overlay"] = output_dir / "overlays" / f"{name}.jpg"
     return paths
 
@@ -160,29 +162,32 @@ def _outputs(output_dir: Path, name: str, config: Dict[str, Any]) -> Dict[str, P
 def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
         **_: Any) -> Dict[str, Any]:
     """Predict every input image; returns the summary written to ``summary.json``."""
-    if config["on_bad_file"] not in ("raise", "skip"):
-        raise ValueError(f"on_bad_file must be 'raise' or 'skip', got {config['on_bad_file']!r}")
+    settings = config["predict"]
+    if settings["on_bad_file"] not in ("raise", "skip"):
+        raise ValueError("predict.on_bad_file must be 'raise' or 'skip', got"
+                         f" {settings['on_bad_file']!r}")
     images = list_inputs(config)
     names = unique_stems(images)
-    predictor = Predictor(config)
+    predictor = Predictor(config["segmenter_path"], settings)
     num_classes = len(predictor.classes)
     write_legend(output_dir / "masks", predictor.classes)
     rows, skipped, predicted, pixels = [], [], 0, 0
     start = time.perf_counter()
     bar = tqdm(list(zip(images, names)), desc="predicting", unit="image")
     for image_path, name in bar:
-        paths = _outputs(output_dir, name, config)
+        paths = _outputs(output_dir, name, settings)
         if not overwrite and all(p.exists() for p in paths.values()):
             mask = read_mask_png(paths["mask"])
         else:
             try:
                 image = read_rgb(image_path)
             except ImageReadError as error:
-                if config["on_bad_file"] == "raise":
-                    raise ImageReadError(f"{error}. Fix or remove it, or set on_bad_file=skip") from error
+                if settings["on_bad_file"] == "raise":
+                    raise ImageReadError(f"{error}. Fix or remove it, or set"
+                                         " predict.on_bad_file=skip") from error
                 skipped.append(str(error))
                 continue
-            mask, probs = predictor(image, config["probabilities"],
+            mask, probs = predictor(image, settings["probabilities"],
                                     on_row=lambda done, total: bar.set_postfix(rows=f"{done}/{total}"))
             write_mask_png(paths["mask"], mask, num_classes)
             if probs is not None:

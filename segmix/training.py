@@ -33,7 +33,7 @@ from .runtime import (
 )
 
 __all__ = ["AUGMENT_DEFAULTS", "AUGMENTATION_DEFAULTS", "EpochTrainer", "StageError",
-           "resumable_changes", "run_training"]
+           "checkpoint_path", "resumable_changes", "run_training"]
 
 # Config sections both training stages share.
 AUGMENTATION_DEFAULTS: Dict[str, Any] = {
@@ -68,6 +68,11 @@ def resumable_changes(train_section: str) -> set:
 
 class StageError(ValueError):
     """A run that cannot start as asked (e.g. an earlier run's checkpoint is in the way)."""
+
+
+def checkpoint_path(output_dir: Path) -> Path:
+    """Where a training stage keeps the checkpoint that ``--resume`` continues from."""
+    return Path(output_dir) / "checkpoints" / "last.pt"
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -149,7 +154,7 @@ class EpochTrainer:
     # -- checkpoints ----------------------------------------------------------------------------
     @property
     def checkpoint_path(self) -> Path:
-        return self.output_dir / "checkpoints" / "last.pt"
+        return checkpoint_path(self.output_dir)
 
     def _save(self, epoch: int) -> None:
         save_checkpoint(self.checkpoint_path, {

@@ -147,8 +147,8 @@ def test_predict_folder_outputs_resume_and_refusal(segmenter_file, tmp_path, cap
     images = tmp_path / "images"
     write_images(images, [(64, 64), (100, 150), (40, 30)])
     out = tmp_path / "predict"
-    settings = [f"segmenter_path={segmenter_file}", f"input={images}", "probabilities=true",
-                "flips=[horizontal]"]
+    settings = [f"segmenter_path={segmenter_file}", f"input={images}", "predict.probabilities=true",
+                "predict.flips=[horizontal]"]
     assert predict(out, *settings) == 0
     for i, size in enumerate([(64, 64), (100, 150), (40, 30)]):
         mask = read_mask_png(out / "masks" / f"img{i}.png")
@@ -180,13 +180,13 @@ def test_predict_csv_input_scale_and_bad_files(segmenter_file, tmp_path, capsys)
     csv_path.write_text("image,split\nimages/img0.png,test\nimages/broken.png,test\n"
                         "images/img1.png,test\nimages/img1.png,other\n")
     base = [f"segmenter_path={segmenter_file}", f"input={csv_path}", "input_split=test",
-            "scale=0.5", "overlays=false"]
+            "predict.scale=0.5", "predict.overlays=false"]
     assert predict(tmp_path / "raise", *base) == 1
     err = capsys.readouterr().err
-    assert "broken.png" in err and "on_bad_file=skip" in err
+    assert "broken.png" in err and "predict.on_bad_file=skip" in err
 
     with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
-        assert predict(tmp_path / "skip", *base, "on_bad_file=skip") == 0
+        assert predict(tmp_path / "skip", *base, "predict.on_bad_file=skip") == 0
     summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
     assert summary["images"] == 2 and len(summary["skipped"]) == 1
     assert read_mask_png(tmp_path / "skip" / "masks" / "img1.png").shape == (96, 80)
@@ -206,7 +206,7 @@ def test_predict_input_errors(segmenter_file, tmp_path, capsys):
     assert predict(tmp_path / "d", model, f"input={tmp_path / 'x.csv'}") == 1
     assert "missing column(s) ['image']" in capsys.readouterr().err
     write_images(tmp_path / "imgs", [(64, 64)])
-    assert predict(tmp_path / "e", model, f"input={tmp_path / 'imgs'}", "window=50") == 1
+    assert predict(tmp_path / "e", model, f"input={tmp_path / 'imgs'}", "predict.window=50") == 1
     assert "multiple of the encoder's output stride 32" in capsys.readouterr().err
     assert predict(tmp_path / "f", "segmenter_path=nothing.pt", f"input={tmp_path / 'imgs'}") == 1
     assert "segmentation model file nothing.pt not found" in capsys.readouterr().err

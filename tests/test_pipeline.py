@@ -1,0 +1,114 @@
+"""``segmix run`` and ``segmix demo`` end to end on tiny synthetic data: outputs, scores, resume."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pseudo_masks import read_mask_png
+from segmix.cli import main
+from segmix.demo import constant_mask_miou
+from segmix.synthetic_tissue import TISSUES, draw_tile
+
+from interrupt import run_killed_after_first_epoch
+from synthetic import write_csv_dataset
+
+TINY_MODELS = [
+    "data.image_size=32", "model.name=test_efficientnet", "model.weights=null",
+    "augment.curriculum.patch_sizes=[16, 8]", "augment.curriculum.fix_ratios=[0.5, 0.25]",
+    "train.epochs=2", "train.batch_size=8", "train.num_workers=0",
+    "cam.target_layers=null", "cam.num_workers=0", "cam.shuffle_tta.patch_size=8",
+    "segmenter.encoder=tu-test_efficientnet", "segmenter.encoder_weights=null",
+    "seg_augment.curriculum.patch_sizes=[16, 8]", "seg_augment.curriculum.fix_ratios=[0.5, 0.25]",
+    "seg_train.epochs=1", "seg_train.batch_size=8", "seg_train.num_workers=0",
+]
+TINY_DEMO = TINY_MODELS + ["synthetic.size=32", "synthetic.train_tiles=24", "synthetic.val_tiles=8"]
+STAGE_FOLDERS = ("classifier", "cams", "pseudo-masks", "segmenter", "predictions", "evaluation")
+
+
+def cli(command, out, settings, *flags):
+    return main([command, "--output-dir", str(out), *[a for s in settings for a in ("--set", s)],
+                 *flags])
+
+
+def test_synthetic_tiles_hold_their_labelled_classes_on_a_white_background():
+    rng = np.random.default_rng(0)
+    image, mask = draw_tile(rng, 96, [0, 2])
+    assert image.shape == (96, 96, 3) and image.dtype == np.uint8
+    shares = np.bincount(mask.ravel(), minlength=4) / mask.size
+    assert shares[1] >= 0.08 and shares[3] >= 0.08 and shares[2] == 0
+    grey = image.astype(float).mean(axis=2)
+    assert grey[mask == 0].mean() > 220 and grey[mask > 0].mean() < 200
+
+
+def test_constant_mask_miou_is_the_largest_class_share_over_the_class_count():
+    masks = [np.array([[0, 0, 1, 1]]), np.array([[1, 1, 255, 2]])]
+    # pixels: background 2, class 1 four, class 2 one (ignore left out) -> 4/7 over 3 classes
+    assert constant_mask_miou(masks, 2) == pytest.approx(4 / 7 / 3)
+
+
+def test_demo_runs_every_stage_resumes_and_skips_finished_stages(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "demo"
+    # killed in the classifier's first epoch; the same command continues the run
+    run_killed_after_first_epoch(monkeypatch, lambda: cli("demo", out, TINY_DEMO))
+    assert not (out / "summary.json").exists()
+    capsys.readouterr()
+    assert cli("demo", out, TINY_DEMO) == 0
+    printed = capsys.readouterr().out
+    assert "resuming after epoch 0" in printed and "best constant mask" in printed
+
+    summary = json.loads((out / "summary.json").read_text())
+    metrics = summary["metrics"]
+    assert set(metrics["pseudo_masks"]) == {"train", "val"}
+    assert 0 <= metrics["pseudo_masks"]["val"]["mIoU"] <= 1
+    assert 0 <= metrics["segmenter"]["mIoU"] <= 1 and set(metrics["segmenter"]["iou"]) == {
+        "background", *TISSUES}
+    assert 0 < summary["references"]["constant_mask_val_mIoU"] < 0.5
+    assert all(summary["seconds"][name] is not None for name in summary["stages"])
+    for folder in STAGE_FOLDERS:
+        assert (out / folder / "config.yaml").is_file(), folder
+    assert (out / "segmenter" / "segmenter.pt").is_file()
+    predictions = sorted((out / "predictions" / "masks").glob("tile_*.png"))
+    assert len(predictions) == 8 and read_mask_png(predictions[0]).shape == (32, 32)
+    evaluation = json.loads((out / "evaluation" / "metrics.json").read_text())
+    assert evaluation["tiles"] == 8
+    assert evaluation["with_background"]["mIoU"] == pytest.approx(metrics["segmenter"]["mIoU"])
+
+    assert cli("demo", out, TINY_DEMO) == 1  # finished
+    assert "this run is finished" in capsys.readouterr().err
+
+    # lose the last stages: finished stages are skipped, the rest is redone
+    for name in ("summary.json", "segmenter/segmenter.pt", "evaluation/metrics.json"):
+        (out / name).unlink()
+    assert cli("demo", out, TINY_DEMO + ["seg_train.lr=0.1"]) == 1  # not with other settings
+    assert "seg_train.lr: 0.001 -> 0.1" in capsys.readouterr().err
+    assert cli("demo", out, TINY_DEMO) == 0
+    printed = capsys.readouterr().out
+    assert "[1/6] train-cls" in printed and "skipped, done (classifier.pt exists)" in printed
+    assert "skipped, done (summary.json exists)" in printed  # predictions
+    assert "wrote " + str(out / "segmenter" / "segmenter.pt") in printed
+
+
+def test_run_on_a_csv_dataset_whose_val_split_has_no_masks(tmp_path, capsys):
+    csv_path = write_csv_dataset(tmp_path / "tiles", per_class=8, size=32)
+    unlabelled = tmp_path / "tiles" / "val_only.csv"
+    rows = [line for line in csv_path.read_text().splitlines()[1:] if line.endswith(",val")]
+    unlabelled.write_text("image,label,split\n" + "\n".join(
+        f"{r.split(',')[0]},{r.split(',')[2]},val" for r in rows) + "\n")
+    config = tmp_path / "pipeline.yaml"
+    # a config written for single stages may hold their paths: `segmix run` sets its own
+    config.write_text(f"classifier: elsewhere.pt\nsplits: [val]\ndata:\n  classes: [A, B, C]\n"
+                      f"  train: {{path: {csv_path}}}\n  val: {{path: {unlabelled}}}\n")
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(config), "--output-dir", str(out),
+                 *[a for s in TINY_MODELS for a in ("--set", s)]]) == 0
+    printed = capsys.readouterr().out
+    assert "[6/6] evaluate" in printed and "no ground-truth masks" in printed
+    assert len(list((out / "predictions" / "masks").glob("*.png"))) == 6
+    assert (out / "classifier" / "classifier.pt").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["segmenter"] is None and summary["seconds"]["evaluate"] is None
+    assert "train" in summary["metrics"]["pseudo_masks"]
+    mask = np.asarray(Image.open(out / "pseudo-masks" / "masks" / "train" / "A_0.png"))
+    assert mask.shape == (32, 32)
