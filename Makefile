@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/segmix shuffle-demo --config configs/shuffle_demo.yaml --overwrite
+	$(BIN)/segmix demo --overwrite
 
 test: install
 	$(BIN)/python -m pytest
@@ -27,4 +27,4 @@ benchmark: install
 	$(BIN)/python benchmarks/shuffle_speed.py
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache .hypothesis
+	rm -rf $(VENV) outputs runs/demo .pytest_cache .hypothesis

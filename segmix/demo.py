@@ -13,19 +13,22 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import numpy as np
 
-from pseudo_masks import read_mask_png
+from PIL import Image, ImageDraw
+
+from pseudo_masks import overlay, read_mask_png
 
 from . import pipeline
 from .config import merge
-from .data import read_split
-from .io import atomic_write_text
+from .data import Sample, read_rgb, read_split
+from .io import atomic_path, atomic_write_text
 from .synthetic_tissue import TISSUES, write_dataset
 
-__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "constant_mask_miou"]
+__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "constant_mask_miou",
+           "write_examples_figure"]
 
 DONE_FILE = pipeline.DONE_FILE
 RESUMABLE_CHANGES = pipeline.RESUMABLE_CHANGES
@@ -62,6 +65,31 @@ def constant_mask_miou(masks: list, num_classes: int) -> float:
     return float(counts.max() / counts.sum() / (num_classes + 1))
 
 
+def write_examples_figure(path: Path, samples: List[Sample], output_dir: Path,
+                          num_classes: int, count: int = 6, scale: int = 2) -> None:
+    """A picture of ``count`` val tiles: image, ground truth, pseudo mask, final prediction."""
+    columns = {"image": None, "ground truth": None,
+               "pseudo mask": output_dir / "pseudo-masks" / "masks" / "val",
+               "prediction": output_dir / "predictions" / "masks"}
+    rows = []
+    for sample in samples[:count]:
+        image = read_rgb(sample.image)
+        cells = [image, overlay(image, read_mask_png(sample.mask), num_classes, alpha=0.7)]
+        cells += [overlay(image, read_mask_png(folder / f"{sample.image.stem}.png"), num_classes,
+                          alpha=0.7) for folder in list(columns.values())[2:]]
+        rows.append(np.concatenate(cells, axis=1))
+    grid = np.concatenate(rows, axis=0).repeat(scale, axis=0).repeat(scale, axis=1)
+    header = 16
+    picture = Image.new("RGB", (grid.shape[1], grid.shape[0] + header), "white")
+    picture.paste(Image.fromarray(grid), (0, header))
+    draw = ImageDraw.Draw(picture)
+    width = grid.shape[1] // len(columns)
+    for i, title in enumerate(columns):
+        draw.text((i * width + 4, 2), title, fill="black")
+    with atomic_path(path) as tmp:
+        picture.save(tmp, format="PNG")
+
+
 def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
         **_: Any) -> Dict[str, Any]:
     """Write the synthetic dataset (unless it is there), run the pipeline, print the comparison."""
@@ -79,8 +107,9 @@ def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
         settings["data"][split].update({"path": str(csv_path), "split": split})
     summary = pipeline.run(settings, output_dir, overwrite=overwrite)
 
-    truth = [read_mask_png(s.mask) for s in read_split(settings["data"], "val", progress=False)]
-    constant = constant_mask_miou(truth, len(TISSUES))
+    val = read_split(settings["data"], "val", progress=False)
+    constant = constant_mask_miou([read_mask_png(s.mask) for s in val], len(TISSUES))
+    write_examples_figure(output_dir / "val_examples.png", val, output_dir, len(TISSUES))
     summary["references"] = {"constant_mask_val_mIoU": constant}
     atomic_write_text(output_dir / DONE_FILE, json.dumps(summary, indent=2))
     metrics = summary["metrics"]
@@ -92,6 +121,6 @@ def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
         lines.append(f"  pseudo masks (tile label known) {pseudo:.3f}")
     if final is not None:
         lines.append(f"  final segmentation model       {final:.3f}")
-    lines.append(f"outputs in {output_dir} (overlays: pseudo-masks/overlays/val, predictions/overlays)")
+    lines.append(f"outputs in {output_dir}; a picture of val tiles: {output_dir / 'val_examples.png'}")
     print("\n".join(lines), flush=True)
     return summary

@@ -25,7 +25,6 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from pseudo_masks import overlay, read_mask_png, write_legend, write_mask_png
