@@ -1,9 +1,13 @@
 """``segmix evaluate``: score a folder of predicted masks against the ground truth of any split.
 
 Predictions are PNGs named ``<tile stem>.png`` with class indices (0 background, 1..K, 255 ignore),
-as written by ``segmix pseudo-masks`` (and later ``segmix predict``). Ground truth comes from the
-dataset split (any labelled CSV in the same layout, not only the validation split). Writes
+as written by ``segmix pseudo-masks`` and ``segmix predict``. Ground truth comes from the dataset
+split (any labelled CSV in the same layout, not only the validation split). Writes
 ``metrics.json`` (both protocols: with and without ground-truth background) and ``per_class.csv``.
+
+With ``tile_classes_from`` (a ``segmix cams`` folder holding this split's tiles), a third reading is
+added, ``classifier_label``: the predicted mask decides foreground / background and every
+foreground pixel takes the tile's top class by the classifier's probabilities (single-label data).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -39,7 +44,22 @@ DEFAULTS: Dict[str, Any] = {
     "data": DATA_DEFAULTS,
     "split": "val",
     "protocols": list(PROTOCOLS),
+    "tile_classes_from": None,
 }
+
+
+def _top_classes(cams_dir: Path, split: str, names: List[str]) -> Dict[str, int]:
+    """Each tile's most probable class by the classifier, from ``segmix cams`` output."""
+    missing = [n for n in names if not (cams_dir / split / f"{n}.npz").is_file()]
+    if missing:
+        raise FileNotFoundError(f"tile_classes_from: {len(missing)} tiles of split {split!r} have no"
+                                f" CAM file in {cams_dir / split}, e.g. {missing[:3]}; run"
+                                f" `segmix cams` with splits including {split!r}")
+    top = {}
+    for name in names:
+        with np.load(cams_dir / split / f"{name}.npz") as data:
+            top[name] = int(np.argmax(data["probabilities"]))
+    return top
 
 
 def run(config: Dict[str, Any], output_dir: Path, **_: Any) -> Dict[str, Any]:
@@ -58,7 +78,9 @@ def run(config: Dict[str, Any], output_dir: Path, **_: Any) -> Dict[str, Any]:
     if missing:
         raise FileNotFoundError(f"{len(missing)} of {len(names)} predictions are missing in"
                                 f" {predictions}, e.g. {missing[:3]}")
-    matrix = ConfusionMatrix(len(classes))
+    top_classes = _top_classes(Path(config["tile_classes_from"]), split, names) \
+        if config["tile_classes_from"] else None
+    matrix, relabelled = ConfusionMatrix(len(classes)), ConfusionMatrix(len(classes))
     convention = mask_convention(data)
     for sample, name in tqdm(list(zip(samples, names)), desc=f"evaluating {split}", unit="tile"):
         prediction = read_mask_png(predictions / f"{name}.png")
@@ -68,11 +90,17 @@ def run(config: Dict[str, Any], output_dir: Path, **_: Any) -> Dict[str, Any]:
             raise ValueError(f"{predictions / (name + '.png')} is {prediction.shape}, its ground"
                              f" truth {sample.mask} is {truth.shape}")
         matrix.update(torch.from_numpy(prediction), torch.from_numpy(truth))
+        if top_classes is not None:
+            foreground = (prediction != 0) & (prediction != 255)
+            with_label = np.where(foreground, top_classes[name] + 1, prediction).astype(np.uint8)
+            relabelled.update(torch.from_numpy(with_label), torch.from_numpy(truth))
     metrics: Dict[str, Any] = {p: segmentation_metrics(matrix, p, classes) for p in config["protocols"]}
+    if top_classes is not None:
+        metrics["classifier_label"] = segmentation_metrics(relabelled, "with_background", classes)
     metrics["tiles"] = len(samples)
     metrics["confusion_matrix"] = matrix.counts.tolist()
     rows: List[Dict[str, Any]] = []
-    for protocol in config["protocols"]:
+    for protocol in [*config["protocols"], *(["classifier_label"] if top_classes else [])]:
         result = metrics[protocol]
         print(f"{protocol}: mIoU {result['mIoU']:.4f}, FwIoU {result['FwIoU']:.4f}, mDice"
               f" {result['mDice']:.4f}, foreground IoU {result['foreground_iou']:.4f}")

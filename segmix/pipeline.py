@@ -60,7 +60,8 @@ STAGES = (
         "segmenter_path": str(out / "segmenter" / "segmenter.pt"), "split": "val", "input": None,
         "input_split": None}, needs_val=True),
     PipelineStage("evaluate", "evaluate_stage", "evaluation", lambda out, splits: {
-        "predictions": str(out / "predictions" / "masks"), "split": "val"}, needs_val=True),
+        "predictions": str(out / "predictions" / "masks"), "split": "val",
+        "tile_classes_from": str(out / "cams")}, needs_val=True),
 )
 # Keys the pipeline sets for its stages; a config file may hold them (for single stages), but
 # `segmix run` does not read them.
@@ -136,15 +137,21 @@ def collect_metrics(output_dir: Path) -> Dict[str, Any]:
             "foreground_iou": final["with_background"]["foreground_iou"],
             "mIoU_ignore_background": final["ignore_background"]["mIoU"],
             "iou": final["with_background"]["iou"]}
+        if "classifier_label" in final:
+            summary["segmenter"]["mIoU_classifier_label"] = final["classifier_label"]["mIoU"]
     return summary
 
 
 def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
-        **_: Any) -> Dict[str, Any]:
-    """Run (or continue) every stage; returns the summary written to ``summary.json``."""
+        only: Optional[List[str]] = None, **_: Any) -> Dict[str, Any]:
+    """Run (or continue) every stage, or the stages named in ``only``; returns the summary
+    written to ``summary.json``."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ValueError("segmix run is one process; for several GPUs launch train-cls and"
                          " train-seg under torchrun, and the other stages on their own")
+    unknown = sorted(set(only or ()) - {s.name for s in STAGES})
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}; valid: {[s.name for s in STAGES]}")
     val = _val_state(config["data"])
     splits = ["train"] + (["val"] if val != "none" else [])
     seconds: Dict[str, Optional[float]] = {}
@@ -152,7 +159,9 @@ def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
         module, folder = stage.load(), output_dir / stage.folder
         header = f"[{number}/{len(STAGES)}] {stage.name} -> {folder}"
         skip_reason = None
-        if stage.needs_val and val == "none":
+        if only is not None and stage.name not in only:
+            skip_reason = "not asked for"
+        elif stage.needs_val and val == "none":
             skip_reason = "no data.val split to predict"
         elif stage.name == "evaluate" and val == "unlabelled":
             skip_reason = "the val split has no ground-truth masks to score against"
@@ -190,4 +199,7 @@ def print_summary(metrics: Dict[str, Any]) -> None:
     if final:
         lines.append(f"  segmenter        val   mIoU {final['mIoU']:.3f}, foreground IoU"
                      f" {final['foreground_iou']:.3f}, FwIoU {final['FwIoU']:.3f}")
+        if "mIoU_classifier_label" in final:
+            lines.append(f"  segmenter + classifier's tile class: val mIoU"
+                         f" {final['mIoU_classifier_label']:.3f}")
     print("\n".join(lines), flush=True)

@@ -1,7 +1,8 @@
 """``segmix train-seg``: stage 4, a segmentation model trained on the pseudo masks.
 
 Training pairs: the train split's tiles with their pseudo masks from ``segmix pseudo-masks``
-(``<pseudo_masks_dir>/masks/train/<stem>.png``; 255 = ignore). The same batch mixer as stage 1 runs
+(``<pseudo_masks_dir>/masks/train/<stem>.png``; 255 = ignore), or with ``targets: ground_truth``
+their ground-truth masks (the fully supervised upper bound of a benchmark). The same batch mixer as stage 1 runs
 on every batch, now moving image and mask patches together (``seg_augment: segmix|none|cutmix``),
 with the same curriculum, checkpoints, exact resume, metrics CSV and DDP. Loss: cross-entropy plus
 ``seg_train.dice_weight`` x Dice (smp), both ignoring 255.
@@ -53,6 +54,7 @@ __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "PSEUDO_MASK_CON
 DONE_FILE = "segmenter.pt"
 RESUMABLE_CHANGES = resumable_changes("seg_train")
 VALIDATE_ON = ("auto", "ground_truth", "pseudo_masks")
+TARGETS = ("pseudo_masks", "ground_truth")
 # How segmix pseudo-masks writes its PNGs: 0 background, 1..K classes, 255 ignore.
 PSEUDO_MASK_CONVENTION = MaskConvention("index", background_value=0, first_class_value=1,
                                         ignore_value=255)
@@ -62,6 +64,7 @@ DEFAULTS: Dict[str, Any] = {
     "seed": 0,
     "data": DATA_DEFAULTS,
     "pseudo_masks_dir": "runs/pseudo-masks",
+    "targets": "pseudo_masks",   # or ground_truth: the fully supervised upper bound
     "validate_on": "auto",
     "augmentations": AUGMENTATION_DEFAULTS,
     "segmenter": {"arch": "Unet", "encoder": "tu-tf_efficientnet_lite0",
@@ -98,6 +101,8 @@ class SegmenterTraining(EpochTrainer):
                              " use segmix, cutmix or none")
         if config["validate_on"] not in VALIDATE_ON:
             raise ValueError(f"unknown validate_on {config['validate_on']!r}; valid: {VALIDATE_ON}")
+        if config["targets"] not in TARGETS:
+            raise ValueError(f"unknown targets {config['targets']!r}; valid: {TARGETS}")
         self.classes = dataset_classes(data)
         self.image_size = image_size_of(data["image_size"])
         self.dice_weight = float(self.train_cfg["dice_weight"])
@@ -108,11 +113,14 @@ class SegmenterTraining(EpochTrainer):
         mean, std = segmenter_normalization(model_cfg["encoder"])
         pseudo = Path(config["pseudo_masks_dir"]) / "masks"
         progress = runtime.is_main
-        train_samples = with_pseudo_masks(read_split(data, "train", progress=progress),
-                                          pseudo / "train")
-        train_set = TileDataset(train_samples, len(self.classes),
-                                build_transform(augs["train"], self.image_size, mean, std),
-                                PSEUDO_MASK_CONVENTION)
+        train_transform = build_transform(augs["train"], self.image_size, mean, std)
+        train_samples = read_split(data, "train", progress=progress)
+        if config["targets"] == "ground_truth":
+            train_set = TileDataset(train_samples, len(self.classes), train_transform,
+                                    mask_convention(data))
+        else:
+            train_set = TileDataset(with_pseudo_masks(train_samples, pseudo / "train"),
+                                    len(self.classes), train_transform, PSEUDO_MASK_CONVENTION)
         val_set = self._validation_set(data, pseudo / "val",
                                        build_transform(augs["eval"], self.image_size, mean, std))
         mixer = build_mixer(config["seg_augment"], len(self.classes), self.image_size, self.epochs)
@@ -134,8 +142,9 @@ class SegmenterTraining(EpochTrainer):
 
     def describe(self) -> str:
         cfg = self.config["segmenter"]
+        targets = self.config["targets"].replace("_", " ")
         return (f"training {cfg['arch']} ({cfg['encoder']}) on {len(self.train_set)} tiles with"
-                f" pseudo masks for {self.epochs} epochs; validating on {self.validation_source}")
+                f" {targets} for {self.epochs} epochs; validating on {self.validation_source}")
 
     def _loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         loss = F.cross_entropy(logits, masks, ignore_index=255)

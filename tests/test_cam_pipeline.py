@@ -160,6 +160,32 @@ def test_train_seg_resumes_exactly_and_validates_on_pseudo_masks(pseudo_masks, t
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_train_seg_on_ground_truth_is_the_supervised_upper_bound(pseudo_masks, tmp_path, capsys):
+    csv_path, _ = pseudo_masks
+    out = tmp_path / "upper"
+    settings = seg_settings(csv_path, tmp_path / "no-pseudo-masks", "targets=ground_truth",
+                            "seg_train.epochs=1")
+    assert cli("train-seg", out, settings) == 0
+    assert "with ground truth for 1 epochs" in capsys.readouterr().out
+    assert (out / "segmenter.pt").is_file()
+
+
+def test_evaluate_with_the_classifier_tile_class(pseudo_masks, tmp_path, capsys):
+    csv_path, masks = pseudo_masks
+    cams = masks.parent / "cams"
+    out = tmp_path / "evaluation"
+    assert cli("evaluate", out, data_settings(csv_path) + [
+        f"predictions={masks / 'masks' / 'val'}", f"tile_classes_from={cams}"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    # relabelling changes only which class the foreground gets, never foreground vs background
+    assert metrics["classifier_label"]["foreground_iou"] == pytest.approx(
+        metrics["with_background"]["foreground_iou"])
+    assert "classifier_label: mIoU" in capsys.readouterr().out
+    assert cli("evaluate", tmp_path / "e2", data_settings(csv_path) + [
+        f"predictions={masks / 'masks' / 'val'}", f"tile_classes_from={tmp_path}"]) == 1
+    assert "have no CAM file" in capsys.readouterr().err
+
+
 def test_train_seg_errors(pseudo_masks, tmp_path, capsys):
     csv_path, masks = pseudo_masks
     assert cli("train-seg", tmp_path / "a", seg_settings(csv_path, masks, "seg_augment.name=mixup")) == 1

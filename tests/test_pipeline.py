@@ -74,6 +74,9 @@ def test_demo_runs_every_stage_resumes_and_skips_finished_stages(tmp_path, monke
     evaluation = json.loads((out / "evaluation" / "metrics.json").read_text())
     assert evaluation["tiles"] == 8
     assert evaluation["with_background"]["mIoU"] == pytest.approx(metrics["segmenter"]["mIoU"])
+    # third reading: the model's foreground with the classifier's top class per tile
+    assert 0 <= evaluation["classifier_label"]["mIoU"] <= 1
+    assert metrics["segmenter"]["mIoU_classifier_label"] == evaluation["classifier_label"]["mIoU"]
 
     assert cli("demo", out, TINY_DEMO) == 1  # finished
     assert "this run is finished" in capsys.readouterr().err
