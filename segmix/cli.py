@@ -66,7 +66,9 @@ def build_parser(commands: Sequence[Subcommand]) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in commands:
         p = sub.add_parser(command.name, help=command.help, description=command.help)
-        p.add_argument("--config", type=Path, help="YAML config file (defaults are used without)")
+        p.add_argument("--config", type=Path, action="append", default=[],
+                       help="YAML config file (defaults are used without); repeat to layer files,"
+                       " later ones over earlier ones")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set shuffle.patch_size=16 (repeatable)")
         p.add_argument("--output-dir", type=Path, help="output folder (overrides output_dir)")
@@ -89,10 +91,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stage = command.load()
     # One file may hold every stage's settings: keys of the other stages are skipped here.
     foreign = set()
-    if args.config is not None:
+    if args.config:
         foreign = {key for other in commands for key in other.load().DEFAULTS} - set(stage.DEFAULTS)
     try:
-        config = apply_overrides(load_config(args.config, stage.DEFAULTS, foreign), args.overrides)
+        config = stage.DEFAULTS
+        for path in args.config:
+            config = load_config(path, config, foreign)
+        config = apply_overrides(config, args.overrides)
         if args.output_dir is not None:
             config["output_dir"] = str(args.output_dir)
     except ConfigError as error:

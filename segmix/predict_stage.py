@@ -122,11 +122,6 @@ class Predictor:
         self.classes: List[str] = list(info["classes"])
         self.mean, self.std = info["mean"], info["std"]
         self.window = config["window"] if config["window"] is not None else list(info["image_size"])
-        stride = getattr(self.model.encoder, "output_stride", 1)
-        window = [self.window] * 2 if isinstance(self.window, int) else list(self.window)
-        if any(side % stride for side in window):
-            raise ValueError(f"window {self.window} must be a multiple of the encoder's output stride"
-                             f" {stride}")
         self.scale = float(config["scale"])
         if self.scale <= 0:
             raise ValueError(f"scale must be positive, got {self.scale}")

@@ -132,10 +132,28 @@ def test_every_shipped_config_loads_for_every_stage():
 
     from segmix.cli import SUBCOMMANDS
 
-    configs = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+    root = Path(__file__).resolve().parent.parent / "configs"
+    configs = sorted(root.glob("*.yaml"))
+    arms = sorted((root / "ebhi_wsss").glob("*.yaml"))  # layered over ebhi.yaml
     stages = [command.load() for command in SUBCOMMANDS]
     all_keys = {key for stage in stages for key in stage.DEFAULTS}
-    assert configs
-    for path in configs:
-        for stage in stages:
-            load_config(path, stage.DEFAULTS, all_keys - set(stage.DEFAULTS))
+    assert configs and len(arms) == 5
+    for stage in stages:
+        foreign = all_keys - set(stage.DEFAULTS)
+        for path in configs:
+            load_config(path, stage.DEFAULTS, foreign)
+        base = load_config(root / "ebhi.yaml", stage.DEFAULTS, foreign)
+        for path in arms:
+            load_config(path, base, foreign)
+
+
+def test_config_files_layer_in_order(tmp_path):
+    from segmix.cli import main
+
+    (tmp_path / "a.yaml").write_text("tile_size: 64\nseed: 3\n")
+    (tmp_path / "b.yaml").write_text("seed: 5\n")
+    out = tmp_path / "out"
+    assert main(["shuffle-demo", "--config", str(tmp_path / "a.yaml"), "--config",
+                 str(tmp_path / "b.yaml"), "--output-dir", str(out), "--set", "shuffle.patch_size=16"]) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["tile_size"] == 64 and saved["seed"] == 5 and saved["shuffle"]["patch_size"] == 16

@@ -206,7 +206,7 @@ def test_predict_input_errors(segmenter_file, tmp_path, capsys):
     assert predict(tmp_path / "d", model, f"input={tmp_path / 'x.csv'}") == 1
     assert "missing column(s) ['image']" in capsys.readouterr().err
     write_images(tmp_path / "imgs", [(64, 64)])
-    assert predict(tmp_path / "e", model, f"input={tmp_path / 'imgs'}", "predict.window=50") == 1
-    assert "multiple of the encoder's output stride 32" in capsys.readouterr().err
+    assert predict(tmp_path / "e", model, f"input={tmp_path / 'imgs'}", "predict.overlap=1.5") == 1
+    assert "overlap must be in [0, 1)" in capsys.readouterr().err
     assert predict(tmp_path / "f", "segmenter_path=nothing.pt", f"input={tmp_path / 'imgs'}") == 1
     assert "segmentation model file nothing.pt not found" in capsys.readouterr().err
