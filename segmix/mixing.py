@@ -56,26 +56,37 @@ class NoMixing(BatchMixer):
 
 
 class ShuffleMixing(BatchMixer):
-    """The patch shuffle, its (patch size, fix ratio) set by the curriculum each epoch."""
+    """The patch shuffle, its (patch size, fix ratio) set by the curriculum each epoch.
+
+    From epoch ``cooldown_from`` on (the last ``cooldown_epochs`` of a run) nothing is shuffled and
+    the curriculum is not stepped: the model ends on the unshuffled images it will be used on.
+    """
 
     name = "segmix"
 
-    def __init__(self, op: PatchShuffle, curriculum: ShuffleCurriculum) -> None:
-        self.op, self.curriculum = op, curriculum
+    def __init__(self, op: PatchShuffle, curriculum: ShuffleCurriculum,
+                 cooldown_from: Optional[int] = None) -> None:
+        self.op, self.curriculum, self.cooldown_from = op, curriculum, cooldown_from
+        self.active = True
 
     def __call__(self, images, targets, masks=None, generator=None) -> Batch:
+        if not self.active:
+            return images, targets, masks
         result = self.op(images, targets, masks, generator=generator)
         return result.images, result.labels, result.masks
 
     def start_epoch(self, epoch: int) -> Dict[str, Any]:
+        self.active = self.cooldown_from is None or epoch < self.cooldown_from
         setting = self.curriculum.setting
         self.op.patch_size, self.op.fix_ratio = setting.patch_size, setting.fix_ratio
         patch = setting.patch_size
-        return {"shuffle_level": setting.level, "shuffle_fix_ratio": setting.fix_ratio,
+        return {"shuffle_on": self.active, "shuffle_level": setting.level,
+                "shuffle_fix_ratio": setting.fix_ratio,
                 "shuffle_patch_size": patch if isinstance(patch, int) else f"{patch[0]}x{patch[1]}"}
 
     def end_epoch(self, epoch: int, loss: float) -> None:
-        self.curriculum.step(epoch, loss)
+        if self.active:
+            self.curriculum.step(epoch, loss)
 
     @property
     def history(self) -> List[Dict[str, Any]]:
@@ -188,4 +199,8 @@ def build_mixer(config: Mapping[str, Any], num_classes: int, image_size: Tuple[i
     op = PatchShuffle(first.patch_size, first.fix_ratio, config.get("mode", "batch"), num_classes,
                       p=config.get("p", 1.0), group_size=config.get("group_size"),
                       label_mode=config.get("label_mode", "area"))
-    return ShuffleMixing(op, curriculum)
+    cooldown = int(config.get("cooldown_epochs", 0))
+    if not 0 <= cooldown < total_epochs:
+        raise ValueError(f"cooldown_epochs must be in [0, epochs), got {cooldown} for"
+                         f" {total_epochs} epochs")
+    return ShuffleMixing(op, curriculum, total_epochs - cooldown if cooldown else None)

@@ -7,7 +7,8 @@ train-cls -> cams -> pseudo-masks -> train-seg -> predict -> evaluate, each in i
 here. A stage whose outputs are complete is skipped, an interrupted training stage resumes from
 its checkpoint, and the other stages compute only their missing files, so re-running the same
 command after an interruption continues the run. ``summary.json`` (marks the run finished) gathers
-the metrics of every stage and their wall times.
+the metrics of every stage and their wall times (each stage folder keeps the time of the
+invocation that finished it in ``seconds.json``; time spent before an interruption is not counted).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .training import checkpoint_path
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "STAGES", "run"]
 
 DONE_FILE = "summary.json"
+TIMING_FILE = "seconds.json"  # in each stage folder: the wall time of the invocation that finished it
 Wiring = Callable[[Path, List[str]], Dict[str, Any]]
 
 
@@ -103,6 +105,12 @@ def _val_state(data: Dict[str, Any]) -> str:
     return "labelled" if all(s.mask for s in samples) else "unlabelled"
 
 
+def _recorded_seconds(folder: Path) -> Optional[float]:
+    """The wall time a stage folder's earlier invocations recorded (``None`` if none did)."""
+    recorded = _read_json(folder / TIMING_FILE)
+    return None if recorded is None else float(recorded["seconds"])
+
+
 def _read_json(path: Path) -> Optional[Dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -169,7 +177,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
             skip_reason = f"done ({module.DONE_FILE} exists)"
         if skip_reason:
             print(f"{header}: skipped, {skip_reason}", flush=True)
-            seconds[stage.name] = None
+            seconds[stage.name] = _recorded_seconds(folder) if skip_reason.startswith("done") else None
             continue
         print(header, flush=True)
         settings = stage_config(stage, config, output_dir, splits)
@@ -177,7 +185,9 @@ def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
         resume = not overwrite and checkpoint_path(folder).exists()
         start = time.perf_counter()
         module.run(settings, folder, resume=resume, overwrite=overwrite)
-        seconds[stage.name] = time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        seconds[stage.name] = elapsed
+        atomic_write_text(folder / TIMING_FILE, json.dumps({"seconds": seconds[stage.name]}))
     summary = {"metrics": collect_metrics(output_dir), "seconds": seconds,
                "stages": {s.name: s.folder for s in STAGES}}
     atomic_write_text(output_dir / DONE_FILE, json.dumps(summary, indent=2))

@@ -48,7 +48,7 @@ AUGMENTATION_DEFAULTS: Dict[str, Any] = {
 }
 AUGMENT_DEFAULTS: Dict[str, Any] = {
     "name": "segmix", "p": 1.0, "mode": "batch", "group_size": None, "label_mode": "area",
-    "alpha": 1.0,
+    "alpha": 1.0, "cooldown_epochs": 0,
     "curriculum": {"strategy": "loss_hold", "warmup_epochs": 1, "patch_sizes": None,
                    "fix_ratios": None, "base": 16, "loss_threshold": None,
                    "threshold_decay": 0.933, "start_level": 0},

@@ -52,8 +52,8 @@ def test_segmix_mixer_follows_the_curriculum():
         "loss_threshold": 1.0}}
     mixer = build_mixer(config, 3, (32, 32), total_epochs=4)
     assert isinstance(mixer, ShuffleMixing)
-    assert mixer.start_epoch(0) == {"shuffle_level": 0, "shuffle_fix_ratio": 0.5,
-                                    "shuffle_patch_size": 16}
+    assert mixer.start_epoch(0) == {"shuffle_on": True, "shuffle_level": 0,
+                                    "shuffle_fix_ratio": 0.5, "shuffle_patch_size": 16}
     images, targets, masks = batch()
     out_images, out_targets, out_masks = mixer(images, targets, masks,
                                                generator=torch.Generator().manual_seed(0))
@@ -63,6 +63,25 @@ def test_segmix_mixer_follows_the_curriculum():
     restored = build_mixer(config, 3, (32, 32), total_epochs=4)
     restored.load_state_dict(mixer.state_dict())
     assert restored.history == mixer.history and restored.curriculum.level == 1
+
+
+def test_segmix_cooldown_epochs_end_the_run_unshuffled():
+    config = {"name": "segmix", "cooldown_epochs": 1, "curriculum": {
+        "strategy": "linear", "patch_sizes": [16, 8], "fix_ratios": [0.5, 0.25]}}
+    mixer = build_mixer(config, 3, (32, 32), total_epochs=3)
+    images, targets, masks = batch()
+    generator = torch.Generator().manual_seed(0)
+    for epoch in range(2):
+        assert mixer.start_epoch(epoch)["shuffle_on"]
+        assert not torch.equal(mixer(images, targets, masks, generator=generator)[0], images)
+        mixer.end_epoch(epoch, 1.0)
+    assert mixer.start_epoch(2)["shuffle_on"] is False
+    out = mixer(images, targets, masks, generator=generator)
+    assert out[0] is images and out[1] is targets and out[2] is masks
+    mixer.end_epoch(2, 0.1)  # the unshuffled epoch's loss is not fed back
+    assert [row["epoch"] for row in mixer.history] == [0, 1]
+    with pytest.raises(ValueError, match="cooldown_epochs must be in"):
+        build_mixer({**config, "cooldown_epochs": 3}, 3, (32, 32), total_epochs=3)
 
 
 def test_build_mixer_errors():

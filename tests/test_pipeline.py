@@ -90,6 +90,9 @@ def test_demo_runs_every_stage_resumes_and_skips_finished_stages(tmp_path, monke
     printed = capsys.readouterr().out
     assert "[1/6] train-cls" in printed and "skipped, done (classifier.pt exists)" in printed
     assert "skipped, done (summary.json exists)" in printed  # predictions
+    # skipped stages report the time recorded when they finished
+    again = json.loads((out / "summary.json").read_text())["seconds"]
+    assert again["train-cls"] == summary["seconds"]["train-cls"] > 0
     assert "wrote " + str(out / "segmenter" / "segmenter.pt") in printed
 
 
