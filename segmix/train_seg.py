@@ -3,8 +3,8 @@
 Training pairs: the train split's tiles with their pseudo masks from ``segmix pseudo-masks``
 (``<pseudo_masks_dir>/masks/train/<stem>.png``; 255 = ignore), or with ``targets: ground_truth``
 their ground-truth masks (the fully supervised upper bound of a benchmark). The same batch mixer
-as stage 1 runs on every batch, now moving image and mask patches together (``seg_augment: segmix|none|cutmix``),
-with the same curriculum, checkpoints, exact resume, metrics CSV and DDP. Loss: cross-entropy plus
+as stage 1 runs on every batch, now moving image and mask patches together
+(``seg_augment: segmix|none|cutmix``), with the same curriculum, checkpoints, exact resume, metrics CSV and DDP. Loss: cross-entropy plus
 ``seg_train.dice_weight`` x Dice (smp), both ignoring 255.
 
 Validation (``validate_on``): ``ground_truth`` (the val split's masks), ``pseudo_masks`` (its pseudo
