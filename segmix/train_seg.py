@@ -4,8 +4,9 @@ Training pairs: the train split's tiles with their pseudo masks from ``segmix ps
 (``<pseudo_masks_dir>/masks/train/<stem>.png``; 255 = ignore), or with ``targets: ground_truth``
 their ground-truth masks (the fully supervised upper bound of a benchmark). The same batch mixer
 as stage 1 runs on every batch, now moving image and mask patches together
-(``seg_augment: segmix|none|cutmix``), with the same curriculum, checkpoints, exact resume, metrics CSV and DDP. Loss: cross-entropy plus
-``seg_train.dice_weight`` x Dice (smp), both ignoring 255.
+(``seg_augment: segmix|none|cutmix``), with the same curriculum, checkpoints, exact resume,
+metrics CSV and DDP. Loss: cross-entropy plus ``seg_train.dice_weight`` x Dice (smp), both
+ignoring 255.
 
 Validation (``validate_on``): ``ground_truth`` (the val split's masks), ``pseudo_masks`` (its pseudo
 masks), or ``auto`` (ground truth when every val tile has a mask, else pseudo masks); the log says
