@@ -42,7 +42,7 @@ from pseudo_masks import (
     trivial_masks,
 )
 from segmix import pipeline
-from segmix.config import apply_overrides, load_config
+from segmix.config import apply_overrides, config_differences, load_config
 from segmix.data import dataset_classes, decode_mask, mask_convention, read_mask, read_rgb, read_split
 from segmix.io import atomic_path, atomic_write_text, write_csv
 from segmix.run_folders import prepare_output_dir
@@ -99,6 +99,11 @@ def arm_config(arm: str, data_csv: Path, args: argparse.Namespace) -> Dict[str, 
 def run_arm(arm: str, config: Dict[str, Any], out: Path) -> Dict[str, Any]:
     folder = out / arm
     if (folder / pipeline.DONE_FILE).exists():
+        changed = config_differences(load_config(folder / "config.yaml", pipeline.DEFAULTS), config,
+                                     {"output_dir", *pipeline.RESUMABLE_CHANGES})
+        if changed:
+            raise SystemExit(f"{folder} holds a finished run with other settings ({changed});"
+                             " pass another --out")
         print(f"== {arm}: done, reading {folder / pipeline.DONE_FILE}", flush=True)
         return json.loads((folder / pipeline.DONE_FILE).read_text())
     print(f"== {arm} -> {folder}", flush=True)
@@ -171,6 +176,10 @@ def _pct(value: Optional[float]) -> str:
     return "" if value is None else f"{100 * value:.1f}"
 
 
+def _rate(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
 def markdown(rows: List[Dict[str, Any]], refs: Dict[str, Any], header: str) -> str:
     lines = [header, "",
              "| arm | cls val acc | pseudo train mIoU | pseudo train fg IoU | pseudo val mIoU |"
@@ -183,14 +192,13 @@ def markdown(rows: List[Dict[str, Any]], refs: Dict[str, Any], header: str) -> s
                      f" {_pct(ref['val']['foreground_iou'])} | | | | | | | | |")
     for r in rows:
         acc = "" if r["classifier_val_accuracy"] is None else f"{r['classifier_val_accuracy']:.3f}"
-        speed = lambda v: "" if v is None else f"{v:.1f}"  # noqa: E731
         lines.append(
             f"| {r['arm']} | {acc} | {_pct(r['pseudo_train_mIoU'])} |"
             f" {_pct(r['pseudo_train_foreground_iou'])} | {_pct(r['pseudo_val_mIoU'])} |"
             f" {_pct(r['pseudo_val_foreground_iou'])} | {_pct(r['final_mIoU'])} |"
             f" {_pct(r['final_mIoU_classifier_label'])} | {_pct(r['final_foreground_iou'])} |"
             f" {_pct(r['final_FwIoU'])} | {_pct(r['final_mDice'])} |"
-            f" {speed(r['classifier_images_per_s'])} | {speed(r['segmenter_images_per_s'])} |"
+            f" {_rate(r['classifier_images_per_s'])} | {_rate(r['segmenter_images_per_s'])} |"
             f" {r['seconds'] / 60:.1f} |")
     classes = list(rows[0]["final_iou"]) if rows else []
     lines += ["", "Final model, val IoU per class (no label):", "",

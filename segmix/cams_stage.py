@@ -112,9 +112,9 @@ def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False, **
                                  else torch.sigmoid(logits)).cpu().numpy()
             for j, index in enumerate(batch["index"].tolist()):
                 atomic_write_npz(folder / f"{names[index]}.npz",
-                          cams=maps[j].cpu().numpy().astype(np.float16),
-                          labels=batch["target"][j].numpy().astype(np.uint8),
-                          probabilities=probabilities[j].astype(np.float32))
+                                 cams=maps[j].cpu().numpy().astype(np.float16),
+                                 labels=batch["target"][j].numpy().astype(np.uint8),
+                                 probabilities=probabilities[j].astype(np.float32))
         rows += [{"split": split, "image": str(s.image), "mask": str(s.mask or ""),
                   "cams": f"{split}/{name}.npz", "labels": ";".join(classes[k] for k in s.labels)}
                  for s, name in zip(samples, names)]
