@@ -138,37 +138,26 @@ def references(data: Dict[str, Any]) -> Dict[str, Any]:
     return results
 
 
-def _last_row(path: Path) -> Dict[str, str]:
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return rows[-1] if rows else {}
-
-
-def arm_row(arm: str, out: Path, summary: Dict[str, Any]) -> Dict[str, Any]:
-    folder = out / arm
+def arm_row(arm: str, summary: Dict[str, Any]) -> Dict[str, Any]:
+    """One table row from an arm's ``summary.json`` (written by ``segmix run``)."""
     metrics = summary["metrics"]
-    classifier = _last_row(folder / "classifier" / "metrics.csv") if arm != "upper_bound" else {}
-    segmenter = _last_row(folder / "segmenter" / "metrics.csv")
+    classifier = metrics.get("classifier") or {}
+    segmenter = metrics.get("segmenter_training") or {}
     pseudo = metrics.get("pseudo_masks") or {}
-    final = metrics.get("segmenter") or {}
-    evaluation = json.loads((folder / "evaluation" / "metrics.json").read_text())
-    seconds = sum(v for v in summary["seconds"].values() if v)
+    final = metrics["segmenter"]
     return {
         "arm": arm,
-        "classifier_val_accuracy": float(classifier["val_accuracy"]) if classifier else None,
-        "classifier_val_macro_f1": float(classifier["val_macro_f1"]) if classifier else None,
+        "classifier_val_accuracy": classifier.get("val_accuracy"),
+        "classifier_val_macro_f1": classifier.get("val_macro_f1"),
         **{f"pseudo_{split}_{key}": pseudo.get(split, {}).get(key) for split in ("train", "val")
            for key in ("mIoU", "foreground_iou")},
-        "final_mIoU": final.get("mIoU"), "final_mIoU_classifier_label": final.get(
-            "mIoU_classifier_label"), "final_foreground_iou": final.get("foreground_iou"),
-        "final_FwIoU": final.get("FwIoU"), "final_mDice": final.get("mDice"),
-        "final_iou": evaluation["with_background"]["iou"],
-        "final_mIoU_ignore_background": evaluation["ignore_background"]["mIoU"],
-        "classifier_images_per_s": float(classifier["images_per_s"]) if classifier else None,
-        "segmenter_images_per_s": float(segmenter["images_per_s"]) if segmenter else None,
-        "seconds": seconds,
+        "final_mIoU": final["mIoU"], "final_mIoU_classifier_label": final.get(
+            "mIoU_classifier_label"), "final_foreground_iou": final["foreground_iou"],
+        "final_FwIoU": final["FwIoU"], "final_mDice": final["mDice"], "final_iou": final["iou"],
+        "final_mIoU_ignore_background": final["mIoU_ignore_background"],
+        "classifier_images_per_s": classifier.get("images_per_s"),
+        "segmenter_images_per_s": segmenter.get("images_per_s"),
+        "seconds": sum(v for v in summary["seconds"].values() if v),
     }
 
 
@@ -301,11 +290,12 @@ def main() -> None:
     data_csv = quick_subset(args.data, out, 40, 15) if args.quick else args.data.resolve()
     start = time.perf_counter()
     summaries = {}
+    configs = {arm: arm_config(arm, data_csv, args) for arm in args.arms}
     for arm in args.arms:
-        summaries[arm] = run_arm(arm, arm_config(arm, data_csv, args), out)
-    data = arm_config(args.arms[0], data_csv, args)["data"]
+        summaries[arm] = run_arm(arm, configs[arm], out)
+    data = configs[args.arms[0]]["data"]
     refs = references(data)
-    rows = [arm_row(arm, out, summaries[arm]) for arm in args.arms]
+    rows = [arm_row(arm, summaries[arm]) for arm in args.arms]
     for arm in args.arms:
         examples_figure(arm, out, data)
     curriculum_figure(out, args.arms)

@@ -115,7 +115,8 @@ def _read_json(path: Path) -> Optional[Dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _classifier_metrics(folder: Path) -> Optional[Dict[str, Any]]:
+def _last_epoch(folder: Path) -> Optional[Dict[str, Any]]:
+    """Loss, speed and validation metrics of a training stage's last epoch (``metrics.csv``)."""
     path = folder / "metrics.csv"
     if not path.is_file():
         return None
@@ -131,7 +132,8 @@ def collect_metrics(output_dir: Path) -> Dict[str, Any]:
     pseudo = _read_json(output_dir / "pseudo-masks" / "metrics.json") or {}
     final = _read_json(output_dir / "evaluation" / "metrics.json")
     summary: Dict[str, Any] = {
-        "classifier": _classifier_metrics(output_dir / "classifier"),
+        "classifier": _last_epoch(output_dir / "classifier"),
+        "segmenter_training": _last_epoch(output_dir / "segmenter"),
         "pseudo_masks": {split: {"mIoU": m["with_background"]["mIoU"],
                                  "mIoU_ignore_background": m["ignore_background"]["mIoU"],
                                  "foreground_iou": m["with_background"]["foreground_iou"]}
@@ -166,7 +168,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
     for number, stage in enumerate(STAGES, start=1):
         module, folder = stage.load(), output_dir / stage.folder
         header = f"[{number}/{len(STAGES)}] {stage.name} -> {folder}"
-        skip_reason = None
+        skip_reason, done = None, False
         if only is not None and stage.name not in only:
             skip_reason = "not asked for"
         elif stage.needs_val and val == "none":
@@ -174,10 +176,10 @@ def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
         elif stage.name == "evaluate" and val == "unlabelled":
             skip_reason = "the val split has no ground-truth masks to score against"
         elif (folder / module.DONE_FILE).exists() and not overwrite:
-            skip_reason = f"done ({module.DONE_FILE} exists)"
+            skip_reason, done = f"done ({module.DONE_FILE} exists)", True
         if skip_reason:
             print(f"{header}: skipped, {skip_reason}", flush=True)
-            seconds[stage.name] = _recorded_seconds(folder) if skip_reason.startswith("done") else None
+            seconds[stage.name] = _recorded_seconds(folder) if done else None
             continue
         print(header, flush=True)
         settings = stage_config(stage, config, output_dir, splits)
