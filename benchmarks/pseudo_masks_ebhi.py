@@ -36,7 +36,7 @@ from segmix.data import (
     write_rgb,
 )
 from segmix.config import load_config
-from segmix.train_cls import DEFAULTS as CLASSIFIER_DEFAULTS
+from segmix.pipeline import DEFAULTS as PIPELINE_DEFAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
 SHUFFLE_TTA = "{enabled: true, patch_size: 32, fix_ratio: 0.5, draws: 4, mode: batch, group_size: null}"
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--figure-tiles", type=int, default=6)
     args = parser.parse_args()
     labels_csv = (args.data / "labels.csv").resolve()
-    data = load_config(args.config, CLASSIFIER_DEFAULTS)["data"]
+    data = load_config(args.config, PIPELINE_DEFAULTS)["data"]
     data["train"]["path"] = data["val"]["path"] = str(labels_csv)
     classes = data["classes"]
     samples = read_split(data, "val")

@@ -15,7 +15,8 @@ Strategies (decided **once per epoch** from an epoch-level loss, by :meth:`Shuff
 * ``loss_back``: if the loss is below the threshold, one level harder (threshold decays likewise);
   otherwise one level easier.
 
-The threshold defaults to the loss of the first epoch that is fed back (decision ``calibrate``).
+The threshold defaults to the loss of the first epoch after warm-up (decision ``calibrate``; with
+no warm-up, epoch 0).
 State (level, threshold, next epoch, history) round-trips through :meth:`state_dict` so a resumed
 run continues exactly. Depends on nothing but the standard library.
 """
@@ -120,7 +121,7 @@ class ShuffleCurriculum:
             are ints or ``(ph, pw)`` pairs and must divide the image size.
         fix_ratios: ratio ladder, easy to hard (default :func:`default_fix_ratios`).
         base: patch sizes are multiples of it (default ladder only).
-        loss_threshold: feedback threshold; ``None`` calibrates it from the first fed-back loss.
+        loss_threshold: feedback threshold; ``None`` calibrates it from the first loss after warm-up.
         threshold_decay: factor applied to the threshold after each step harder (1 disables).
         start_level: the level that ``fixed`` holds; the other strategies start at level 0.
 
@@ -305,10 +306,14 @@ class ShuffleCurriculum:
             self.level = self.planned_level(next_epoch)
             return "plan"
         if self.threshold is None:
-            self.threshold = loss
+            # A warm-up epoch's loss (a model still learning the clean task) is no reference: a
+            # threshold taken from it lets every later epoch step harder.
+            decision = "warmup" if next_epoch <= self.warmup_epochs else "calibrate"
+            if decision == "calibrate":
+                self.threshold = loss
             if self.strategy == "loss_hold":
                 self.level = max(self.level, self.planned_level(next_epoch))
-            return "calibrate"
+            return decision
         if loss < self.threshold:
             self.threshold *= self.threshold_decay
             if self.level < self.hardest_level:

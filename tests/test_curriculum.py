@@ -72,10 +72,18 @@ def test_loss_hold_scripted_curve():
                           **LADDERS)
     levels = run(c, [2.0, 1.0, 0.9, 0.95, 0.3, 0.4, 0.1])
     assert levels == [0, 0, 1, 2, 2, 3, 3]
+    # the warm-up epoch's loss (2.0) is not the reference: epoch 1's loss (1.0) is
     assert [r["decision"] for r in c.history] == [
-        "calibrate", "harder", "harder", "plan", "harder", "plan", "hold"]
-    assert [r["threshold"] for r in c.history] == [None, 2.0, 1.0, 0.5, 0.5, 0.25, 0.25]
+        "warmup", "calibrate", "harder", "plan", "harder", "plan", "hold"]
+    assert [r["threshold"] for r in c.history] == [None, None, 1.0, 0.5, 0.5, 0.25, 0.25]
     assert c.threshold == 0.125
+
+
+def test_loss_hold_without_warmup_calibrates_on_epoch_zero():
+    c = ShuffleCurriculum(128, "loss_hold", total_epochs=7, threshold_decay=0.5, **LADDERS)
+    run(c, [2.0, 1.0])
+    assert [r["decision"] for r in c.history] == ["calibrate", "harder"]
+    assert c.threshold == 1.0
 
 
 def test_loss_hold_follows_the_plan_when_loss_stays_high():

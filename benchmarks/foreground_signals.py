@@ -1,0 +1,186 @@
+"""Which per-pixel signal separates lesion/gland tissue from the rest on EBHI-Seg (val split)?
+
+    .venv/bin/python benchmarks/foreground_signals.py --classifier runs/bench-cls/none/classifier.pt
+
+On EBHI-Seg every tile holds stroma and lumen next to its class's glands, and the trivial mask (the
+tile's class everywhere) scores ~53 mIoU, above every CAM threshold tried so far. This probe asks
+why, one signal at a time: for each candidate foreground score (Grad-CAM / LayerCAM of the tile's
+class at several depths of the classifier, stain and darkness maps without learning), scaled to
+[0, 1] per tile, it reports
+
+* ``AUC``: the probability that a random ground-truth foreground pixel scores above a random
+  background pixel, pooled over tiles, **inside tissue** (the near-white tissue prior removed);
+  0.5 = no information;
+* ``best mIoU``: 7-class mIoU (tile label known, tissue prior on) of ``score >= t`` as foreground,
+  at the best of a sweep of ``t`` (0 = the tissue-prior mask), and that ``t``.
+
+Writes ``results.md`` and ``results.json`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter
+from scipy.stats import rankdata
+from skimage.color import rgb2hed
+
+from cam import GradCAM, LayerCAM
+from cam.base import BaseCAM
+from pseudo_masks import tissue_background
+from segmix.config import load_config
+from segmix.data import decode_mask, mask_convention, read_mask, read_rgb, read_split
+from segmix.io import atomic_write_text
+from segmix.models import load_classifier
+from segmix.pipeline import DEFAULTS as PIPELINE_DEFAULTS
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYERS = ["blocks.2", "blocks.3", "blocks.4", "blocks.5", "conv_head"]
+THRESHOLDS = np.round(np.arange(0.0, 1.0, 0.05), 2)
+PIXEL_STRIDE = 4  # pixels sampled for the AUC (every 4th row and column)
+
+
+def unit_range(score: np.ndarray) -> np.ndarray:
+    """Scale one tile's score to [0, 1] by its 1st and 99th percentiles (robust min-max)."""
+    low, high = np.percentile(score, [1, 99])
+    return np.clip((score - low) / max(high - low, 1e-6), 0.0, 1.0)
+
+
+def stain_signals(rgb: np.ndarray) -> Dict[str, np.ndarray]:
+    """Foreground scores without learning: hematoxylin density (nuclei) at a few smoothing widths,
+    eosin density reversed, and darkness."""
+    hed = rgb2hed(rgb)
+    grey = rgb.astype(np.float32).mean(axis=2)
+    signals = {f"hematoxylin, blur {s} px": gaussian_filter(hed[..., 0], s) for s in (2, 4, 8, 16)}
+    signals["eosin reversed, blur 4 px"] = -gaussian_filter(hed[..., 1], 4)
+    signals["darkness, blur 4 px"] = -gaussian_filter(grey, 4)
+    return signals
+
+
+class _GradAndLayerCAM(BaseCAM):
+    """Grad-CAM maps then LayerCAM maps (``[B, 2K, h, w]``) from one forward and backward pass."""
+
+    def combine(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        return torch.cat([GradCAM.combine(self, activations, gradients),
+                          LayerCAM.combine(self, activations, gradients)], dim=1)
+
+
+def cam_signals(model: torch.nn.Module, images: torch.Tensor,
+                labels: List[int]) -> List[Dict[str, np.ndarray]]:
+    """Per tile: Grad-CAM and LayerCAM of its class at each layer of ``LAYERS``, upsampled, plus
+    the mean of the unit-range maps of the layers at stride 16 and 32."""
+    maps, logits = _GradAndLayerCAM(model, LAYERS).layer_maps(images)
+    classes = logits.shape[1]
+    out: List[Dict[str, np.ndarray]] = [{} for _ in labels]
+    for name, raw in zip(LAYERS, maps):
+        up = F.interpolate(raw, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        for i, label in enumerate(labels):
+            for j, method in enumerate(("gradcam", "layercam")):
+                out[i][f"{method} {name}"] = up[i, j * classes + label].numpy()
+    for tile in out:
+        for method in ("gradcam", "layercam"):
+            tile[f"{method} fused blocks.4+5+conv_head"] = np.mean(
+                [unit_range(tile[f"{method} {n}"]) for n in ("blocks.4", "blocks.5", "conv_head")],
+                axis=0)
+    return out
+
+
+class SignalScore:
+    """Accumulates the AUC sample and the per-threshold confusion counts of one signal."""
+
+    def __init__(self) -> None:
+        self.scores: List[np.ndarray] = []
+        self.truths: List[np.ndarray] = []
+        self.counts = np.zeros((len(THRESHOLDS), 7, 7), dtype=np.int64)
+
+    def add(self, score: np.ndarray, truth: np.ndarray, tissue: np.ndarray, label: int) -> None:
+        score = unit_range(score)
+        sample = tissue[::PIXEL_STRIDE, ::PIXEL_STRIDE]
+        self.scores.append(score[::PIXEL_STRIDE, ::PIXEL_STRIDE][sample])
+        self.truths.append(truth[::PIXEL_STRIDE, ::PIXEL_STRIDE][sample] > 0)
+        foreground = truth > 0
+        for i, threshold in enumerate(THRESHOLDS):
+            predicted = tissue & (score >= threshold)
+            self.counts[i, label, label] += int((predicted & foreground).sum())
+            self.counts[i, 0, label] += int((predicted & ~foreground).sum())
+            self.counts[i, label, 0] += int((~predicted & foreground).sum())
+            self.counts[i, 0, 0] += int((~predicted & ~foreground).sum())
+
+    def result(self) -> Dict[str, float]:
+        scores, truths = np.concatenate(self.scores), np.concatenate(self.truths)
+        positives = int(truths.sum())
+        negatives = truths.size - positives
+        ranks = rankdata(scores)
+        auc = (ranks[truths].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+        mious = []
+        for counts in self.counts:  # rows: prediction, columns: truth
+            tp = np.diag(counts).astype(float)
+            union = counts.sum(0) + counts.sum(1) - tp
+            present = union > 0
+            mious.append(float((tp[present] / union[present]).mean()))
+        best = int(np.argmax(mious))
+        return {"auc": float(auc), "best_miou": mious[best], "best_threshold": float(THRESHOLDS[best]),
+                "miou_at_0": mious[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/ebhi-seg/labels.csv")
+    parser.add_argument("--classifier", type=Path, action="append", default=[],
+                        help="classifier.pt files (repeat); none: stain signals only")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "foreground-signals")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--limit", type=int, default=None, help="first N val tiles (a smoke run)")
+    args = parser.parse_args()
+    data = load_config(ROOT / "configs" / "ebhi.yaml", PIPELINE_DEFAULTS)["data"]
+    data["train"]["path"] = data["val"]["path"] = str(args.data.resolve())
+    samples = read_split(data, "val")[: args.limit]
+    convention = mask_convention(data)
+    models = []
+    for path in args.classifier:
+        model, info = load_classifier(path)
+        mean = torch.tensor(info["mean"])[:, None, None]
+        std = torch.tensor(info["std"])[:, None, None]
+        models.append((path.parent.name, model, mean, std))
+    scores: Dict[str, SignalScore] = {}
+
+    def add(name: str, score: np.ndarray, truth, tissue, label) -> None:
+        scores.setdefault(name, SignalScore()).add(score, truth, tissue, label)
+
+    for start in range(0, len(samples), args.batch_size):
+        batch = samples[start:start + args.batch_size]
+        rgbs = [read_rgb(sample.image) for sample in batch]
+        labels = [sample.labels[0] for sample in batch]
+        truths = [decode_mask(read_mask(s.mask), s.labels, 7, convention, s.mask) for s in batch]
+        tissues = ~tissue_background(torch.from_numpy(np.stack(rgbs))).numpy()
+        for rgb, truth, tissue, label in zip(rgbs, truths, tissues, labels):
+            for name, score in stain_signals(rgb).items():
+                add(name, score, truth, tissue, label + 1)
+        images = torch.from_numpy(np.stack(rgbs)).permute(0, 3, 1, 2).float() / 255
+        for run_name, model, mean, std in models:
+            tiles = cam_signals(model, (images - mean) / std, labels)
+            for signals, truth, tissue, label in zip(tiles, truths, tissues, labels):
+                for name, score in signals.items():
+                    add(f"{run_name}: {name}", score, truth, tissue, label + 1)
+        print(f"{start + len(batch)}/{len(samples)} tiles", flush=True)
+    results = {name: s.result() for name, s in scores.items()}
+    lines = ["| signal | AUC inside tissue | best mIoU | at threshold | mIoU at 0 |",
+             "|---|---|---|---|---|"]
+    for name, r in sorted(results.items(), key=lambda item: -item[1]["auc"]):
+        lines.append(f"| {name} | {r['auc']:.3f} | {100 * r['best_miou']:.1f} |"
+                     f" {r['best_threshold']:.2f} | {100 * r['miou_at_0']:.1f} |")
+    report = "\n".join(lines) + "\n"
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "results.md", report)
+    atomic_write_text(args.out / "results.json", json.dumps(results, indent=2))
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
