@@ -7,8 +7,8 @@ train-cls -> cams -> pseudo-masks -> train-seg -> predict -> evaluate, each in i
 here. A stage whose outputs are complete is skipped, an interrupted training stage resumes from
 its checkpoint, and the other stages compute only their missing files, so re-running the same
 command after an interruption continues the run. ``summary.json`` (marks the run finished) gathers
-the metrics of every stage and their wall times (each stage folder keeps the time of the
-invocation that finished it in ``seconds.json``; time spent before an interruption is not counted).
+the metrics of every stage and their wall times (each stage folder keeps its time in
+``seconds.json``, summed over the invocations that worked on it, interrupted ones included).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import csv
 import importlib
 import json
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -27,12 +26,13 @@ from typing import Any, Callable, Dict, List, Optional
 from .data import read_split
 from .io import atomic_write_text
 from .run_folders import prepare_output_dir
+from .stage_clock import StageClock, recorded_seconds
 from .training import checkpoint_path
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "STAGES", "run"]
 
 DONE_FILE = "summary.json"
-TIMING_FILE = "seconds.json"  # in each stage folder: the wall time of the invocation that finished it
+TIMING_FILE = "seconds.json"  # in each stage folder: its wall time over all invocations (StageClock)
 Wiring = Callable[[Path, List[str]], Dict[str, Any]]
 
 
@@ -105,12 +105,6 @@ def _val_state(data: Dict[str, Any]) -> str:
     return "labelled" if all(s.mask for s in samples) else "unlabelled"
 
 
-def _recorded_seconds(folder: Path) -> Optional[float]:
-    """The wall time a stage folder's earlier invocations recorded (``None`` if none did)."""
-    recorded = _read_json(folder / TIMING_FILE)
-    return None if recorded is None else float(recorded["seconds"])
-
-
 def _read_json(path: Path) -> Optional[Dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -179,17 +173,15 @@ def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
             skip_reason, done = f"done ({module.DONE_FILE} exists)", True
         if skip_reason:
             print(f"{header}: skipped, {skip_reason}", flush=True)
-            seconds[stage.name] = _recorded_seconds(folder) if done else None
+            seconds[stage.name] = recorded_seconds(folder / TIMING_FILE) if done else None
             continue
         print(header, flush=True)
         settings = stage_config(stage, config, output_dir, splits)
         prepare_output_dir(module, settings, folder, overwrite=overwrite)
         resume = not overwrite and checkpoint_path(folder).exists()
-        start = time.perf_counter()
-        module.run(settings, folder, resume=resume, overwrite=overwrite)
-        elapsed = time.perf_counter() - start
-        seconds[stage.name] = elapsed
-        atomic_write_text(folder / TIMING_FILE, json.dumps({"seconds": seconds[stage.name]}))
+        with StageClock(folder / TIMING_FILE, fresh=overwrite) as clock:
+            module.run(settings, folder, resume=resume, overwrite=overwrite)
+        seconds[stage.name] = clock.seconds
     summary = {"metrics": collect_metrics(output_dir), "seconds": seconds,
                "stages": {s.name: s.folder for s in STAGES}}
     atomic_write_text(output_dir / DONE_FILE, json.dumps(summary, indent=2))
