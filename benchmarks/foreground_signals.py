@@ -91,6 +91,46 @@ def cam_signals(model: torch.nn.Module, images: torch.Tensor,
     return out
 
 
+def blurred(rgb: np.ndarray, sigma: float = 16) -> np.ndarray:
+    """The tile blurred channel by channel (colour kept, texture gone), float32."""
+    return np.stack([gaussian_filter(rgb[..., c].astype(np.float32), sigma) for c in range(3)], -1)
+
+
+def perturbation_signals(model: torch.nn.Module, rgb: np.ndarray, label: int, mean: torch.Tensor,
+                         std: torch.Tensor) -> Dict[str, np.ndarray]:
+    """Attribution by perturbing the input (one forward pass per window, so slow): the drop of
+    the tile class's log-probability when a 32 px cell is blurred (occlusion), and its probability
+    when only a 56 px window (stride 28) is left sharp and the rest blurred (insertion; averaged
+    over the windows covering each pixel)."""
+    sharp, soft = rgb.astype(np.float32), blurred(rgb)
+    size = rgb.shape[0]
+
+    def class_log_probability(images: List[np.ndarray]) -> np.ndarray:
+        batch = (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 255 - mean) / std
+        with torch.no_grad():
+            return torch.log_softmax(model(batch), dim=1)[:, label].numpy()
+
+    def pasted(base: np.ndarray, source: np.ndarray, top: int, left: int, width: int) -> np.ndarray:
+        out = base.copy()
+        out[top:top + width, left:left + width] = source[top:top + width, left:left + width]
+        return out
+
+    cells = range(0, size, 32)
+    occluded = [pasted(sharp, soft, a, b, 32) for a in cells for b in cells]
+    scores = class_log_probability([sharp] + occluded)
+    drop = (scores[0] - scores[1:]).reshape(len(cells), len(cells))
+    occlusion = np.kron(drop, np.ones((32, 32)))[:size, :size]
+    starts = range(0, size - 56 + 1, 28)
+    probabilities = np.exp(class_log_probability(
+        [pasted(soft, sharp, a, b, 56) for a in starts for b in starts]))
+    total, count = np.zeros((size, size)), np.zeros((size, size))
+    for value, (a, b) in zip(probabilities, [(a, b) for a in starts for b in starts]):
+        total[a:a + 56, b:b + 56] += value
+        count[a:a + 56, b:b + 56] += 1
+    return {"occlusion, 32 px cells": occlusion,
+            "insertion, 56 px windows": total / np.maximum(count, 1)}
+
+
 class SignalScore:
     """Accumulates the AUC sample and the per-threshold confusion counts of one signal."""
 
@@ -136,11 +176,17 @@ def main() -> None:
                         help="classifier.pt files (repeat); none: stain signals only")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "foreground-signals")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--limit", type=int, default=None, help="first N val tiles (a smoke run)")
+    parser.add_argument("--sample", type=int, default=None,
+                        help="a seeded random subset of N val tiles instead of all")
+    parser.add_argument("--perturbation", action="store_true",
+                        help="also occlusion and insertion maps (~100 forward passes a tile)")
     args = parser.parse_args()
     data = load_config(ROOT / "configs" / "ebhi.yaml", PIPELINE_DEFAULTS)["data"]
     data["train"]["path"] = data["val"]["path"] = str(args.data.resolve())
-    samples = read_split(data, "val")[: args.limit]
+    samples = read_split(data, "val")
+    if args.sample:
+        chosen = np.random.default_rng(0).choice(len(samples), args.sample, replace=False)
+        samples = [samples[i] for i in sorted(chosen)]
     convention = mask_convention(data)
     models = []
     for path in args.classifier:
@@ -168,6 +214,10 @@ def main() -> None:
             for signals, truth, tissue, label in zip(tiles, truths, tissues, labels):
                 for name, score in signals.items():
                     add(f"{run_name}: {name}", score, truth, tissue, label + 1)
+            if args.perturbation:
+                for rgb, truth, tissue, label in zip(rgbs, truths, tissues, labels):
+                    for name, score in perturbation_signals(model, rgb, label, mean, std).items():
+                        add(f"{run_name}: {name}", score, truth, tissue, label + 1)
         print(f"{start + len(batch)}/{len(samples)} tiles", flush=True)
     results = {name: s.result() for name, s in scores.items()}
     lines = ["| signal | AUC inside tissue | best mIoU | at threshold | mIoU at 0 |",
