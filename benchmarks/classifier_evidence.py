@@ -13,17 +13,15 @@ the glands. Writes ``results.md`` / ``results.json`` under ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Dict
 
 import numpy as np
 import torch
-from foreground_signals import blurred  # a sibling script in benchmarks/
+from foreground_signals import blurred, write_report  # a sibling script in benchmarks/
 
 from segmix.config import load_config
 from segmix.data import decode_mask, mask_convention, read_mask, read_rgb, read_split
-from segmix.io import atomic_write_text
 from segmix.models import load_classifier
 from segmix.pipeline import DEFAULTS as PIPELINE_DEFAULTS
 
@@ -75,10 +73,7 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(f"{accuracy[v]:.3f}" for v in VIEWS) + " |")
     report = (f"Val accuracy ({len(tiles)} tiles; replaced parts blurred, sigma {BLUR_SIGMA} px)\n\n"
               + "\n".join(lines) + "\n")
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "results.md", report)
-    atomic_write_text(args.out / "results.json", json.dumps(results, indent=2))
-    print(report)
+    write_report(args.out, report, results)
 
 
 if __name__ == "__main__":

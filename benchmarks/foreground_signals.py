@@ -169,6 +169,14 @@ class SignalScore:
                 "miou_at_0": mious[0]}
 
 
+def write_report(out: Path, report: str, results: Dict) -> None:
+    """``results.md`` and ``results.json`` under ``out``, and the table on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.md", report)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2))
+    print(report)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/ebhi-seg/labels.csv")
@@ -225,11 +233,7 @@ def main() -> None:
     for name, r in sorted(results.items(), key=lambda item: -item[1]["auc"]):
         lines.append(f"| {name} | {r['auc']:.3f} | {100 * r['best_miou']:.1f} |"
                      f" {r['best_threshold']:.2f} | {100 * r['miou_at_0']:.1f} |")
-    report = "\n".join(lines) + "\n"
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "results.md", report)
-    atomic_write_text(args.out / "results.json", json.dumps(results, indent=2))
-    print(report)
+    write_report(args.out, "\n".join(lines) + "\n", results)
 
 
 if __name__ == "__main__":
