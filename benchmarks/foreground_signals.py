@@ -96,12 +96,25 @@ def blurred(rgb: np.ndarray, sigma: float = 16) -> np.ndarray:
     return np.stack([gaussian_filter(rgb[..., c].astype(np.float32), sigma) for c in range(3)], -1)
 
 
+def window_average(values: np.ndarray, starts: range, width: int, size: int) -> np.ndarray:
+    """Per pixel, the mean of ``values`` (one per window, row-major over ``starts`` x ``starts``)
+    over the ``width``-pixel windows that cover it."""
+    total, count = np.zeros((size, size)), np.zeros((size, size))
+    corners = [(a, b) for a in starts for b in starts]
+    for value, (a, b) in zip(values, corners):
+        total[a:a + width, b:b + width] += value
+        count[a:a + width, b:b + width] += 1
+    return total / np.maximum(count, 1)
+
+
 def perturbation_signals(model: torch.nn.Module, rgb: np.ndarray, label: int, mean: torch.Tensor,
                          std: torch.Tensor) -> Dict[str, np.ndarray]:
-    """Attribution by perturbing the input (one forward pass per window, so slow): the drop of
-    the tile class's log-probability when a 32 px cell is blurred (occlusion), and its probability
-    when only a 56 px window (stride 28) is left sharp and the rest blurred (insertion; averaged
-    over the windows covering each pixel)."""
+    """Attributions that ask the classifier about parts of the tile (one forward pass per part,
+    so slow), as the tile class's probability: its log-probability's drop when a 32 px cell is
+    blurred (occlusion); its probability when only a 56 px window (stride 28) stays sharp and the
+    rest is blurred (insertion); and its probability for a 64 px crop (stride 16) fed alone at its
+    own size (crop windows: what a classifier trained on crops is read with). Window scores are
+    averaged over the windows covering each pixel."""
     sharp, soft = rgb.astype(np.float32), blurred(rgb)
     size = rgb.shape[0]
 
@@ -119,16 +132,15 @@ def perturbation_signals(model: torch.nn.Module, rgb: np.ndarray, label: int, me
     occluded = [pasted(sharp, soft, a, b, 32) for a in cells for b in cells]
     scores = class_log_probability([sharp] + occluded)
     drop = (scores[0] - scores[1:]).reshape(len(cells), len(cells))
-    occlusion = np.kron(drop, np.ones((32, 32)))[:size, :size]
-    starts = range(0, size - 56 + 1, 28)
-    probabilities = np.exp(class_log_probability(
-        [pasted(soft, sharp, a, b, 56) for a in starts for b in starts]))
-    total, count = np.zeros((size, size)), np.zeros((size, size))
-    for value, (a, b) in zip(probabilities, [(a, b) for a in starts for b in starts]):
-        total[a:a + 56, b:b + 56] += value
-        count[a:a + 56, b:b + 56] += 1
-    return {"occlusion, 32 px cells": occlusion,
-            "insertion, 56 px windows": total / np.maximum(count, 1)}
+    inserted = range(0, size - 56 + 1, 28)
+    cropped = range(0, size - 64 + 1, 16)
+    return {
+        "occlusion, 32 px cells": np.kron(drop, np.ones((32, 32)))[:size, :size],
+        "insertion, 56 px windows": window_average(np.exp(class_log_probability(
+            [pasted(soft, sharp, a, b, 56) for a in inserted for b in inserted])), inserted, 56, size),
+        "crop windows, 64 px": window_average(np.exp(class_log_probability(
+            [sharp[a:a + 64, b:b + 64] for a in cropped for b in cropped])), cropped, 64, size),
+    }
 
 
 class SignalScore:
