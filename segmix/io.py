@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Sequence, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Union
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "atomic_write_npz", "write_csv"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "atomic_write_npz", "write_csv",
+           "read_json"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -75,3 +77,9 @@ def write_csv(path: PathLike, rows: Sequence[Dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
+
+
+def read_json(path: PathLike) -> Optional[Any]:
+    """The JSON document at ``path``, or ``None`` if there is no such file."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import Any, Callable, Dict, List, Optional
 
 from .data import read_split
-from .io import atomic_write_text
+from .io import atomic_write_text, read_json
 from .run_folders import prepare_output_dir
 from .stage_clock import StageClock, recorded_seconds
 from .training import checkpoint_path
@@ -105,10 +105,6 @@ def _val_state(data: Dict[str, Any]) -> str:
     return "labelled" if all(s.mask for s in samples) else "unlabelled"
 
 
-def _read_json(path: Path) -> Optional[Dict[str, Any]]:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def _last_epoch(folder: Path) -> Optional[Dict[str, Any]]:
     """Loss, speed and validation metrics of a training stage's last epoch (``metrics.csv``)."""
     path = folder / "metrics.csv"
@@ -123,8 +119,8 @@ def _last_epoch(folder: Path) -> Optional[Dict[str, Any]]:
 
 def collect_metrics(output_dir: Path) -> Dict[str, Any]:
     """The headline numbers of every finished stage of a pipeline folder."""
-    pseudo = _read_json(output_dir / "pseudo-masks" / "metrics.json") or {}
-    final = _read_json(output_dir / "evaluation" / "metrics.json")
+    pseudo = read_json(output_dir / "pseudo-masks" / "metrics.json") or {}
+    final = read_json(output_dir / "evaluation" / "metrics.json")
     summary: Dict[str, Any] = {
         "classifier": _last_epoch(output_dir / "classifier"),
         "segmenter_training": _last_epoch(output_dir / "segmenter"),

@@ -14,18 +14,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .io import atomic_write_text
+from .io import atomic_write_text, read_json
 
 __all__ = ["StageClock", "recorded_seconds"]
 
 
-def _read(path: Path) -> Optional[dict]:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def recorded_seconds(path: Path) -> Optional[float]:
     """The total a clock file holds (``None`` if there is none)."""
-    recorded = _read(path)
+    recorded = read_json(path)
     return None if recorded is None else float(recorded["seconds"])
 
 
@@ -39,7 +35,7 @@ class StageClock:
 
     def __init__(self, path: Path, *, fresh: bool = False, interval: float = 30.0) -> None:
         self.path, self.interval = path, interval
-        earlier = None if fresh else _read(path)
+        earlier = None if fresh else read_json(path)
         unfinished = earlier is not None and not earlier.get("finished", True)
         self.carried = float(earlier["seconds"]) if unfinished else 0.0
         self._stop = threading.Event()
