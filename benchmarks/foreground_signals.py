@@ -31,9 +31,8 @@ from scipy.ndimage import gaussian_filter
 from scipy.stats import rankdata
 from skimage.color import rgb2hed
 
-from cam import GradCAM, LayerCAM
-from cam.base import BaseCAM
-from pseudo_masks import tissue_background
+from cam import BaseCAM, GradCAM, LayerCAM
+from pseudo_masks import ConfusionMatrix, segmentation_metrics, tissue_background
 from segmix.config import load_config
 from segmix.data import decode_mask, mask_convention, read_mask, read_rgb, read_split
 from segmix.io import atomic_write_text
@@ -144,25 +143,22 @@ def perturbation_signals(model: torch.nn.Module, rgb: np.ndarray, label: int, me
 
 
 class SignalScore:
-    """Accumulates the AUC sample and the per-threshold confusion counts of one signal."""
+    """Accumulates the AUC sample and one confusion matrix per threshold for one signal."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_classes: int) -> None:
         self.scores: List[np.ndarray] = []
         self.truths: List[np.ndarray] = []
-        self.counts = np.zeros((len(THRESHOLDS), 7, 7), dtype=np.int64)
+        self.matrices = [ConfusionMatrix(num_classes) for _ in THRESHOLDS]
 
     def add(self, score: np.ndarray, truth: np.ndarray, tissue: np.ndarray, label: int) -> None:
+        """``truth``: the tile's class map (0 background, ``label`` = its class, 1-based)."""
         score = unit_range(score)
         sample = tissue[::PIXEL_STRIDE, ::PIXEL_STRIDE]
         self.scores.append(score[::PIXEL_STRIDE, ::PIXEL_STRIDE][sample])
         self.truths.append(truth[::PIXEL_STRIDE, ::PIXEL_STRIDE][sample] > 0)
-        foreground = truth > 0
-        for i, threshold in enumerate(THRESHOLDS):
-            predicted = tissue & (score >= threshold)
-            self.counts[i, label, label] += int((predicted & foreground).sum())
-            self.counts[i, 0, label] += int((predicted & ~foreground).sum())
-            self.counts[i, label, 0] += int((~predicted & foreground).sum())
-            self.counts[i, 0, 0] += int((~predicted & ~foreground).sum())
+        for matrix, threshold in zip(self.matrices, THRESHOLDS):
+            predicted = np.where(tissue & (score >= threshold), label, 0)
+            matrix.update(torch.from_numpy(predicted), torch.from_numpy(truth))
 
     def result(self) -> Dict[str, float]:
         scores, truths = np.concatenate(self.scores), np.concatenate(self.truths)
@@ -170,12 +166,7 @@ class SignalScore:
         negatives = truths.size - positives
         ranks = rankdata(scores)
         auc = (ranks[truths].sum() - positives * (positives + 1) / 2) / (positives * negatives)
-        mious = []
-        for counts in self.counts:  # rows: prediction, columns: truth
-            tp = np.diag(counts).astype(float)
-            union = counts.sum(0) + counts.sum(1) - tp
-            present = union > 0
-            mious.append(float((tp[present] / union[present]).mean()))
+        mious = [segmentation_metrics(m, "with_background")["mIoU"] for m in self.matrices]
         best = int(np.argmax(mious))
         return {"auc": float(auc), "best_miou": mious[best], "best_threshold": float(THRESHOLDS[best]),
                 "miou_at_0": mious[0]}
@@ -217,13 +208,14 @@ def main() -> None:
     scores: Dict[str, SignalScore] = {}
 
     def add(name: str, score: np.ndarray, truth, tissue, label) -> None:
-        scores.setdefault(name, SignalScore()).add(score, truth, tissue, label)
+        scores.setdefault(name, SignalScore(len(data["classes"]))).add(score, truth, tissue, label)
 
     for start in range(0, len(samples), args.batch_size):
         batch = samples[start:start + args.batch_size]
         rgbs = [read_rgb(sample.image) for sample in batch]
         labels = [sample.labels[0] for sample in batch]
-        truths = [decode_mask(read_mask(s.mask), s.labels, 7, convention, s.mask) for s in batch]
+        truths = [decode_mask(read_mask(s.mask), s.labels, len(data["classes"]), convention, s.mask)
+                  for s in batch]
         tissues = ~tissue_background(torch.from_numpy(np.stack(rgbs))).numpy()
         for rgb, truth, tissue, label in zip(rgbs, truths, tissues, labels):
             for name, score in stain_signals(rgb).items():

@@ -26,6 +26,7 @@ import torch
 
 from pseudo_masks import ConfusionMatrix, overlay, read_mask_png, segmentation_metrics, trivial_masks
 from segmix.cli import main as segmix
+from segmix.config import load_config
 from segmix.data import (
     decode_mask,
     mask_convention,
@@ -35,7 +36,6 @@ from segmix.data import (
     unique_names,
     write_rgb,
 )
-from segmix.config import load_config
 from segmix.pipeline import DEFAULTS as PIPELINE_DEFAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
