@@ -264,7 +264,8 @@ def curriculum_figure(out: Path, arms: List[str]) -> None:
     for ax, title in zip(axes, ("patch size (px)", "fix ratio", "training loss")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
-    axes[2].legend(fontsize=7)
+    if axes[2].lines:  # no legend when no arm trained with the shuffle
+        axes[2].legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(out / "curriculum.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
