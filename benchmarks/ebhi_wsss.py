@@ -242,30 +242,39 @@ def examples_figure(arm: str, out: Path, data: Dict[str, Any]) -> None:
 
 
 def curriculum_figure(out: Path, arms: List[str]) -> None:
-    """Patch size, fix ratio and training loss per epoch of every shuffled training run."""
+    """Patch size, fix ratio and training loss per epoch of every shuffled training run.
+
+    One row per stage, one colour and line style per arm, so arms whose trajectories coincide stay
+    visible (a wide solid line under a narrow dashed one).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-    for arm in arms:
-        for stage in ("classifier", "segmenter"):
+    stages = ("classifier", "segmenter")
+    styles = [dict(linestyle="-", linewidth=4.0, alpha=0.6), dict(linestyle="--", linewidth=1.8),
+              dict(linestyle=":", linewidth=1.8)]
+    fig, axes = plt.subplots(len(stages), 3, figsize=(14, 6.4), squeeze=False)
+    for row, stage in zip(axes, stages):
+        drawn = 0
+        for arm in arms:
             path = out / arm / stage / "curriculum.csv"
             if not path.is_file() or (out / arm / stage).is_symlink():  # borrowed: drawn once
                 continue
             with open(path, newline="") as handle:
-                rows = list(csv.DictReader(handle))
-            epochs = [int(r["epoch"]) + 1 for r in rows]
-            label = f"{arm} {stage}"
-            axes[0].step(epochs, [float(r["patch_size"]) for r in rows], where="mid", label=label)
-            axes[1].step(epochs, [float(r["fix_ratio"]) for r in rows], where="mid", label=label)
-            axes[2].plot(epochs, [float(r["loss"]) for r in rows], marker="o", label=label)
-    for ax, title in zip(axes, ("patch size (px)", "fix ratio", "training loss")):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-    if axes[2].lines:  # no legend when no arm trained with the shuffle
-        axes[2].legend(fontsize=7)
+                records = list(csv.DictReader(handle))
+            epochs = [int(r["epoch"]) + 1 for r in records]
+            style = dict(styles[drawn % len(styles)], color=f"C{arms.index(arm)}", label=arm)
+            drawn += 1
+            row[0].step(epochs, [float(r["patch_size"]) for r in records], where="mid", **style)
+            row[1].step(epochs, [float(r["fix_ratio"]) for r in records], where="mid", **style)
+            row[2].plot(epochs, [float(r["loss"]) for r in records], marker="o", markersize=3, **style)
+        for ax, title in zip(row, ("patch size (px)", "fix ratio", "training loss")):
+            ax.set_title(f"{stage}: {title}")
+            ax.set_xlabel("epoch (the unshuffled cooldown epoch not shown)")
+        if row[2].lines:  # no legend when no arm trained this stage with the shuffle
+            row[2].legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(out / "curriculum.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
