@@ -257,7 +257,6 @@ def curriculum_figure(out: Path, arms: List[str]) -> None:
               dict(linestyle=":", linewidth=1.8)]
     fig, axes = plt.subplots(len(stages), 3, figsize=(14, 6.4), squeeze=False)
     for row, stage in zip(axes, stages):
-        drawn = 0
         for arm in arms:
             path = out / arm / stage / "curriculum.csv"
             if not path.is_file() or (out / arm / stage).is_symlink():  # borrowed: drawn once
@@ -265,8 +264,8 @@ def curriculum_figure(out: Path, arms: List[str]) -> None:
             with open(path, newline="") as handle:
                 records = list(csv.DictReader(handle))
             epochs = [int(r["epoch"]) + 1 for r in records]
+            drawn = len(row[2].lines)  # arms already in this row pick the line style
             style = dict(styles[drawn % len(styles)], color=f"C{arms.index(arm)}", label=arm)
-            drawn += 1
             row[0].step(epochs, [float(r["patch_size"]) for r in records], where="mid", **style)
             row[1].step(epochs, [float(r["fix_ratio"]) for r in records], where="mid", **style)
             row[2].plot(epochs, [float(r["loss"]) for r in records], marker="o", markersize=3, **style)
