@@ -21,9 +21,9 @@ import torch
 from foreground_signals import blurred, write_report  # a sibling script in benchmarks/
 
 from segmix.config import load_config
-from segmix.data import decode_mask, mask_convention, read_mask, read_rgb, read_split
+from segmix.data import mask_convention, read_label_mask, read_rgb, read_split
 from segmix.models import load_classifier
-from segmix.pipeline import DEFAULTS as PIPELINE_DEFAULTS
+from segmix.stages.run import DEFAULTS as PIPELINE_DEFAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
 VIEWS = ("whole tile", "foreground only", "background only", "all blurred")
@@ -51,8 +51,7 @@ def main() -> None:
     convention = mask_convention(data)
     tiles = []
     for sample in samples:
-        truth = decode_mask(read_mask(sample.mask), sample.labels, len(data["classes"]), convention,
-                            sample.mask)
+        truth = read_label_mask(sample.mask, sample.labels, len(data["classes"]), convention)
         tiles.append((views(read_rgb(sample.image), truth > 0), sample.labels[0]))
     results: Dict[str, Dict[str, float]] = {}
     for path in args.classifier:

@@ -33,19 +33,20 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from pseudo_masks import (
-    PROTOCOLS,
-    ConfusionMatrix,
-    overlay,
-    read_mask_png,
-    segmentation_metrics,
-    trivial_masks,
-)
-from segmix import pipeline
+from pseudo_masks import PROTOCOLS, ConfusionMatrix, segmentation_metrics, trivial_masks
 from segmix.config import apply_overrides, config_differences, load_config
-from segmix.data import dataset_classes, decode_mask, mask_convention, read_mask, read_rgb, read_split
+from segmix.data import (
+    dataset_classes,
+    mask_convention,
+    overlay,
+    read_label_mask,
+    read_mask_png,
+    read_rgb,
+    read_split,
+)
 from segmix.io import atomic_path, atomic_write_text, write_csv
-from segmix.run_folders import prepare_output_dir
+from segmix.stages import prepare_output_dir
+from segmix.stages import run as pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = ("baseline", "segmix", "segmix_fixed", "segmix_no_tta", "upper_bound")
@@ -112,7 +113,7 @@ def run_arm(arm: str, config: Dict[str, Any], out: Path) -> Dict[str, Any]:
         link = folder / stage_folder
         if not link.exists():
             os.symlink(Path("..") / source / stage_folder, link)
-    return pipeline.run(config, folder, only=ONLY.get(arm))
+    return pipeline.run_pipeline(config, folder, only=ONLY.get(arm))
 
 
 def references(data: Dict[str, Any]) -> Dict[str, Any]:
@@ -123,8 +124,7 @@ def references(data: Dict[str, Any]) -> Dict[str, Any]:
         matrices = {name: ConfusionMatrix(len(classes)) for name in results}
         for sample in read_split(data, split, progress=False):
             image = read_rgb(sample.image)
-            truth = torch.from_numpy(decode_mask(read_mask(sample.mask), sample.labels,
-                                                 len(classes), mask_convention(data), sample.mask))
+            truth = torch.from_numpy(read_label_mask(sample.mask, sample.labels, len(classes), mask_convention(data)))
             labels = torch.zeros(1, len(classes))
             labels[0, list(sample.labels)] = 1
             height, width = truth.shape
@@ -224,8 +224,7 @@ def examples_figure(arm: str, out: Path, data: Dict[str, Any]) -> None:
         stem = sample.image.stem
         image = read_rgb(sample.image)
         blank = np.full_like(image, 255)
-        truth = decode_mask(read_mask(sample.mask), sample.labels, len(classes), mask_convention(data),
-                            sample.mask)
+        truth = read_label_mask(sample.mask, sample.labels, len(classes), mask_convention(data))
         cells = [image, overlay(image, truth, len(classes), alpha=0.6), blank]
         cam_file = folder / "cams" / "val" / f"{stem}.npz"
         if own_cams and cam_file.exists():

@@ -34,10 +34,10 @@ from skimage.color import rgb2hed
 from cam import BaseCAM, GradCAM, LayerCAM
 from pseudo_masks import ConfusionMatrix, segmentation_metrics, tissue_background
 from segmix.config import load_config
-from segmix.data import decode_mask, mask_convention, read_mask, read_rgb, read_split
+from segmix.data import mask_convention, read_label_mask, read_rgb, read_split
 from segmix.io import atomic_write_text
 from segmix.models import load_classifier
-from segmix.pipeline import DEFAULTS as PIPELINE_DEFAULTS
+from segmix.stages.run import DEFAULTS as PIPELINE_DEFAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ["blocks.2", "blocks.3", "blocks.4", "blocks.5", "conv_head"]
@@ -214,7 +214,7 @@ def main() -> None:
         batch = samples[start:start + args.batch_size]
         rgbs = [read_rgb(sample.image) for sample in batch]
         labels = [sample.labels[0] for sample in batch]
-        truths = [decode_mask(read_mask(s.mask), s.labels, len(data["classes"]), convention, s.mask)
+        truths = [read_label_mask(s.mask, s.labels, len(data["classes"]), convention)
                   for s in batch]
         tissues = ~tissue_background(torch.from_numpy(np.stack(rgbs))).numpy()
         for rgb, truth, tissue, label in zip(rgbs, truths, tissues, labels):

@@ -24,19 +24,20 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from pseudo_masks import ConfusionMatrix, overlay, read_mask_png, segmentation_metrics, trivial_masks
+from pseudo_masks import ConfusionMatrix, segmentation_metrics, trivial_masks
 from segmix.cli import main as segmix
 from segmix.config import load_config
 from segmix.data import (
-    decode_mask,
     mask_convention,
-    read_mask,
+    overlay,
+    read_label_mask,
+    read_mask_png,
     read_rgb,
     read_split,
     unique_names,
     write_rgb,
 )
-from segmix.pipeline import DEFAULTS as PIPELINE_DEFAULTS
+from segmix.stages.run import DEFAULTS as PIPELINE_DEFAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
 SHUFFLE_TTA = "{enabled: true, patch_size: 32, fix_ratio: 0.5, draws: 4, mode: batch, group_size: null}"
@@ -72,7 +73,7 @@ def main() -> None:
     samples = read_split(data, "val")
     names = unique_names(samples)
     convention = mask_convention(data)
-    truths = {n: decode_mask(read_mask(s.mask), s.labels, len(classes), convention, s.mask)
+    truths = {n: read_label_mask(s.mask, s.labels, len(classes), convention)
               for n, s in zip(names, samples)}
     images = {n: read_rgb(s.image) for n, s in zip(names, samples)}
 

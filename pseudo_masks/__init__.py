@@ -1,6 +1,7 @@
-"""Pseudo masks from CAMs (label gating, background models, ignore band, clean-up), palette PNGs,
-and segmentation metrics under both evaluation protocols. Depends on torch, NumPy, scikit-image
-and Pillow only::
+"""Pseudo masks from CAMs (label gating, background models, ignore band, clean-up) and
+segmentation metrics under both evaluation protocols. Depends on torch, NumPy and scikit-image
+only (the label space comes from :mod:`segmix.labels`); writing masks as palette PNGs is
+:mod:`segmix.data.palette`'s job::
 
     from pseudo_masks import PseudoMaskConfig, cams_to_masks
     masks = cams_to_masks(cams, labels, PseudoMaskConfig(background="power", alpha=2.0))
@@ -15,10 +16,8 @@ from .generate import (
     tissue_background,
     trivial_masks,
 )
-from .palette import overlay, palette_colors, read_mask_png, write_legend, write_mask_png
 
 __all__ = [
     "BACKGROUNDS", "IGNORE_INDEX", "PROTOCOLS", "ConfusionMatrix", "PseudoMaskConfig",
-    "cams_to_masks", "overlay", "palette_colors", "read_mask_png", "segmentation_metrics",
-    "tissue_background", "trivial_masks", "write_legend", "write_mask_png",
+    "cams_to_masks", "segmentation_metrics", "tissue_background", "trivial_masks",
 ]

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .generate import IGNORE_INDEX
+from segmix.labels import IGNORE_INDEX
 
 __all__ = ["ConfusionMatrix", "PROTOCOLS", "segmentation_metrics"]
 

@@ -27,10 +27,11 @@ import torch
 from skimage.morphology import remove_small_holes, remove_small_objects
 from torch import Tensor
 
+from segmix.labels import BACKGROUND_INDEX, IGNORE_INDEX
+
 __all__ = ["PseudoMaskConfig", "BACKGROUNDS", "IGNORE_INDEX", "cams_to_masks", "tissue_background",
            "trivial_masks"]
 
-IGNORE_INDEX = 255
 BACKGROUNDS = ("threshold", "power", "tissue")
 
 
@@ -91,12 +92,12 @@ def tissue_background(images: Tensor, white_level: int = 200, min_speck: int = 6
 def _clean(mask: np.ndarray, min_region: int, max_hole: int) -> np.ndarray:
     out = mask.copy()
     for value in np.unique(mask):
-        if value in (0, IGNORE_INDEX):
+        if value in (BACKGROUND_INDEX, IGNORE_INDEX):
             continue
         region = mask == value
         if max_hole:
             filled = remove_small_holes(region, max_size=max_hole)
-            out[filled & (mask == 0)] = value
+            out[filled & (mask == BACKGROUND_INDEX)] = value
             region = filled
         if min_region:
             kept = remove_small_objects(region, max_size=min_region)
@@ -173,5 +174,5 @@ def trivial_masks(labels: Tensor, height: int, width: int, images: Optional[Tens
         raise ValueError("trivial masks need exactly one class per tile")
     masks = (labels.argmax(dim=1) + 1).to(torch.uint8)[:, None, None].expand(-1, height, width).clone()
     if images is not None:
-        masks[tissue_background(images, white_level, min_speck)] = 0
+        masks[tissue_background(images, white_level, min_speck)] = BACKGROUND_INDEX
     return masks

@@ -1,124 +1,106 @@
 """The ``segmix`` command: one subcommand per stage, ``--config file.yaml`` plus ``--set`` overrides.
 
-Every subcommand resolves its config (defaults <- file <- overrides), saves it as ``config.yaml``
-in its output folder, and refuses to overwrite finished outputs unless ``--overwrite`` is given.
+Every subcommand resolves its config (defaults <- files <- overrides), validates all of it, saves
+it as ``config.yaml`` in its output folder, and refuses to overwrite finished outputs unless
+``--overwrite`` is given. User errors (:class:`segmix.errors.SegmixError`, and files the system
+cannot read or write) are printed as one line: exit status 2 when the config is refused before
+anything runs, 1 when the run fails; anything else is a bug and keeps its traceback. Ctrl-C ends
+with one line that says how to go on (exit status 130).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 from . import __version__
-from .config import ConfigError, apply_overrides, load_config
-from .run_folders import OutputDirError, prepare_output_dir
+from .config import apply_overrides, load_config
+from .errors import SegmixError
+from .stages import STAGES, Stage, get_stage, prepare_output_dir
+
+__all__ = ["build_parser", "main"]
 
 
-@dataclass(frozen=True)
-class Subcommand:
-    """A stage, named by its module. The module defines ``DEFAULTS`` (its config), ``DONE_FILE``
-    (the output whose presence marks a finished run) and ``run(config, output_dir, *, resume,
-    overwrite)``; it is imported only when its subcommand runs, so ``--help`` stays fast."""
-
-    name: str
-    help: str
-    module: str
-    resumable: bool = False
-
-    def load(self) -> ModuleType:
-        return importlib.import_module(f"segmix.{self.module}")
-
-
-SUBCOMMANDS: Tuple[Subcommand, ...] = (
-    Subcommand("demo", "the whole pipeline on a synthetic tissue dataset it writes itself (no data,"
-               " no internet; a few minutes on a CPU)", "demo"),
-    Subcommand("shuffle-demo", "shuffle tiles of a real IHC image with every mode and draw the"
-               " result (no data needed)", "shuffle_demo"),
-    Subcommand("train-cls", "stage 1: train a classifier on image-level labels with shuffle"
-               " feedback augmentation", "train_cls", resumable=True),
-    Subcommand("cams", "stage 2: class activation maps of a trained classifier (CAM, Grad-CAM,"
-               " Grad-CAM++, LayerCAM; flip, scale and shuffle TTA)", "cams_stage"),
-    Subcommand("pseudo-masks", "stage 3: CAMs -> palette PNG pseudo masks (background model,"
-               " ignore band, clean-up, threshold sweep)", "pseudo_stage"),
-    Subcommand("train-seg", "stage 4: train a segmentation model on the pseudo masks, image and"
-               " mask shuffled together", "train_seg", resumable=True),
-    Subcommand("predict", "masks for new images of any size with a trained segmentation model"
-               " (sliding window, blended logits, flip TTA)", "predict_stage"),
-    Subcommand("run", "the whole pipeline in one folder: train-cls -> cams -> pseudo-masks ->"
-               " train-seg -> predict -> evaluate; re-run to continue after an interruption",
-               "pipeline"),
-    Subcommand("evaluate", "score predicted masks against the ground truth of any labelled split"
-               " (mIoU, FwIoU, Dice; with and without background)", "evaluate_stage"),
-)
-
-
-def build_parser(commands: Sequence[Subcommand]) -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segmix",
         description="Weakly-supervised segmentation of pathology images from image-level labels.",
     )
     parser.add_argument("--version", action="version", version=f"segmix {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in commands:
-        p = sub.add_parser(command.name, help=command.help, description=command.help)
+    for stage in STAGES:
+        p = sub.add_parser(stage.name, help=stage.help, description=stage.help)
         p.add_argument("--config", type=Path, action="append", default=[],
                        help="YAML config file (defaults are used without); repeat to layer files,"
                        " later ones over earlier ones")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set shuffle.patch_size=16 (repeatable)")
+                       help=f"override a config key, e.g. --set {stage.example} (repeatable;"
+                       " values are YAML)")
         p.add_argument("--output-dir", type=Path, help="output folder (overrides output_dir)")
         p.add_argument("--overwrite", action="store_true",
                        help="replace the outputs of an earlier run")
-        if command.resumable:
+        if stage.resumable:
             p.add_argument("--resume", action="store_true",
                            help="continue an interrupted run from its last checkpoint")
     return parser
 
 
+def _resolve(stage: Stage, args: argparse.Namespace) -> dict:
+    """Defaults <- config files <- overrides <- --output-dir, validated."""
+    module = stage.load()
+    # One file may hold every stage's settings: keys of the other stages are skipped here.
+    foreign = set()
+    if args.config:
+        foreign = {key for other in STAGES for key in other.load().DEFAULTS} - set(module.DEFAULTS)
+    config = module.DEFAULTS
+    for path in args.config:
+        config = load_config(path, config, foreign)
+    config = apply_overrides(config, args.overrides)
+    if args.output_dir is not None:
+        config["output_dir"] = str(args.output_dir)
+    module.validate(config)
+    return config
+
+
+def _fail(stage: Stage, error: Exception, status: int) -> int:
+    print(f"segmix {stage.name}: error: {error}", file=sys.stderr)
+    return status
+
+
+def _how_to_continue(stage: Stage, argv: Sequence[str]) -> str:
+    command = " ".join(["segmix", *(arg for arg in argv if arg != "--overwrite")])
+    if stage.resumable:
+        return (f"interrupted; finished epochs are kept. To continue: {command} --resume"
+                if "--resume" not in argv else f"interrupted; to continue: {command}")
+    return f"interrupted; finished outputs are kept. To continue: {command}"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    commands = SUBCOMMANDS
-    parser = build_parser(commands)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    command = next(c for c in commands if c.name == args.command)
-    stage = command.load()
-    # One file may hold every stage's settings: keys of the other stages are skipped here.
-    foreign = set()
-    if args.config:
-        foreign = {key for other in commands for key in other.load().DEFAULTS} - set(stage.DEFAULTS)
+    stage = get_stage(args.command)
+    if getattr(args, "resume", False) and args.overwrite:
+        return _fail(stage, SegmixError("--resume and --overwrite exclude each other"), 2)
     try:
-        config = stage.DEFAULTS
-        for path in args.config:
-            config = load_config(path, config, foreign)
-        config = apply_overrides(config, args.overrides)
-        if args.output_dir is not None:
-            config["output_dir"] = str(args.output_dir)
-    except ConfigError as error:
-        print(f"segmix {command.name}: error: {error}", file=sys.stderr)
-        return 2
-    output_dir = Path(config["output_dir"])
-    resume = bool(getattr(args, "resume", False))
-    if resume and args.overwrite:
-        print(f"segmix {command.name}: error: --resume and --overwrite exclude each other",
-              file=sys.stderr)
-        return 2
+        config = _resolve(stage, args)
+    except (SegmixError, OSError) as error:  # refused before anything ran, as a bad command line
+        return _fail(stage, error, 2)
+    module, output_dir = stage.load(), Path(config["output_dir"])
     try:
-        prepare_output_dir(stage, config, output_dir, overwrite=args.overwrite)
-    except OutputDirError as error:
-        print(f"segmix {command.name}: {error}", file=sys.stderr)
-        return 1
-    try:
-        stage.run(config, output_dir, resume=resume, overwrite=args.overwrite)
-    except (ValueError, OSError) as error:
-        print(f"segmix {command.name}: error: {error}", file=sys.stderr)
-        return 1
+        prepare_output_dir(module, config, output_dir, overwrite=args.overwrite)
+        module.run(config, output_dir, resume=bool(getattr(args, "resume", False)),
+                   overwrite=args.overwrite)
+    except (SegmixError, OSError) as error:  # OSError: a file missing, denied, a full disk...
+        return _fail(stage, error, 1)
+    except KeyboardInterrupt:
+        print(f"\nsegmix {stage.name}: {_how_to_continue(stage, argv)}", file=sys.stderr)
+        return 130
     return 0
 
 if __name__ == "__main__":

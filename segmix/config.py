@@ -1,7 +1,9 @@
 """YAML configs: load a file over a stage's defaults, apply ``--set key=value`` overrides, save.
 
 Every key a user may set exists in the defaults, so a typo is an error that names the valid keys,
-not a silently ignored setting.
+not a silently ignored setting; a value of the wrong kind (text where the default is a number, a
+single value where it is a list) is an error that names the key. Ranges and choices are checked
+by each stage's ``validate`` when the config is resolved.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import yaml
 
+from .errors import SegmixError
 from .io import atomic_write_text
 
 __all__ = ["ConfigError", "load_config", "apply_overrides", "merge", "save_config",
@@ -20,8 +23,24 @@ __all__ = ["ConfigError", "load_config", "apply_overrides", "merge", "save_confi
 Config = Dict[str, Any]
 
 
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message says where and why."""
+class ConfigError(SegmixError, ValueError):
+    """A config file, override or value that cannot be used; the message names the key."""
+
+
+def _kind_error(path: str, default: Any, value: Any) -> Optional[str]:
+    """What kind of value ``path`` needs, if ``value`` is not of the kind of its ``default``.
+
+    A number's default also admits a list (sizes are ``n`` or ``[height, width]``); a string's or
+    a list's admits null (an unset name, path or choice)."""
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, (int, float)):
+        return "a number" if isinstance(value, (str, bool, Mapping)) else None
+    if isinstance(default, str):
+        return None if value is None or isinstance(value, str) else "a string"
+    if isinstance(default, list):
+        return None if value is None or isinstance(value, list) else "a list"
+    return None
 
 
 def merge(defaults: Mapping[str, Any], update: Mapping[str, Any], *, where: str = "") -> Config:
@@ -39,6 +58,9 @@ def merge(defaults: Mapping[str, Any], update: Mapping[str, Any], *, where: str 
                 )
             merged[key] = merge(merged[key], value, where=path)
         else:
+            kind = _kind_error(path, merged[key], value)
+            if kind:
+                raise ConfigError(f"config key {path!r} must be {kind}, got {value!r}")
             merged[key] = copy.deepcopy(value)
     return merged
 

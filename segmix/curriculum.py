@@ -28,6 +28,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from .shuffle import size_pair
+
 __all__ = [
     "STRATEGIES",
     "CurriculumSetting",
@@ -50,18 +52,6 @@ class CurriculumSetting:
     fix_ratio: float
 
 
-def _image_size(image_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
-    if isinstance(image_size, int) and not isinstance(image_size, bool):
-        size = (image_size, image_size)
-    elif isinstance(image_size, Sequence) and len(image_size) == 2:
-        size = (image_size[0], image_size[1])
-    else:
-        raise TypeError(f"image_size must be an int or (height, width), got {image_size!r}")
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
-        raise ValueError(f"image_size must be positive ints, got {image_size!r}")
-    return size
-
-
 def default_patch_sizes(
     image_size: Union[int, Sequence[int]], base: int = 16, max_fraction: float = 0.5
 ) -> List[int]:
@@ -71,7 +61,7 @@ def default_patch_sizes(
     ``max_fraction`` of the shorter side (so every image has at least a 2x2 grid at 0.5).
     224 px gives ``[112, 32, 16]``; 256 px gives ``[128, 64, 32, 16]``.
     """
-    height, width = _image_size(image_size)
+    height, width = size_pair(image_size, "image_size")
     if base < 1:
         raise ValueError(f"base must be a positive int, got {base}")
     largest = int(min(height, width) * max_fraction)
@@ -152,7 +142,7 @@ class ShuffleCurriculum:
             raise ValueError(
                 f"unknown curriculum strategy {strategy!r}; valid: {', '.join(STRATEGIES)}"
             )
-        self.image_size = _image_size(image_size)
+        self.image_size = size_pair(image_size, "image_size")
         self.strategy = strategy
         if strategy in ("linear", "loss_hold"):
             if not isinstance(total_epochs, int) or total_epochs < 1:

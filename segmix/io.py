@@ -9,10 +9,10 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "atomic_write_npz", "write_csv",
-           "read_json"]
+           "read_csv_rows", "read_json", "write_json"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -83,3 +83,14 @@ def read_json(path: PathLike) -> Optional[Any]:
     """The JSON document at ``path``, or ``None`` if there is no such file."""
     path = Path(path)
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_json(path: PathLike, document: Any) -> None:
+    """Write ``document`` as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(document, indent=2))
+
+
+def read_csv_rows(path: PathLike) -> List[Dict[str, str]]:
+    """The rows of a CSV file with a header, as dicts."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))

@@ -1,37 +1,58 @@
 """Batch-level augmentations behind one interface: ``segmix`` (patch shuffle + feedback curriculum),
 ``none``, ``cutmix`` and ``mixup``, so a baseline and the method run from the same config.
 
-Each works on float targets ``[B, K]`` (soft or multi-hot), so multi-label datasets mix correctly;
-torchvision's and timm's CutMix/MixUp take class indices only, hence these small versions.
+Each works on float targets ``[B, K]`` (soft or multi-hot) and returns the params it drew, so a
+training loop can log or replay the mix it applied. CutMix and MixUp are small own versions
+rather than torchvision's or timm's (which now take soft multi-label targets too) because they
+must move a segmentation mask with the image (CutMix) and draw from the caller's seeded
+``torch.Generator`` (exact resume), which neither offers.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .curriculum import ShuffleCurriculum
-from .shuffle import PatchShuffle
+from .shuffle import PatchShuffle, ShuffleParams, fresh_generator
 
-__all__ = ["BatchMixer", "NoMixing", "ShuffleMixing", "CutMix", "MixUp", "build_mixer", "MIXERS"]
+__all__ = ["BatchMixer", "NoMixing", "ShuffleMixing", "CutMix", "MixUp", "Mixed", "PairParams",
+           "MIXERS"]
 
 MIXERS = ("segmix", "none", "cutmix", "mixup")
-Batch = Tuple[Tensor, Tensor, Optional[Tensor]]
+
+
+class PairParams(NamedTuple):
+    """What CutMix / MixUp drew: image ``i`` was mixed with ``permutation[i]`` at strength ``lam``
+    (CutMix: the pasted box ``(top, bottom, left, right)``)."""
+
+    permutation: Tensor
+    lam: float
+    box: Optional[Tuple[int, int, int, int]] = None
+
+
+class Mixed(NamedTuple):
+    """A mixed batch; ``params`` is what was drawn (``None``: the batch was left as it is)."""
+
+    images: Tensor
+    targets: Tensor
+    masks: Optional[Tensor]
+    params: Union[ShuffleParams, PairParams, None]
 
 
 class BatchMixer:
-    """Interface: ``images, targets, masks = mixer(images, targets, masks, generator)`` per batch,
-    ``start_epoch``/``end_epoch`` around each epoch, state for checkpoints."""
+    """Interface: ``images, targets, masks, params = mixer(images, targets, masks, generator)`` per
+    batch, ``start_epoch``/``end_epoch`` around each epoch, state for checkpoints."""
 
     name = "none"
 
     def __call__(self, images: Tensor, targets: Tensor, masks: Optional[Tensor] = None,
-                 generator: Optional[torch.Generator] = None) -> Batch:
-        return images, targets, masks
+                 generator: Optional[torch.Generator] = None) -> Mixed:
+        return Mixed(images, targets, masks, None)
 
     def start_epoch(self, epoch: int) -> Dict[str, Any]:
         """Prepare the epoch; returns the settings in force (logged with the epoch's metrics)."""
@@ -56,29 +77,36 @@ class NoMixing(BatchMixer):
 
 
 class ShuffleMixing(BatchMixer):
-    """The patch shuffle, its (patch size, fix ratio) set by the curriculum each epoch.
+    """The patch shuffle with the (patch size, fix ratio) the curriculum sets for the epoch.
 
-    From epoch ``cooldown_from`` on (the last ``cooldown_epochs`` of a run) nothing is shuffled and
-    the curriculum is not stepped: the model ends on the unshuffled images it will be used on.
+    ``shuffle`` holds the op's other settings (``mode``, ``num_classes``, ``p``, ``group_size``,
+    ``label_mode``: the arguments of :class:`segmix.shuffle.PatchShuffle`). From epoch
+    ``cooldown_from`` on (the last ``cooldown_epochs`` of a run) nothing is shuffled and the
+    curriculum is not stepped: the model ends on the unshuffled images it will be used on.
     """
 
     name = "segmix"
 
-    def __init__(self, op: PatchShuffle, curriculum: ShuffleCurriculum,
-                 cooldown_from: Optional[int] = None) -> None:
-        self.op, self.curriculum, self.cooldown_from = op, curriculum, cooldown_from
+    def __init__(self, curriculum: ShuffleCurriculum, cooldown_from: Optional[int] = None,
+                 **shuffle: Any) -> None:
+        self.curriculum, self.cooldown_from = curriculum, cooldown_from
+        self.shuffle = shuffle
+        self.op()  # checks the settings now, not at the first batch
         self.active = True
 
-    def __call__(self, images, targets, masks=None, generator=None) -> Batch:
+    def op(self) -> PatchShuffle:
+        """The shuffle op at the curriculum's current setting."""
+        setting = self.curriculum.setting
+        return PatchShuffle(setting.patch_size, setting.fix_ratio, **self.shuffle)
+
+    def __call__(self, images, targets, masks=None, generator=None) -> Mixed:
         if not self.active:
-            return images, targets, masks
-        result = self.op(images, targets, masks, generator=generator)
-        return result.images, result.labels, result.masks
+            return Mixed(images, targets, masks, None)
+        return Mixed(*self.op()(images, targets, masks, generator=generator))
 
     def start_epoch(self, epoch: int) -> Dict[str, Any]:
         self.active = self.cooldown_from is None or epoch < self.cooldown_from
         setting = self.curriculum.setting
-        self.op.patch_size, self.op.fix_ratio = setting.patch_size, setting.fix_ratio
         patch = setting.patch_size
         return {"shuffle_on": self.active, "shuffle_level": setting.level,
                 "shuffle_fix_ratio": setting.fix_ratio,
@@ -104,14 +132,6 @@ def _beta(alpha: float, generator: torch.Generator) -> float:
     return float(np.random.default_rng(seed).beta(alpha, alpha))
 
 
-def _fresh(generator: Optional[torch.Generator]) -> torch.Generator:
-    if generator is not None:
-        return generator
-    generator = torch.Generator()
-    generator.seed()
-    return generator
-
-
 class _PairMixer(BatchMixer):
     """Mixes each image with another of the batch (a random permutation), with probability ``p``."""
 
@@ -122,16 +142,16 @@ class _PairMixer(BatchMixer):
             raise ValueError(f"p must be in [0, 1], got {p}")
         self.alpha, self.p = float(alpha), float(p)
 
-    def __call__(self, images, targets, masks=None, generator=None) -> Batch:
-        generator = _fresh(generator)
+    def __call__(self, images, targets, masks=None, generator=None) -> Mixed:
+        generator = generator if generator is not None else fresh_generator()
         if float(torch.rand((), generator=generator, device=generator.device)) >= self.p:
-            return images, targets, masks
+            return Mixed(images, targets, masks, None)
         permutation = torch.randperm(images.shape[0], generator=generator, device=generator.device)
         lam = _beta(self.alpha, generator)
         return self._mix(images, targets, masks, permutation.to(images.device), lam, generator)
 
     def _mix(self, images: Tensor, targets: Tensor, masks: Optional[Tensor], permutation: Tensor,
-             lam: float, generator: torch.Generator) -> Batch:
+             lam: float, generator: torch.Generator) -> Mixed:
         """Mix each image with ``images[permutation]`` at strength ``lam`` ~ Beta(alpha, alpha)."""
         raise NotImplementedError
 
@@ -141,7 +161,7 @@ class CutMix(_PairMixer):
 
     name = "cutmix"
 
-    def _mix(self, images, targets, masks, permutation, lam, generator) -> Batch:
+    def _mix(self, images, targets, masks, permutation, lam, generator) -> Mixed:
         height, width = images.shape[-2:]
         cut = math.sqrt(1.0 - lam)
         box_h, box_w = int(height * cut), int(width * cut)
@@ -155,7 +175,8 @@ class CutMix(_PairMixer):
             masks = masks.clone()
             masks[..., top:bottom, left:right] = masks[permutation][..., top:bottom, left:right]
         kept = 1.0 - (bottom - top) * (right - left) / (height * width)
-        return images, kept * targets + (1.0 - kept) * targets[permutation], masks
+        return Mixed(images, kept * targets + (1.0 - kept) * targets[permutation], masks,
+                     PairParams(permutation, lam, (top, bottom, left, right)))
 
 
 class MixUp(_PairMixer):
@@ -163,44 +184,13 @@ class MixUp(_PairMixer):
 
     name = "mixup"
 
-    def __call__(self, images, targets, masks=None, generator=None) -> Batch:
+    def __call__(self, images, targets, masks=None, generator=None) -> Mixed:
         if masks is not None:
             raise ValueError("mixup blends pixels, which has no meaning for hard masks; use"
                              " segmix or cutmix for segmentation")
         return super().__call__(images, targets, None, generator)
 
-    def _mix(self, images, targets, masks, permutation, lam, generator) -> Batch:
-        return (lam * images + (1 - lam) * images[permutation],
-                lam * targets + (1 - lam) * targets[permutation], None)
-
-
-def build_mixer(config: Mapping[str, Any], num_classes: int, image_size: Tuple[int, int],
-                total_epochs: int) -> BatchMixer:
-    """The mixer an ``augment`` config section describes (see configs/ for the keys)."""
-    name = config.get("name", "none")
-    if name == "none":
-        return NoMixing()
-    if name == "cutmix":
-        return CutMix(config.get("alpha", 1.0), config.get("p", 1.0))
-    if name == "mixup":
-        return MixUp(config.get("alpha", 1.0), config.get("p", 1.0))
-    if name != "segmix":
-        raise ValueError(f"unknown augment.name {name!r}; valid: {', '.join(MIXERS)}")
-    schedule = dict(config.get("curriculum") or {})
-    curriculum = ShuffleCurriculum(
-        image_size, schedule.get("strategy", "loss_hold"), total_epochs=total_epochs,
-        warmup_epochs=schedule.get("warmup_epochs", 0),
-        patch_sizes=schedule.get("patch_sizes"), fix_ratios=schedule.get("fix_ratios"),
-        base=schedule.get("base", 16), loss_threshold=schedule.get("loss_threshold"),
-        threshold_decay=schedule.get("threshold_decay", 0.933),
-        start_level=schedule.get("start_level", 0),
-    )
-    first = curriculum.setting
-    op = PatchShuffle(first.patch_size, first.fix_ratio, config.get("mode", "batch"), num_classes,
-                      p=config.get("p", 1.0), group_size=config.get("group_size"),
-                      label_mode=config.get("label_mode", "area"))
-    cooldown = int(config.get("cooldown_epochs", 0))
-    if not 0 <= cooldown < total_epochs:
-        raise ValueError(f"cooldown_epochs must be in [0, epochs), got {cooldown} for"
-                         f" {total_epochs} epochs")
-    return ShuffleMixing(op, curriculum, total_epochs - cooldown if cooldown else None)
+    def _mix(self, images, targets, masks, permutation, lam, generator) -> Mixed:
+        return Mixed(lam * images + (1 - lam) * images[permutation],
+                     lam * targets + (1 - lam) * targets[permutation], None,
+                     PairParams(permutation, lam))

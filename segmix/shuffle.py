@@ -40,6 +40,8 @@ __all__ = [
     "area_weights",
     "patch_counts",
     "normalize_patch_size",
+    "size_pair",
+    "fresh_generator",
 ]
 
 MODES: Tuple[str, ...] = ("batch", "group", "random", "self")
@@ -50,21 +52,27 @@ PatchSize = Union[int, Sequence[int]]
 _INT32_MAX = 2**31 - 1
 
 
+def size_pair(value: PatchSize, name: str = "size") -> Tuple[int, int]:
+    """``n`` or ``(height, width)`` -> a ``(height, width)`` tuple of positive ints (``name`` is
+    the setting named in the error)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or a (height, width) pair, got {value!r}")
+    if isinstance(value, int):
+        size = (value, value)
+    elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
+        size = tuple(value)
+    else:
+        raise TypeError(f"{name} must be an int or a (height, width) pair, got {value!r}")
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in size):
+        raise TypeError(f"{name} entries must be ints, got {value!r}")
+    if min(size) < 1:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return size  # type: ignore[return-value]
+
+
 def normalize_patch_size(patch_size: PatchSize) -> Tuple[int, int]:
     """Return ``patch_size`` as a ``(height, width)`` tuple of positive ints."""
-    if isinstance(patch_size, bool):
-        raise TypeError(f"patch_size must be an int or a (height, width) pair, got {patch_size!r}")
-    if isinstance(patch_size, int):
-        size = (patch_size, patch_size)
-    elif isinstance(patch_size, Sequence) and len(patch_size) == 2:
-        size = tuple(patch_size)
-    else:
-        raise TypeError(f"patch_size must be an int or a (height, width) pair, got {patch_size!r}")
-    if not all(isinstance(s, int) and not isinstance(s, bool) for s in size):
-        raise TypeError(f"patch_size entries must be ints, got {patch_size!r}")
-    if min(size) < 1:
-        raise ValueError(f"patch_size must be positive, got {patch_size!r}")
-    return size  # type: ignore[return-value]
+    return size_pair(patch_size, "patch_size")
 
 
 def _check_grid(height: int, width: int, patch: Tuple[int, int]) -> Tuple[int, int]:
@@ -180,7 +188,7 @@ def _generator_device(generator: Optional[torch.Generator]) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
 
 
-def _fresh_generator() -> torch.Generator:
+def fresh_generator() -> torch.Generator:
     """A generator seeded from the OS, so that no global random state is read or advanced."""
     generator = torch.Generator()
     generator.seed()
@@ -234,7 +242,7 @@ def sample_params(
     _check_mode(mode)
     group_size = _check_group_size(mode, batch_size, group_size)
     if generator is None:
-        generator = _fresh_generator()
+        generator = fresh_generator()
     gen_device = _generator_device(generator)
 
     num_positions = gh * gw
@@ -504,7 +512,7 @@ class PatchShuffle:
                     f" have {(batch, height, width)}"
                 )
         if generator is None:
-            generator = _fresh_generator()
+            generator = fresh_generator()
         skip = not self.enabled or (
             self.p < 1.0
             and torch.rand((), generator=generator, device=generator.device).item() >= self.p

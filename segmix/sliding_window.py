@@ -22,18 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .shuffle import size_pair
+
 __all__ = ["FLIPS", "BLENDS", "window_starts", "blend_weights", "sliding_window_predict"]
 
 FLIPS = ("horizontal", "vertical")
 BLENDS = ("gaussian", "uniform")
 Size = Union[int, Sequence[int]]
-
-
-def _pair(value: Size, name: str) -> Tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
-        raise ValueError(f"{name} must be a positive int or [height, width], got {value!r}")
-    return int(pair[0]), int(pair[1])
 
 
 def window_starts(length: int, window: int, stride: int) -> List[int]:
@@ -113,7 +108,7 @@ def sliding_window_predict(
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    window_h, window_w = _pair(window, "window")
+    window_h, window_w = size_pair(window, "window")
     flip_dims = _flip_dims(flips)
     if device is None:
         device = next(iter(model.parameters()), torch.empty(0)).device

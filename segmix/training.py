@@ -1,6 +1,7 @@
-"""What every training stage shares: the epoch loop with the batch mixer and its curriculum
-feedback, deterministic per-epoch seeding, AMP, DDP, per-epoch CSVs, atomic checkpoints and an
-exact ``--resume``.
+"""What every training stage shares: the config sections of augmentation, the batch mixer and the
+training loop (their defaults, their validation, :func:`build_mixer`), the epoch loop with the
+mixer and its curriculum feedback, deterministic per-epoch seeding, AMP, DDP, per-epoch CSVs,
+atomic checkpoints and an exact ``--resume``.
 
 A stage subclasses :class:`EpochTrainer`, builds its model and datasets, calls :meth:`setup`, and
 implements :meth:`batch_loss`, :meth:`evaluate` and :meth:`save_model`.
@@ -20,20 +21,24 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from .config import config_differences
+from .artifacts import CURRICULUM_FILE, EPOCHS_FILE, best_model_name, checkpoint_path
+from .config import ConfigError, config_differences, merge
+from .curriculum import ShuffleCurriculum
+from .data import build_transform
+from .errors import SegmixError
 from .io import write_csv
-from .mixing import BatchMixer
+from .mixing import MIXERS, BatchMixer, CutMix, MixUp, NoMixing, ShuffleMixing
 from .runtime import (
     Runtime,
+    atomic_torch_save,
     load_checkpoint,
     rng_state,
-    save_checkpoint,
     set_rng_state,
     setup_runtime,
 )
 
-__all__ = ["AUGMENT_DEFAULTS", "AUGMENTATION_DEFAULTS", "EpochTrainer", "StageError",
-           "checkpoint_path", "resumable_changes", "run_training"]
+__all__ = ["AUGMENT_DEFAULTS", "AUGMENTATION_DEFAULTS", "TRAIN_DEFAULTS", "EpochTrainer",
+           "StageError", "build_mixer", "resumable_changes", "run_training", "validate_training"]
 
 # Config sections both training stages share.
 AUGMENTATION_DEFAULTS: Dict[str, Any] = {
@@ -46,6 +51,7 @@ AUGMENTATION_DEFAULTS: Dict[str, Any] = {
     ],
     "eval": [],
 }
+# The batch mixer (see configs/ for the keys); the keys of one mixer are ignored by the others.
 AUGMENT_DEFAULTS: Dict[str, Any] = {
     "name": "segmix", "p": 1.0, "mode": "batch", "group_size": None, "label_mode": "area",
     "alpha": 1.0, "cooldown_epochs": 0,
@@ -53,7 +59,75 @@ AUGMENT_DEFAULTS: Dict[str, Any] = {
                    "fix_ratios": None, "base": 16, "loss_threshold": None,
                    "threshold_decay": 0.933, "start_level": 0},
 }
+# The keys a training section holds in both stages (each stage adds its own).
+TRAIN_DEFAULTS: Dict[str, Any] = {"epochs": 10, "lr": 1e-3, "weight_decay": 1e-4, "amp": True,
+                                  "num_workers": 2, "device": "auto"}
+DEVICES = ("auto", "cpu", "cuda", "cuda:<index>")
 
+
+def build_mixer(section: Mapping[str, Any], num_classes: int, image_size: Tuple[int, int],
+                total_epochs: int) -> BatchMixer:
+    """The mixer an ``augment`` section describes (missing keys take :data:`AUGMENT_DEFAULTS`)."""
+    config = merge(AUGMENT_DEFAULTS, section)
+    name = config["name"]
+    if name == "none":
+        return NoMixing()
+    if name == "cutmix":
+        return CutMix(config["alpha"], config["p"])
+    if name == "mixup":
+        return MixUp(config["alpha"], config["p"])
+    if name != "segmix":
+        raise ValueError(f"unknown augment.name {name!r}; valid: {', '.join(MIXERS)}")
+    schedule = config["curriculum"]
+    curriculum = ShuffleCurriculum(
+        image_size, schedule["strategy"], total_epochs=total_epochs,
+        warmup_epochs=schedule["warmup_epochs"], patch_sizes=schedule["patch_sizes"],
+        fix_ratios=schedule["fix_ratios"], base=schedule["base"],
+        loss_threshold=schedule["loss_threshold"], threshold_decay=schedule["threshold_decay"],
+        start_level=schedule["start_level"],
+    )
+    cooldown = int(config["cooldown_epochs"])
+    if not 0 <= cooldown < total_epochs:
+        raise ValueError(f"cooldown_epochs must be in [0, epochs), got {cooldown} for"
+                         f" {total_epochs} epochs")
+    return ShuffleMixing(curriculum, total_epochs - cooldown if cooldown else None,
+                         mode=config["mode"], num_classes=num_classes, p=config["p"],
+                         group_size=config["group_size"], label_mode=config["label_mode"])
+
+
+def _positive(section: str, train: Mapping[str, Any], key: str, kind: type) -> None:
+    value = train[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (
+            kind is int and not float(value).is_integer()):
+        noun = "a positive integer" if kind is int else "a positive number"
+        raise ConfigError(f"{section}.{key} must be {noun}, got {value!r}")
+
+
+def validate_training(config: Mapping[str, Any], *, train_section: str, augment_section: str,
+                      num_classes: int, image_size: Tuple[int, int]) -> None:
+    """Check a training stage's ``augmentations``, mixer and training sections (every value the
+    loop reads); a :class:`ConfigError` names the key, the value and what is allowed."""
+    train = config[train_section]
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        _positive(train_section, train, key, int)
+    _positive(train_section, train, "lr", float)
+    if isinstance(train["weight_decay"], bool) or not isinstance(train["weight_decay"], (int, float)) \
+            or train["weight_decay"] < 0:
+        raise ConfigError(f"{train_section}.weight_decay must be >= 0, got {train['weight_decay']!r}")
+    workers = train["num_workers"]
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"{train_section}.num_workers must be an integer >= 0, got {workers!r}")
+    device = str(train["device"])
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:")
+                                                      and device[5:].isdigit()):
+        raise ConfigError(f"{train_section}.device must be one of {', '.join(DEVICES)}, got"
+                          f" {device!r}")
+    for split in ("train", "eval"):
+        build_transform(config["augmentations"][split], image_size, (0.5,) * 3, (0.5,) * 3)
+    try:
+        build_mixer(config[augment_section], num_classes, image_size, int(train["epochs"]))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{augment_section}: {error}") from error
 
 
 def resumable_changes(train_section: str) -> set:
@@ -66,13 +140,8 @@ def resumable_changes(train_section: str) -> set:
         "output_dir"}
 
 
-class StageError(ValueError):
+class StageError(SegmixError, ValueError):
     """A run that cannot start as asked (e.g. an earlier run's checkpoint is in the way)."""
-
-
-def checkpoint_path(output_dir: Path) -> Path:
-    """Where a training stage keeps the checkpoint that ``--resume`` continues from."""
-    return Path(output_dir) / "checkpoints" / "last.pt"
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -86,11 +155,10 @@ def _seed_worker(_: int) -> None:
 
 
 class EpochTrainer:
-    """The loop of a training stage. Subclasses set ``final_file`` (marks the run finished),
-    ``best_file`` and ``best_metric`` (a validation column to maximise)."""
+    """The loop of a training stage. Subclasses set ``final_file`` (marks the run finished) and
+    ``best_metric`` (a validation column to maximise: its best epoch's model is kept too)."""
 
     final_file: str
-    best_file: str
     best_metric: str  # maximised
     train_section = "train"  # the config section with epochs, batch_size, lr, ...
 
@@ -157,7 +225,7 @@ class EpochTrainer:
         return checkpoint_path(self.output_dir)
 
     def _save(self, epoch: int) -> None:
-        save_checkpoint(self.checkpoint_path, {
+        atomic_torch_save(self.checkpoint_path, {
             "epoch": epoch, "config": self.config, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "mixer": self.mixer.state_dict(),
@@ -239,13 +307,13 @@ class EpochTrainer:
         return self.rows
 
     def _write_epoch(self, epoch: int, row: Dict[str, Any]) -> None:
-        write_csv(self.output_dir / "metrics.csv", self.rows)
+        write_csv(self.output_dir / EPOCHS_FILE, self.rows)
         if self.mixer.history:
-            write_csv(self.output_dir / "curriculum.csv", self.mixer.history)
+            write_csv(self.output_dir / CURRICULUM_FILE, self.mixer.history)
         score = row.get(self.best_metric)
         if score is not None and score > self.best:
             self.best = score
-            self.save_model(self.output_dir / self.best_file,
+            self.save_model(self.output_dir / best_model_name(self.final_file),
                             {"epoch": epoch, self.best_metric: score})
         self._save(epoch)
         summary = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"

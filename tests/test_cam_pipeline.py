@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from pseudo_masks import read_mask_png
-from segmix.cams_stage import load_cam_file
+from segmix.artifacts import read_cam_file as load_cam_file
 from segmix.cli import main
+from segmix.data import read_mask_png
 
 from interrupt import run_killed_after_first_epoch
 from synthetic import write_csv_dataset
@@ -188,7 +188,8 @@ def test_evaluate_with_the_classifier_tile_class(pseudo_masks, tmp_path, capsys)
 
 def test_train_seg_errors(pseudo_masks, tmp_path, capsys):
     csv_path, masks = pseudo_masks
-    assert cli("train-seg", tmp_path / "a", seg_settings(csv_path, masks, "seg_augment.name=mixup")) == 1
+    mixup = seg_settings(csv_path, masks, "seg_augment.name=mixup")
+    assert cli("train-seg", tmp_path / "a", mixup) == 2  # refused before anything runs
     assert "no meaning for masks" in capsys.readouterr().err
     assert cli("train-seg", tmp_path / "b", seg_settings(csv_path, tmp_path / "none")) == 1
     assert "pseudo masks are missing" in capsys.readouterr().err

@@ -113,7 +113,7 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert main(["shuffle-demo", "--output-dir", str(tmp_path), "--set", "tile_sise=64"]) == 2
     assert "unknown config key 'tile_sise'" in capsys.readouterr().err
     assert main(["shuffle-demo", "--output-dir", str(tmp_path), "--set", "tile_size=100",
-                 "--set", "shuffle.patch_size=16"]) == 1
+                 "--set", "shuffle.patch_size=16"]) == 2  # validated before anything runs
     assert "height 100 is not a multiple of patch height 16" in capsys.readouterr().err
 
 
@@ -130,12 +130,12 @@ def test_one_file_serves_several_stages(tmp_path):
 def test_every_shipped_config_loads_for_every_stage():
     from pathlib import Path
 
-    from segmix.cli import SUBCOMMANDS
+    from segmix.stages import STAGES
 
     root = Path(__file__).resolve().parent.parent / "configs"
     configs = sorted(root.glob("*.yaml"))
     arms = sorted((root / "ebhi_wsss").glob("*.yaml"))  # layered over ebhi.yaml
-    stages = [command.load() for command in SUBCOMMANDS]
+    stages = [stage.load() for stage in STAGES]
     all_keys = {key for stage in stages for key in stage.DEFAULTS}
     assert configs and len(arms) == 5
     for stage in stages:

@@ -7,11 +7,9 @@ from PIL import Image
 
 from segmix.data import (
     DatasetError,
-    MaskConvention,
     TileDataset,
     build_transform,
     dataset_classes,
-    decode_mask,
     parse_filename_label,
     read_class_folders,
     read_csv,
@@ -21,6 +19,8 @@ from segmix.data import (
     resolve_problems,
     verify_files,
 )
+
+from segmix.labels import MaskConvention, decode_mask
 
 from synthetic import write_csv_dataset
 

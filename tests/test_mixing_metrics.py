@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from segmix.metrics import average_precision, classification_metrics
-from segmix.mixing import CutMix, MixUp, NoMixing, ShuffleMixing, build_mixer
+from segmix.mixing import CutMix, MixUp, NoMixing, ShuffleMixing
+from segmix.training import build_mixer
 
 
 def batch(seed=0):
@@ -19,7 +20,7 @@ def batch(seed=0):
 
 def test_cutmix_targets_follow_the_pasted_area():
     images, targets, masks = batch()
-    mixed, mixed_targets, mixed_masks = CutMix(alpha=1.0)(images, targets, masks,
+    mixed, mixed_targets, mixed_masks, _ = CutMix(alpha=1.0)(images, targets, masks,
                                                           generator=torch.Generator().manual_seed(1))
     changed = (mixed != images).any(dim=1)  # pixels that came from another image
     assert torch.allclose(mixed_targets.sum(dim=1), torch.ones(6))
@@ -32,7 +33,7 @@ def test_cutmix_targets_follow_the_pasted_area():
 
 def test_mixup_blends_and_refuses_masks():
     images, targets, masks = batch()
-    mixed, mixed_targets, _ = MixUp(alpha=0.4)(images, targets, generator=torch.Generator().manual_seed(2))
+    mixed, mixed_targets, _, _ = MixUp(alpha=0.4)(images, targets, generator=torch.Generator().manual_seed(2))
     assert torch.allclose(mixed_targets.sum(dim=1), torch.ones(6))
     assert not torch.equal(mixed, images)
     with pytest.raises(ValueError, match="no meaning for hard masks"):
@@ -49,13 +50,13 @@ def test_mixers_with_p_zero_change_nothing():
 def test_segmix_mixer_follows_the_curriculum():
     config = {"name": "segmix", "mode": "batch", "curriculum": {
         "strategy": "loss_back", "patch_sizes": [16, 8], "fix_ratios": [0.5, 0.25],
-        "loss_threshold": 1.0}}
+        "loss_threshold": 1.0, "warmup_epochs": 0}}
     mixer = build_mixer(config, 3, (32, 32), total_epochs=4)
     assert isinstance(mixer, ShuffleMixing)
     assert mixer.start_epoch(0) == {"shuffle_on": True, "shuffle_level": 0,
                                     "shuffle_fix_ratio": 0.5, "shuffle_patch_size": 16}
     images, targets, masks = batch()
-    out_images, out_targets, out_masks = mixer(images, targets, masks,
+    out_images, out_targets, out_masks, _ = mixer(images, targets, masks,
                                                generator=torch.Generator().manual_seed(0))
     assert out_images.shape == images.shape and torch.allclose(out_targets.sum(1), torch.ones(6))
     mixer.end_epoch(0, 0.5)

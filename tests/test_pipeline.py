@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pseudo_masks import read_mask_png
 from segmix.cli import main
-from segmix.demo import constant_mask_miou
-from segmix.synthetic_tissue import TISSUES, draw_tile
+from segmix.data import read_mask_png
+from segmix.stages.demo import constant_mask_miou
+from segmix.data.synthetic import TISSUES, draw_tile
 
 from interrupt import run_killed_after_first_epoch
 from synthetic import write_csv_dataset

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pseudo_masks import read_mask_png
 from segmix.cli import main
+from segmix.data import read_mask_png
 from segmix.models import create_segmenter, save_segmenter
 from segmix.sliding_window import blend_weights, sliding_window_predict, window_starts
 
@@ -195,7 +195,7 @@ def test_predict_csv_input_scale_and_bad_files(segmenter_file, tmp_path, capsys)
 
 def test_predict_input_errors(segmenter_file, tmp_path, capsys):
     model = f"segmenter_path={segmenter_file}"
-    assert predict(tmp_path / "a", model) == 1
+    assert predict(tmp_path / "a", model) == 2
     assert "set exactly one of input" in capsys.readouterr().err
     assert predict(tmp_path / "b", model, f"input={tmp_path / 'nowhere'}") == 1
     assert "does not exist" in capsys.readouterr().err
@@ -206,7 +206,7 @@ def test_predict_input_errors(segmenter_file, tmp_path, capsys):
     assert predict(tmp_path / "d", model, f"input={tmp_path / 'x.csv'}") == 1
     assert "missing column(s) ['image']" in capsys.readouterr().err
     write_images(tmp_path / "imgs", [(64, 64)])
-    assert predict(tmp_path / "e", model, f"input={tmp_path / 'imgs'}", "predict.overlap=1.5") == 1
+    assert predict(tmp_path / "e", model, f"input={tmp_path / 'imgs'}", "predict.overlap=1.5") == 2
     assert "overlap must be in [0, 1)" in capsys.readouterr().err
     assert predict(tmp_path / "f", "segmenter_path=nothing.pt", f"input={tmp_path / 'imgs'}") == 1
     assert "segmentation model file nothing.pt not found" in capsys.readouterr().err

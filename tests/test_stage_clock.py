@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from segmix.stage_clock import StageClock, recorded_seconds
+from segmix.stages.clock import StageClock, recorded_seconds
 
 
 def test_a_finished_invocation_records_its_time(tmp_path):

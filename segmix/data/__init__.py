@@ -1,4 +1,5 @@
-"""Datasets with image-level labels (CSV, LUAD-HistoSeg, BCSS-WSSS, class folders) and masks."""
+"""Datasets with image-level labels (CSV, LUAD-HistoSeg, BCSS-WSSS, class folders), masks, mask
+PNGs with their palette, and the synthetic demo dataset."""
 
 from .dataset import (
     DATA_DEFAULTS,
@@ -10,8 +11,10 @@ from .dataset import (
     read_split,
     unique_names,
     unique_stems,
+    validate_data,
 )
-from .images import IGNORE_INDEX, MaskConvention, decode_mask, read_mask, read_rgb, write_rgb
+from .images import ImageReadError, read_label_mask, read_mask, read_rgb, write_rgb
+from .palette import overlay, palette_colors, read_mask_png, write_legend, write_mask_png
 from .readers import (
     BCSS_CLASSES,
     FORMATS,
@@ -26,9 +29,10 @@ from .samples import DatasetError, Problem, ReadResult, Sample, resolve_problems
 
 __all__ = [
     "DATA_DEFAULTS", "mask_convention", "unique_names", "unique_stems",
-    "BCSS_CLASSES", "FORMATS", "IGNORE_INDEX", "LUAD_CLASSES", "DatasetError", "MaskConvention",
-    "Problem", "ReadResult", "Sample", "TileDataset", "build_transform", "dataset_classes",
-    "decode_mask", "image_size_of", "parse_filename_label", "read_class_folders", "read_csv",
-    "read_filename_labels", "read_mask", "read_rgb", "read_split", "resolve_problems",
-    "verify_files", "write_rgb",
+    "BCSS_CLASSES", "FORMATS", "LUAD_CLASSES", "DatasetError", "ImageReadError", "Problem",
+    "ReadResult", "Sample", "TileDataset", "build_transform", "dataset_classes", "image_size_of",
+    "overlay", "palette_colors", "parse_filename_label", "read_class_folders", "read_csv",
+    "read_filename_labels", "read_label_mask", "read_mask", "read_mask_png", "read_rgb",
+    "read_split", "resolve_problems", "verify_files", "write_legend", "write_mask_png",
+    "validate_data", "write_rgb",
 ]

@@ -13,7 +13,10 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import Dataset
 
-from .images import MaskConvention, decode_mask, read_mask, read_rgb
+from ..config import ConfigError
+from ..labels import MaskConvention
+from ..shuffle import size_pair
+from .images import read_label_mask, read_rgb
 from .readers import (
     BCSS_CLASSES,
     FORMATS,
@@ -26,7 +29,7 @@ from .readers import (
 from .samples import DatasetError, ReadResult, Sample, resolve_problems
 
 __all__ = ["DATA_DEFAULTS", "TileDataset", "build_transform", "read_split", "dataset_classes",
-           "image_size_of", "mask_convention", "unique_names", "unique_stems"]
+           "image_size_of", "mask_convention", "unique_names", "unique_stems", "validate_data"]
 
 # The ``data`` config section every stage shares (see docs/classification.md).
 DATA_DEFAULTS: Dict[str, Any] = {
@@ -43,12 +46,11 @@ DATA_DEFAULTS: Dict[str, Any] = {
 
 
 def image_size_of(value: Any) -> Tuple[int, int]:
-    """``224`` or ``[h, w]`` -> ``(h, w)``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value, value
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
-        return int(value[0]), int(value[1])
-    raise ValueError(f"data.image_size must be an int or [height, width], got {value!r}")
+    """``224`` or ``[h, w]`` -> ``(h, w)``; anything else is a :class:`ConfigError`."""
+    try:
+        return size_pair(value, "data.image_size")
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error)) from error
 
 
 def build_transform(steps: Sequence[Mapping[str, Any]], image_size: Tuple[int, int],
@@ -61,17 +63,17 @@ def build_transform(steps: Sequence[Mapping[str, Any]], image_size: Tuple[int, i
     transforms: List[A.BasicTransform] = [A.Resize(*image_size)]
     for step in steps or []:
         if not isinstance(step, Mapping) or "name" not in step:
-            raise ValueError(f"augmentation step {step!r} must be a mapping with a 'name'")
+            raise ConfigError(f"augmentation step {step!r} must be a mapping with a 'name'")
         kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in step.items() if k != "name"}
         name = step["name"]
         cls = getattr(A, str(name), None)
         if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)):
             close = difflib.get_close_matches(str(name), [n for n in dir(A) if n[:1].isupper()], 5)
-            raise ValueError(f"unknown albumentations transform {name!r}; did you mean {close}?")
+            raise ConfigError(f"unknown albumentations transform {name!r}; did you mean {close}?")
         try:
             transforms.append(cls(**kwargs))
         except (TypeError, ValueError) as error:
-            raise ValueError(f"augmentation {name} with {kwargs}: {error}") from error
+            raise ConfigError(f"augmentation {name} with {kwargs}: {error}") from error
     transforms += [A.Normalize(mean=tuple(mean), std=tuple(std), max_pixel_value=255.0), ToTensorV2()]
     return A.Compose(transforms)
 
@@ -108,11 +110,8 @@ class TileDataset(Dataset):
         if self.mask_convention is None:
             item["image"] = self.transform(image=image)["image"]
             return item
-        mask = decode_mask(read_mask(sample.mask), sample.labels, self.num_classes,
-                           self.mask_convention, sample.mask)
-        if mask.shape != image.shape[:2]:
-            raise DatasetError(f"{sample.mask}: mask size {mask.shape} differs from image size"
-                               f" {image.shape[:2]} of {sample.image}")
+        mask = read_label_mask(sample.mask, sample.labels, self.num_classes, self.mask_convention,
+                               image.shape)
         out = self.transform(image=image, mask=mask)
         item["image"] = out["image"]
         item["mask"] = torch.as_tensor(np.asarray(out["mask"]), dtype=torch.long)
@@ -127,11 +126,11 @@ def dataset_classes(data: Mapping[str, Any]) -> List[str]:
     if not classes and data["format"] == "bcss":
         classes = list(BCSS_CLASSES)
     if not classes:
-        raise ValueError("data.classes must list the image-level classes (background excluded)")
+        raise ConfigError("data.classes must list the image-level classes (background excluded)")
     if len(set(classes)) != len(classes):
-        raise ValueError(f"data.classes has duplicates: {classes}")
+        raise ConfigError(f"data.classes has duplicates: {classes}")
     if any(str(c).casefold() == "background" for c in classes):
-        raise ValueError("data.classes must not contain 'background': it is segmentation class 0,"
+        raise ConfigError("data.classes must not contain 'background': it is segmentation class 0,"
                          " never an image-level class")
     return [str(c) for c in classes]
 
@@ -140,10 +139,10 @@ def read_split(data: Mapping[str, Any], split: str, *, progress: bool = True) ->
     """The samples of ``data[split]`` (``{path, split, masks}``), checked, problems resolved."""
     fmt = data["format"]
     if fmt not in FORMATS:
-        raise ValueError(f"unknown data.format {fmt!r}; valid: {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown data.format {fmt!r}; valid: {', '.join(FORMATS)}")
     spec = data.get(split)
     if not spec or not spec.get("path"):
-        raise ValueError(f"data.{split}.path is not set")
+        raise ConfigError(f"data.{split}.path is not set")
     classes = dataset_classes(data)
     path = Path(spec["path"])
     masks = Path(spec["masks"]) if spec.get("masks") else None
@@ -159,9 +158,28 @@ def read_split(data: Mapping[str, Any], split: str, *, progress: bool = True) ->
     return resolve_problems(result, where, data.get("on_bad_file", "raise"))
 
 
+def validate_data(data: Mapping[str, Any], required: Sequence[str] = ()) -> None:
+    """Check a ``data`` section without reading the dataset: format, classes, image size, mask
+    convention, ``on_bad_file``, and that the splits in ``required`` have a path (whether the
+    files exist is the readers' question: they name every missing file)."""
+    if data["format"] not in FORMATS:
+        raise ConfigError(f"data.format must be one of {', '.join(FORMATS)}, got {data['format']!r}")
+    dataset_classes(data)
+    image_size_of(data["image_size"])
+    mask_convention(data)
+    if data["on_bad_file"] not in ("raise", "skip"):
+        raise ConfigError(f"data.on_bad_file must be 'raise' or 'skip', got {data['on_bad_file']!r}")
+    for split in required:
+        if not (data.get(split) or {}).get("path"):
+            raise ConfigError(f"data.{split}.path is not set (the {split} tiles are needed)")
+
+
 def mask_convention(data: Mapping[str, Any]) -> MaskConvention:
     """The ``data.mask`` section as a :class:`MaskConvention`."""
-    return MaskConvention(**data["mask"])
+    try:
+        return MaskConvention(**data["mask"])
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"data.mask: {error}") from error
 
 
 def unique_names(samples: Sequence[Sample]) -> List[str]:

@@ -1,36 +1,53 @@
-"""Reading tiles and masks, with errors that name the file.
+"""Reading and writing tiles and masks, with errors that name the file.
 
-Masks are decoded into the segmentation label space: 0 = background, ``1..K`` = the configured
-classes, 255 = ignore.
+Masks are decoded into the label space of :mod:`segmix.labels` (0 = background, ``1..K`` = the
+configured classes, 255 = ignore).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pseudo_masks.generate import IGNORE_INDEX
-
+from ..errors import SegmixError
 from ..io import atomic_path
+from ..labels import MaskConvention, decode_mask
+from .samples import DatasetError
 
-__all__ = ["IGNORE_INDEX", "MaskConvention", "read_rgb", "read_mask", "decode_mask", "check_image",
-           "write_rgb"]
+__all__ = ["ImageReadError", "MAX_PIXELS", "read_rgb", "read_mask", "read_label_mask",
+           "check_image", "write_rgb"]
 
-MASK_CONVENTIONS = ("binary", "index")
+# Pillow's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS); callers may allow more.
+MAX_PIXELS = 2 * 89_478_485
 
 
-class ImageReadError(OSError):
+class ImageReadError(SegmixError, OSError):
     """An image or mask file that cannot be decoded."""
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     try:
-        image = Image.open(path)
+        with warnings.catch_warnings():  # the size is checked here, against max_pixels
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                image = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
+        if image.width * image.height > max_pixels:
+            image.close()
+            raise ImageReadError(
+                f"{path}: {image.width} x {image.height} px ({image.width * image.height / 1e6:.0f}"
+                f" Mpx) is above the limit of {max_pixels / 1e6:.0f} Mpx; decoding it needs about"
+                f" {3 * image.width * image.height / 2**30:.1f} GiB. Raise the limit if the machine"
+                " has the memory (predict.max_megapixels), or cut the image into tiles first")
         image.load()  # decodes fully: a truncated file raises here, not later
+    except ImageReadError:
+        raise
     except FileNotFoundError as error:
         raise ImageReadError(f"{path}: file not found") from error
     except UnidentifiedImageError as error:
@@ -45,9 +62,9 @@ def check_image(path: Path) -> None:
     _open(path).close()
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """An ``H x W x 3`` uint8 RGB array."""
-    with _open(path) as image:
+def read_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An ``H x W x 3`` uint8 RGB array; images above ``max_pixels`` are refused by name."""
+    with _open(path, max_pixels) as image:
         return np.array(image.convert("RGB"))
 
 
@@ -75,48 +92,15 @@ def read_mask(path: Path) -> np.ndarray:
         raise ImageReadError(f"{path}: unsupported mask mode {image.mode}")
 
 
-@dataclass(frozen=True)
-class MaskConvention:
-    """How pixel values of a mask file map to the segmentation label space.
-
-    * ``binary``: nonzero = the tile's (single) class, zero = background (EBHI-Seg);
-    * ``index``: value ``first_class_value + i`` = class ``i`` (0-based), ``background_value`` =
-      background, ``ignore_value`` = ignore (LUAD-HistoSeg / BCSS-WSSS: classes 0..3, background 4).
-    """
-
-    convention: str = "binary"
-    background_value: int = 0
-    first_class_value: int = 1
-    ignore_value: int = IGNORE_INDEX
-
-    def __post_init__(self) -> None:
-        if self.convention not in MASK_CONVENTIONS:
-            raise ValueError(
-                f"unknown mask convention {self.convention!r}; valid: {', '.join(MASK_CONVENTIONS)}"
-            )
-
-
-def decode_mask(raw: np.ndarray, labels: Sequence[int], num_classes: int,
-                convention: MaskConvention, path: Path) -> np.ndarray:
-    """Raw mask values -> uint8 label map (0 background, 1..K classes, 255 ignore)."""
-    if convention.convention == "binary":
-        if len(labels) != 1:
-            raise ValueError(
-                f"{path}: a binary mask needs exactly one image-level class, the tile has"
-                f" {len(labels)}; use the 'index' convention for multi-class masks"
-            )
-        return np.where(raw != 0, labels[0] + 1, 0).astype(np.uint8)
-    out = np.full(raw.shape, IGNORE_INDEX, np.uint8)
-    out[raw == convention.background_value] = 0
-    class_index = raw - convention.first_class_value
-    is_class = (class_index >= 0) & (class_index < num_classes) & (raw != convention.background_value)
-    out[is_class] = (class_index[is_class] + 1).astype(np.uint8)
-    known = is_class | (raw == convention.background_value) | (raw == convention.ignore_value)
-    if not known.all():
-        bad = np.unique(raw[~known])[:10].tolist()
-        raise ValueError(
-            f"{path}: mask values {bad} are neither background ({convention.background_value}),"
-            f" ignore ({convention.ignore_value}) nor a class value"
-            f" ({convention.first_class_value}..{convention.first_class_value + num_classes - 1})"
-        )
-    return out
+def read_label_mask(path: Path, labels: Sequence[int], num_classes: int,
+                    convention: MaskConvention, shape: Optional[Sequence[int]] = None) -> np.ndarray:
+    """A mask file decoded into the label space; values the convention does not know, or a size
+    other than ``shape`` (the image's ``H, W``), are a :class:`DatasetError` naming the file."""
+    try:
+        mask = decode_mask(read_mask(path), labels, num_classes, convention, path)
+    except ValueError as error:
+        raise DatasetError(str(error)) from error
+    if shape is not None and tuple(mask.shape) != tuple(shape[:2]):
+        raise DatasetError(f"{path}: mask size {mask.shape} differs from its image's size"
+                           f" {tuple(shape[:2])}")
+    return mask

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
+from ..errors import SegmixError
+
 __all__ = ["Sample", "Problem", "DatasetError", "ReadResult", "resolve_problems"]
 
 
@@ -31,7 +33,7 @@ class Problem:
         return f"{self.path}: {self.reason}"
 
 
-class DatasetError(ValueError):
+class DatasetError(SegmixError, ValueError):
     """A dataset that cannot be read as configured; the message lists the files and problems."""
 
 

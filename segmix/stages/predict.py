@@ -17,7 +17,6 @@ with ``predict.on_bad_file: skip``. Settings live in the ``predict`` section.
 from __future__ import annotations
 
 import csv
-import json
 import time
 import warnings
 from pathlib import Path
@@ -27,19 +26,33 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pseudo_masks import overlay, read_mask_png, write_legend, write_mask_png
+from ..artifacts import MASKS_FOLDER, SUMMARY_FILE, prediction_mask_path
+from ..config import ConfigError
+from ..data import (
+    DATA_DEFAULTS,
+    DatasetError,
+    ImageReadError,
+    overlay,
+    read_mask_png,
+    read_rgb,
+    read_split,
+    unique_stems,
+    validate_data,
+    write_legend,
+    write_mask_png,
+    write_rgb,
+)
+from ..data.readers import IMAGE_SUFFIXES
+from ..io import atomic_write_npz, write_csv, write_json
+from ..models import load_segmenter
+from ..runtime import setup_runtime
+from ..shuffle import size_pair
+from ..sliding_window import BLENDS, FLIPS, sliding_window_predict
 
-from .data import DATA_DEFAULTS, DatasetError, read_rgb, read_split, unique_stems, write_rgb
-from .data.images import ImageReadError
-from .data.readers import IMAGE_SUFFIXES
-from .io import atomic_write_npz, atomic_write_text, write_csv
-from .models import load_segmenter
-from .runtime import setup_runtime
-from .sliding_window import sliding_window_predict
+__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "Predictor", "run", "list_inputs",
+           "validate"]
 
-__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "list_inputs"]
-
-DONE_FILE = "summary.json"
+DONE_FILE = SUMMARY_FILE
 RESUMABLE_CHANGES = {"predict.batch_size", "predict.device"}
 
 DEFAULTS: Dict[str, Any] = {
@@ -60,8 +73,39 @@ DEFAULTS: Dict[str, Any] = {
         "probabilities": False,  # also write float16 softmax maps
         "overlays": True,
         "on_bad_file": "raise",  # or skip: leave unreadable images out with a warning and a count
+        "max_megapixels": 1000,  # larger images are refused by name (about 3 bytes a pixel to hold)
     },
 }
+
+
+def validate(config: Dict[str, Any]) -> None:
+    """Check every value this stage reads (see :mod:`segmix.stages`)."""
+    if (config["input"] is None) == (config["split"] is None):
+        raise ConfigError("set exactly one of input (a folder of images or a CSV with an `image`"
+                          " column) and split (a split of the data section, e.g. val)")
+    if config["split"]:  # the data section is read only to list a split's images
+        validate_data(config["data"], required=[config["split"]])
+    settings = config["predict"]
+    overlap = settings["overlap"]
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
+        raise ConfigError(f"predict.overlap must be in [0, 1), got {overlap!r}")
+    unknown = [flip for flip in settings["flips"] if flip not in FLIPS]
+    if unknown:
+        raise ConfigError(f"predict.flips: unknown {unknown}; valid: {', '.join(FLIPS)}")
+    choices = (("blend", BLENDS), ("on_bad_file", ("raise", "skip")))
+    for key, valid in choices:
+        if settings[key] not in valid:
+            raise ConfigError(f"predict.{key} must be one of {', '.join(valid)}, got"
+                              f" {settings[key]!r}")
+    for key in ("scale", "batch_size", "max_megapixels"):
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"predict.{key} must be a positive number, got {value!r}")
+    if settings["window"] is not None:
+        try:
+            size_pair(settings["window"], "predict.window")
+        except (TypeError, ValueError) as error:
+            raise ConfigError(str(error)) from error
 
 
 def _csv_images(path: Path, split: Optional[str]) -> List[Path]:
@@ -83,9 +127,6 @@ def _csv_images(path: Path, split: Optional[str]) -> List[Path]:
 def list_inputs(config: Dict[str, Any]) -> List[Path]:
     """The image paths a predict config names (``input`` folder or CSV, or a ``data`` split)."""
     source, split = config["input"], config["split"]
-    if (source is None) == (split is None):
-        raise ValueError("set exactly one of input (a folder of images or a CSV with an `image`"
-                         " column) and split (a split of the data section, e.g. val)")
     if split is not None:
         return [s.image for s in read_split(config["data"], split)]
     path = Path(source)
@@ -94,9 +135,9 @@ def list_inputs(config: Dict[str, Any]) -> List[Path]:
     elif path.is_file() and path.suffix.lower() == ".csv":
         images = _csv_images(path, config["input_split"])
     elif path.exists():
-        raise ValueError(f"input {path} is neither a folder of images nor a .csv file")
+        raise ConfigError(f"input {path} is neither a folder of images nor a .csv file")
     else:
-        raise FileNotFoundError(f"input {path} does not exist")
+        raise ConfigError(f"input {path} does not exist")
     if not images:
         raise DatasetError(f"input {path} holds no images (suffixes {', '.join(IMAGE_SUFFIXES)})")
     return images
@@ -123,8 +164,6 @@ class Predictor:
         self.mean, self.std = info["mean"], info["std"]
         self.window = config["window"] if config["window"] is not None else list(info["image_size"])
         self.scale = float(config["scale"])
-        if self.scale <= 0:
-            raise ValueError(f"scale must be positive, got {self.scale}")
         self.settings = {"overlap": float(config["overlap"]), "blend": config["blend"],
                          "flips": list(config["flips"]), "batch_size": int(config["batch_size"])}
 
@@ -145,7 +184,7 @@ class Predictor:
 
 
 def _outputs(output_dir: Path, name: str, settings: Dict[str, Any]) -> Dict[str, Path]:
-    paths = {"mask": output_dir / "masks" / f"{name}.png"}
+    paths = {"mask": prediction_mask_path(output_dir, name)}
     if settings["probabilities"]:
         paths["probabilities"] = output_dir / "probabilities" / f"{name}.npz"
     if settings["overlays"]:
@@ -153,18 +192,17 @@ def _outputs(output_dir: Path, name: str, settings: Dict[str, Any]) -> Dict[str,
     return paths
 
 
-def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
-        **_: Any) -> Dict[str, Any]:
+def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
+        overwrite: bool = False) -> Dict[str, Any]:
     """Predict every input image; returns the summary written to ``summary.json``."""
+    validate(config)
     settings = config["predict"]
-    if settings["on_bad_file"] not in ("raise", "skip"):
-        raise ValueError("predict.on_bad_file must be 'raise' or 'skip', got"
-                         f" {settings['on_bad_file']!r}")
+    max_pixels = int(settings["max_megapixels"] * 1e6)
     images = list_inputs(config)
     names = unique_stems(images)
     predictor = Predictor(config["segmenter_path"], settings)
     num_classes = len(predictor.classes)
-    write_legend(output_dir / "masks", predictor.classes)
+    write_legend(output_dir / MASKS_FOLDER, predictor.classes)
     rows, skipped, predicted, pixels = [], [], 0, 0
     start = time.perf_counter()
     bar = tqdm(list(zip(images, names)), desc="predicting", unit="image")
@@ -174,7 +212,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
             mask = read_mask_png(paths["mask"])
         else:
             try:
-                image = read_rgb(image_path)
+                image = read_rgb(image_path, max_pixels)
             except ImageReadError as error:
                 if settings["on_bad_file"] == "raise":
                     raise ImageReadError(f"{error}. Fix or remove it, or set"
@@ -204,7 +242,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
                "predicted_now": predicted, "already_done": len(rows) - predicted,
                "skipped": skipped, "seconds": seconds,
                "megapixels_per_s": pixels / 1e6 / seconds if predicted else None}
-    atomic_write_text(output_dir / DONE_FILE, json.dumps(summary, indent=2))
+    write_json(output_dir / DONE_FILE, summary)
     print(f"predicted {predicted} image(s) ({len(rows) - predicted} already done,"
-          f" {len(skipped)} skipped) into {output_dir / 'masks'}", flush=True)
+          f" {len(skipped)} skipped) into {output_dir / MASKS_FOLDER}", flush=True)
     return summary

@@ -12,8 +12,7 @@ ground truth (the validation split: never the data you report on) and keeps the 
 
 from __future__ import annotations
 
-import csv
-import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -22,33 +21,38 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pseudo_masks import (
-    PROTOCOLS,
-    ConfusionMatrix,
-    PseudoMaskConfig,
-    cams_to_masks,
-    overlay,
-    read_mask_png,
-    segmentation_metrics,
-    write_legend,
-    write_mask_png,
-)
+from pseudo_masks import PROTOCOLS, ConfusionMatrix, PseudoMaskConfig, cams_to_masks, segmentation_metrics
 
-from .cams_stage import load_cam_file
-from .data import (
+from ..artifacts import (
+    MASKS_FOLDER,
+    SUMMARY_FILE,
+    CamRecord,
+    pseudo_mask_path,
+    read_cam_file,
+    read_cam_index,
+    read_cam_labels,
+    write_metrics,
+)
+from ..config import ConfigError
+from ..data import (
     DATA_DEFAULTS,
     dataset_classes,
-    decode_mask,
     mask_convention,
-    read_mask,
+    overlay,
+    read_label_mask,
+    read_mask_png,
     read_rgb,
+    validate_data,
+    write_legend,
+    write_mask_png,
     write_rgb,
 )
-from .io import atomic_write_text, write_csv
+from ..io import write_csv, write_json
 
-__all__ = ["DEFAULTS", "DONE_FILE", "run", "sweep"]
+__all__ = ["DEFAULTS", "DONE_FILE", "run", "sweep", "validate"]
 
-DONE_FILE = "summary.json"
+DONE_FILE = SUMMARY_FILE
+SWEEP_METRICS = ("mIoU", "FwIoU", "foreground_iou", "mDice")
 
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/pseudo-masks",
@@ -63,67 +67,81 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 
-class Tile:
-    """One row of the CAM index with lazy access to its image, CAMs and ground truth."""
-
-    def __init__(self, row: Dict[str, str], cams_dir: Path) -> None:
-        self.split, self.image, self.name = row["split"], Path(row["image"]), Path(row["cams"]).stem
-        self.mask = Path(row["mask"]) if row.get("mask") else None
-        self.cam_path = cams_dir / row["cams"]
-
-    def cams_and_labels(self, size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        arrays = load_cam_file(self.cam_path)
-        cams = torch.from_numpy(arrays["cams"].astype(np.float32))[None]
-        if tuple(cams.shape[-2:]) != size:
-            cams = F.interpolate(cams, size=size, mode="bilinear", align_corners=False)
-        return cams, torch.from_numpy(arrays["labels"].astype(np.float32))[None]
-
-    def labels(self) -> torch.Tensor:
-        """The multi-hot label ``[1, K]``, read without decompressing the CAMs."""
-        with np.load(self.cam_path) as data:
-            return torch.from_numpy(data["labels"].astype(np.float32))[None]
-
-    def truth(self, data: Dict[str, Any], labels: torch.Tensor,
-              num_classes: int) -> Optional[np.ndarray]:
-        if self.mask is None:
-            return None
-        present = tuple(int(k) for k in torch.nonzero(labels[0]).flatten())
-        return decode_mask(read_mask(self.mask), present, num_classes, mask_convention(data),
-                           self.mask)
+def _mask_settings(values: Dict[str, Any], where: str) -> PseudoMaskConfig:
+    try:
+        return PseudoMaskConfig.from_dict(values)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where}: {error}") from error
 
 
-def read_index(cams_dir: Path) -> List[Tile]:
-    index = cams_dir / "index.csv"
-    if not index.is_file():
-        raise FileNotFoundError(f"{index} not found: run `segmix cams` first (cams_dir={cams_dir})")
-    with open(index, newline="") as handle:
-        return [Tile(row, cams_dir) for row in csv.DictReader(handle)]
+def validate(config: Dict[str, Any]) -> None:
+    """Check every value this stage reads (see :mod:`segmix.stages`)."""
+    splits = config["splits"]
+    if not splits or any(split not in ("train", "val") for split in splits):
+        raise ConfigError(f"splits must list train and/or val, got {splits!r}")
+    validate_data(config["data"])
+    settings = _mask_settings(dict(config["masks"]), "masks")
+    sweep_cfg = config["sweep"]
+    if not sweep_cfg["enabled"]:
+        return
+    keys = [f.name for f in fields(PseudoMaskConfig)]
+    if sweep_cfg["key"] not in keys:
+        raise ConfigError(f"sweep.key must be a masks setting ({', '.join(keys)}), got"
+                          f" {sweep_cfg['key']!r}")
+    if not sweep_cfg["values"]:
+        raise ConfigError("sweep.values must list at least one value")
+    for value in sweep_cfg["values"]:
+        _mask_settings({**settings.to_dict(), sweep_cfg["key"]: value}, f"sweep.values ({value!r})")
+    for key, valid in (("protocol", PROTOCOLS), ("metric", SWEEP_METRICS),
+                       ("split", ("train", "val"))):
+        if sweep_cfg[key] not in valid:
+            raise ConfigError(f"sweep.{key} must be one of {', '.join(valid)}, got"
+                              f" {sweep_cfg[key]!r}")
 
 
-def _inputs(tile: Tile) -> Tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _cams(record: CamRecord, size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A tile's CAMs ``[1, K, H, W]`` resized to its own size, and its labels ``[1, K]``."""
+    arrays = read_cam_file(record.cam_path)
+    cams = torch.from_numpy(arrays["cams"].astype(np.float32))[None]
+    if tuple(cams.shape[-2:]) != size:
+        cams = F.interpolate(cams, size=size, mode="bilinear", align_corners=False)
+    return cams, torch.from_numpy(arrays["labels"].astype(np.float32))[None]
+
+
+def _truth(record: CamRecord, data: Dict[str, Any], labels: torch.Tensor,
+           num_classes: int) -> Optional[np.ndarray]:
+    if record.mask is None:
+        return None
+    present = tuple(int(k) for k in torch.nonzero(labels[0]).flatten())
+    return read_label_mask(record.mask, present, num_classes, mask_convention(data))
+
+
+def _inputs(record: CamRecord) -> Tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The tile's RGB array, the same as a ``[1, 3, H, W]`` tensor, its CAMs at that size, labels."""
-    image = read_rgb(tile.image)
-    cams, labels = tile.cams_and_labels(image.shape[:2])
+    image = read_rgb(record.image)
+    cams, labels = _cams(record, image.shape[:2])
     return image, torch.from_numpy(image).permute(2, 0, 1)[None], cams, labels
 
 
-def _mask_of(tile: Tile, settings: PseudoMaskConfig) -> Tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    image, images, cams, labels = _inputs(tile)
+def _mask_of(record: CamRecord,
+             settings: PseudoMaskConfig) -> Tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    image, images, cams, labels = _inputs(record)
     return image, cams_to_masks(cams, labels, settings, images=images)[0].numpy(), labels
 
 
-def sweep(tiles: List[Tile], data: Dict[str, Any], base: PseudoMaskConfig, key: str,
+def sweep(tiles: List[CamRecord], data: Dict[str, Any], base: PseudoMaskConfig, key: str,
           values: List[Any], protocol: str, metric: str) -> Tuple[Any, List[Dict[str, Any]]]:
     """Score each value of ``key`` on ``tiles`` (with ground truth); return the best and the table."""
     if not tiles:
-        raise ValueError("the sweep split has no tiles")
+        raise ConfigError("the sweep split has no tiles: add it to splits and to the CAM run")
     num_classes = len(dataset_classes(data))
     matrices = {value: ConfusionMatrix(num_classes) for value in values}
     for tile in tqdm(tiles, desc=f"sweep {key}", unit="tile"):
         _, images, cams, labels = _inputs(tile)
-        truth = tile.truth(data, labels, num_classes)
+        truth = _truth(tile, data, labels, num_classes)
         if truth is None:
-            raise ValueError(f"the sweep needs ground-truth masks; {tile.image} has none")
+            raise ConfigError(f"the sweep needs ground-truth masks; {tile.image} has none (set"
+                              " sweep.enabled=false or sweep.split to a labelled split)")
         for value in values:
             settings = PseudoMaskConfig.from_dict({**base.to_dict(), key: value})
             mask = cams_to_masks(cams, labels, settings, images=images)[0]
@@ -137,11 +155,14 @@ def sweep(tiles: List[Tile], data: Dict[str, Any], base: PseudoMaskConfig, key: 
     return best[key], rows
 
 
-def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
-        **_: Any) -> Dict[str, Any]:
+def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
+        overwrite: bool = False) -> Dict[str, Any]:
+    """Write the pseudo masks of every tile of ``config['splits']`` (after the sweep, if any);
+    returns the summary written to ``summary.json``."""
+    validate(config)
     data = config["data"]
     classes = dataset_classes(data)
-    tiles = read_index(Path(config["cams_dir"]))
+    tiles = read_cam_index(Path(config["cams_dir"]))
     settings = PseudoMaskConfig.from_dict(dict(config["masks"]))
     summary: Dict[str, Any] = {"cams_dir": str(config["cams_dir"])}
     sweep_cfg = config["sweep"]
@@ -155,18 +176,20 @@ def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
                             "by": f"{sweep_cfg['metric']} ({sweep_cfg['protocol']})", "table": table}
         print(f"sweep on {sweep_cfg['split']}: {sweep_cfg['key']} = {chosen}", flush=True)
     summary["settings"] = settings.to_dict()
-    write_legend(output_dir / "masks", classes)
+    write_legend(output_dir / MASKS_FOLDER, classes)
     rows, metrics = [], {}
     for split in config["splits"]:
         matrix = ConfusionMatrix(len(classes))
         split_tiles = [t for t in tiles if t.split == split]
         if not split_tiles:
-            raise ValueError(f"no CAMs for split {split!r} in {config['cams_dir']}")
+            raise ConfigError(f"no CAMs for split {split!r} in {config['cams_dir']}; run `segmix"
+                              f" cams` with splits including {split!r}")
         scored = 0
         for tile in tqdm(split_tiles, desc=f"masks {split}", unit="tile"):
-            path = output_dir / "masks" / split / f"{tile.name}.png"
+            path = pseudo_mask_path(output_dir, split, tile.name)
             if path.exists() and not overwrite:
-                mask, labels = read_mask_png(path), tile.labels()
+                mask = read_mask_png(path)
+                labels = torch.from_numpy(read_cam_labels(tile.cam_path).astype(np.float32))[None]
                 image = read_rgb(tile.image) if config["overlays"] else None
             else:
                 image, mask, labels = _mask_of(tile, settings)
@@ -174,7 +197,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
             if config["overlays"]:
                 write_rgb(output_dir / "overlays" / split / f"{tile.name}.png",
                           overlay(image, mask, len(classes)))
-            truth = tile.truth(data, labels, len(classes))
+            truth = _truth(tile, data, labels, len(classes))
             if truth is not None:
                 matrix.update(torch.from_numpy(mask), torch.from_numpy(truth))
                 scored += 1
@@ -191,7 +214,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
                   f" {metrics[split]['with_background']['foreground_iou']:.4f}", flush=True)
     write_csv(output_dir / "masks.csv", rows)
     if metrics:
-        atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2))
+        write_metrics(output_dir, metrics)
     summary["metrics"] = {split: {p: m[p]["mIoU"] for p in PROTOCOLS} for split, m in metrics.items()}
-    atomic_write_text(output_dir / DONE_FILE, json.dumps(summary, indent=2))
+    write_json(output_dir / DONE_FILE, summary)
     return summary

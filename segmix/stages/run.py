@@ -9,65 +9,34 @@ its checkpoint, and the other stages compute only their missing files, so re-run
 command after an interruption continues the run. ``summary.json`` (marks the run finished) gathers
 the metrics of every stage and their wall times (each stage folder keeps its time in
 ``seconds.json``, summed over the invocations that worked on it, interrupted ones included).
+
+Before the first stage starts, the config of every stage the run will execute is validated, so a
+bad value deep in the last stage's section fails in the first second, not hours in.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
-import importlib
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
-from .data import read_split
-from .io import atomic_write_text, read_json
-from .run_folders import prepare_output_dir
-from .stage_clock import StageClock, recorded_seconds
-from .training import checkpoint_path
+from ..artifacts import SUMMARY_FILE, TIMING_FILE, RunLayout, checkpoint_path, collect_metrics
+from ..config import ConfigError
+from ..data import read_split
+from ..io import write_json
+from ..models import create_classifier
+from . import Stage, pipeline_stages, prepare_output_dir
+from .clock import StageClock, recorded_seconds
 
-__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "STAGES", "run"]
+__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "run_pipeline", "stage_config",
+           "validate", "validate_stages"]
 
-DONE_FILE = "summary.json"
-TIMING_FILE = "seconds.json"  # in each stage folder: its wall time over all invocations (StageClock)
-Wiring = Callable[[Path, List[str]], Dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class PipelineStage:
-    """A stage of the pipeline: its CLI name, module, subfolder and the keys the pipeline sets."""
-
-    name: str
-    module: str
-    folder: str
-    wiring: Wiring
-    needs_val: bool = False  # predicts or scores the validation split
-
-    def load(self) -> ModuleType:
-        return importlib.import_module(f"segmix.{self.module}")
-
-
-STAGES = (
-    PipelineStage("train-cls", "train_cls", "classifier", lambda out, splits: {}),
-    PipelineStage("cams", "cams_stage", "cams", lambda out, splits: {
-        "classifier": str(out / "classifier" / "classifier.pt"), "splits": splits}),
-    PipelineStage("pseudo-masks", "pseudo_stage", "pseudo-masks", lambda out, splits: {
-        "cams_dir": str(out / "cams"), "splits": splits}),
-    PipelineStage("train-seg", "train_seg", "segmenter", lambda out, splits: {
-        "pseudo_masks_dir": str(out / "pseudo-masks")}),
-    PipelineStage("predict", "predict_stage", "predictions", lambda out, splits: {
-        "segmenter_path": str(out / "segmenter" / "segmenter.pt"), "split": "val", "input": None,
-        "input_split": None}, needs_val=True),
-    PipelineStage("evaluate", "evaluate_stage", "evaluation", lambda out, splits: {
-        "predictions": str(out / "predictions" / "masks"), "split": "val",
-        "tile_classes_from": str(out / "cams")}, needs_val=True),
-)
+DONE_FILE = SUMMARY_FILE
+STAGES = pipeline_stages()
 # Keys the pipeline sets for its stages; a config file may hold them (for single stages), but
 # `segmix run` does not read them.
-WIRED = frozenset(key for stage in STAGES for key in stage.wiring(Path("."), []))
+WIRED = frozenset(key for stage in STAGES for key in stage.wiring(RunLayout(Path(".")), []))
 
 
 def _pipeline_defaults() -> Dict[str, Any]:
@@ -78,7 +47,7 @@ def _pipeline_defaults() -> Dict[str, Any]:
                 continue
             if key in defaults and defaults[key] != value:
                 raise RuntimeError(f"stages disagree on the default of {key!r}: {defaults[key]!r}"
-                                   f" vs {value!r} ({stage.module})")
+                                   f" vs {value!r} ({stage.name})")
             defaults.setdefault(key, copy.deepcopy(value))
     return defaults
 
@@ -87,14 +56,51 @@ DEFAULTS: Dict[str, Any] = _pipeline_defaults()
 RESUMABLE_CHANGES = set().union(*(getattr(s.load(), "RESUMABLE_CHANGES", set()) for s in STAGES))
 
 
-def stage_config(stage: PipelineStage, config: Dict[str, Any], output_dir: Path,
+def stage_config(stage: Stage, config: Dict[str, Any], output_dir: Path,
                  splits: List[str]) -> Dict[str, Any]:
     """The config of one stage: its keys from the pipeline config, plus the pipeline's wiring."""
     defaults = stage.load().DEFAULTS
     result = {key: copy.deepcopy(config[key]) for key in defaults if key in config}
-    result.update(stage.wiring(output_dir, splits))
-    result["output_dir"] = str(output_dir / stage.folder)
+    layout = RunLayout(output_dir)
+    result.update(stage.wiring(layout, splits))
+    result["output_dir"] = str(stage.folder(layout))
     return result
+
+
+def _splits(data: Dict[str, Any]) -> List[str]:
+    return ["train"] + (["val"] if (data.get("val") or {}).get("path") else [])
+
+
+def validate_stages(config: Dict[str, Any], only: Optional[List[str]] = None) -> None:
+    """Validate the config of every stage the run will execute (``only``: those named), and what
+    connects them: the CAM layers must exist in the classifier that train-cls will build."""
+    unknown = sorted(set(only or ()) - {s.name for s in STAGES})
+    if unknown:
+        raise ConfigError(f"unknown stages {unknown}; valid: {[s.name for s in STAGES]}")
+    output_dir = Path(config["output_dir"])
+    splits = _splits(config["data"])
+    for stage in STAGES:
+        if only is None or stage.name in only:
+            stage.load().validate(stage_config(stage, config, output_dir, splits))
+    layers = config["cam"]["target_layers"]
+    if layers and (only is None or "cams" in only):
+        model = create_classifier(config["model"]["name"], max(1, len(config["data"]["classes"])))
+        known = {name for name, _ in model.named_modules()}
+        missing = [name for name in layers if name not in known]
+        if missing:
+            raise ConfigError(f"cam.target_layers: {config['model']['name']} has no layer(s)"
+                              f" {missing}; its blocks are named like"
+                              f" {[n for n in known if n.count('.') == 1][:8]}")
+
+
+def validate(config: Dict[str, Any]) -> None:
+    """Check every stage's settings and that the data paths exist (see :mod:`segmix.stages`)."""
+    validate_stages(config)
+    for split in ("train", "val"):
+        spec = config["data"].get(split) or {}
+        for key in ("path", "masks"):
+            if spec.get(key) and not Path(spec[key]).exists():
+                raise ConfigError(f"data.{split}.{key}: {spec[key]} does not exist")
 
 
 def _val_state(data: Dict[str, Any]) -> str:
@@ -105,58 +111,20 @@ def _val_state(data: Dict[str, Any]) -> str:
     return "labelled" if all(s.mask for s in samples) else "unlabelled"
 
 
-def _last_epoch(folder: Path) -> Optional[Dict[str, Any]]:
-    """Loss, speed and validation metrics of a training stage's last epoch (``metrics.csv``)."""
-    path = folder / "metrics.csv"
-    if not path.is_file():
-        return None
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    last = rows[-1]
-    return {k: float(v) for k, v in last.items()
-            if v and (k.startswith("val_") or k in ("train_loss", "images_per_s"))}
-
-
-def collect_metrics(output_dir: Path) -> Dict[str, Any]:
-    """The headline numbers of every finished stage of a pipeline folder."""
-    pseudo = read_json(output_dir / "pseudo-masks" / "metrics.json") or {}
-    final = read_json(output_dir / "evaluation" / "metrics.json")
-    summary: Dict[str, Any] = {
-        "classifier": _last_epoch(output_dir / "classifier"),
-        "segmenter_training": _last_epoch(output_dir / "segmenter"),
-        "pseudo_masks": {split: {"mIoU": m["with_background"]["mIoU"],
-                                 "mIoU_ignore_background": m["ignore_background"]["mIoU"],
-                                 "foreground_iou": m["with_background"]["foreground_iou"]}
-                         for split, m in pseudo.items()},
-        "segmenter": None,
-    }
-    if final is not None:
-        summary["segmenter"] = {
-            "mIoU": final["with_background"]["mIoU"], "FwIoU": final["with_background"]["FwIoU"],
-            "mDice": final["with_background"]["mDice"],
-            "foreground_iou": final["with_background"]["foreground_iou"],
-            "mIoU_ignore_background": final["ignore_background"]["mIoU"],
-            "iou": final["with_background"]["iou"]}
-        if "classifier_label" in final:
-            summary["segmenter"]["mIoU_classifier_label"] = final["classifier_label"]["mIoU"]
-    return summary
-
-
-def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
-        only: Optional[List[str]] = None, **_: Any) -> Dict[str, Any]:
+def run_pipeline(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
+                 only: Optional[List[str]] = None) -> Dict[str, Any]:
     """Run (or continue) every stage, or the stages named in ``only``; returns the summary
     written to ``summary.json``."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("segmix run is one process; for several GPUs launch train-cls and"
-                         " train-seg under torchrun, and the other stages on their own")
-    unknown = sorted(set(only or ()) - {s.name for s in STAGES})
-    if unknown:
-        raise ValueError(f"unknown stages {unknown}; valid: {[s.name for s in STAGES]}")
+        raise ConfigError("segmix run is one process; for several GPUs launch train-cls and"
+                          " train-seg under torchrun, and the other stages on their own")
+    validate_stages(config, only)
     val = _val_state(config["data"])
-    splits = ["train"] + (["val"] if val != "none" else [])
+    splits = _splits(config["data"])
+    layout = RunLayout(output_dir)
     seconds: Dict[str, Optional[float]] = {}
     for number, stage in enumerate(STAGES, start=1):
-        module, folder = stage.load(), output_dir / stage.folder
+        module, folder = stage.load(), stage.folder(layout)
         header = f"[{number}/{len(STAGES)}] {stage.name} -> {folder}"
         skip_reason, done = None, False
         if only is not None and stage.name not in only:
@@ -178,11 +146,17 @@ def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
         with StageClock(folder / TIMING_FILE, fresh=overwrite) as clock:
             module.run(settings, folder, resume=resume, overwrite=overwrite)
         seconds[stage.name] = clock.seconds
-    summary = {"metrics": collect_metrics(output_dir), "seconds": seconds,
-               "stages": {s.name: s.folder for s in STAGES}}
-    atomic_write_text(output_dir / DONE_FILE, json.dumps(summary, indent=2))
+    summary = {"metrics": collect_metrics(layout), "seconds": seconds,
+               "stages": {s.name: s.folder(layout).name for s in STAGES}}
+    write_json(output_dir / DONE_FILE, summary)
     print_summary(summary["metrics"])
     return summary
+
+
+def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
+        overwrite: bool = False) -> Dict[str, Any]:
+    """``segmix run``: every stage, continuing an interrupted run (``resume`` is implied)."""
+    return run_pipeline(config, output_dir, overwrite=overwrite)
 
 
 def print_summary(metrics: Dict[str, Any]) -> None:

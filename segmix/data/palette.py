@@ -9,9 +9,9 @@ from typing import Dict, List, Sequence
 import numpy as np
 from PIL import Image
 
-from segmix.io import atomic_path, atomic_write_text
-
-from .generate import IGNORE_INDEX
+from ..io import atomic_path, atomic_write_text
+from ..labels import IGNORE_INDEX
+from .images import ImageReadError
 
 __all__ = ["palette_colors", "write_mask_png", "read_mask_png", "write_legend", "overlay"]
 
@@ -52,7 +52,8 @@ def read_mask_png(path: Path) -> np.ndarray:
     """The class indices of a mask PNG (palette indices for palette images)."""
     with Image.open(path) as image:
         if image.mode not in ("P", "L"):
-            raise ValueError(f"{path}: expected a palette or greyscale mask, got mode {image.mode}")
+            raise ImageReadError(f"{path}: expected a palette or greyscale mask, got mode"
+                                 f" {image.mode}")
         return np.asarray(image).copy()
 
 

@@ -12,7 +12,6 @@ foreground pixel takes the tile's top class by the classifier's probabilities (s
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -20,23 +19,27 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pseudo_masks import PROTOCOLS, ConfusionMatrix, read_mask_png, segmentation_metrics
+from pseudo_masks import PROTOCOLS, ConfusionMatrix, segmentation_metrics
 
-from .data import (
+from ..artifacts import METRICS_FILE, top_classes, write_metrics
+from ..config import ConfigError
+from ..data import (
     DATA_DEFAULTS,
     DatasetError,
     dataset_classes,
-    decode_mask,
     mask_convention,
-    read_mask,
+    read_label_mask,
+    read_mask_png,
     read_split,
     unique_names,
+    validate_data,
 )
-from .io import atomic_write_text, write_csv
+from ..io import write_csv
+from ..labels import BACKGROUND_INDEX, IGNORE_INDEX
 
-__all__ = ["DEFAULTS", "DONE_FILE", "run"]
+__all__ = ["DEFAULTS", "DONE_FILE", "run", "validate"]
 
-DONE_FILE = "metrics.json"
+DONE_FILE = METRICS_FILE
 
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/evaluate",
@@ -48,23 +51,23 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 
-def _top_classes(cams_dir: Path, split: str, names: List[str]) -> Dict[str, int]:
-    """Each tile's most probable class by the classifier, from ``segmix cams`` output."""
-    missing = [n for n in names if not (cams_dir / split / f"{n}.npz").is_file()]
-    if missing:
-        raise FileNotFoundError(f"tile_classes_from: {len(missing)} tiles of split {split!r} have no"
-                                f" CAM file in {cams_dir / split}, e.g. {missing[:3]}; run"
-                                f" `segmix cams` with splits including {split!r}")
-    top = {}
-    for name in names:
-        with np.load(cams_dir / split / f"{name}.npz") as data:
-            top[name] = int(np.argmax(data["probabilities"]))
-    return top
-
-
-def run(config: Dict[str, Any], output_dir: Path, **_: Any) -> Dict[str, Any]:
+def validate(config: Dict[str, Any]) -> None:
+    """Check every value this stage reads (see :mod:`segmix.stages`)."""
     if not config["predictions"]:
-        raise ValueError("set predictions: the folder of predicted mask PNGs")
+        raise ConfigError("set predictions: the folder of predicted mask PNGs")
+    if config["split"] not in ("train", "val"):
+        raise ConfigError(f"split must be train or val, got {config['split']!r}")
+    validate_data(config["data"], required=[config["split"]])
+    unknown = [p for p in config["protocols"] if p not in PROTOCOLS]
+    if unknown or not config["protocols"]:
+        raise ConfigError(f"protocols must list some of {', '.join(PROTOCOLS)}, got"
+                          f" {config['protocols']!r}")
+
+
+def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
+        overwrite: bool = False) -> Dict[str, Any]:
+    """Score the predicted masks of ``config['split']``; returns the metrics written."""
+    validate(config)
     predictions = Path(config["predictions"])
     data, split = config["data"], config["split"]
     classes = dataset_classes(data)
@@ -76,36 +79,35 @@ def run(config: Dict[str, Any], output_dir: Path, **_: Any) -> Dict[str, Any]:
                            f" mask, e.g. {missing_truth[:3]}")
     missing = [f"{n}.png" for n in names if not (predictions / f"{n}.png").is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} of {len(names)} predictions are missing in"
+        raise DatasetError(f"{len(missing)} of {len(names)} predictions are missing in"
                                 f" {predictions}, e.g. {missing[:3]}")
-    top_classes = _top_classes(Path(config["tile_classes_from"]), split, names) \
-        if config["tile_classes_from"] else None
+    tile_classes = (top_classes(Path(config["tile_classes_from"]), split, names)
+                    if config["tile_classes_from"] else None)
     matrix, relabelled = ConfusionMatrix(len(classes)), ConfusionMatrix(len(classes))
     convention = mask_convention(data)
     for sample, name in tqdm(list(zip(samples, names)), desc=f"evaluating {split}", unit="tile"):
         prediction = read_mask_png(predictions / f"{name}.png")
-        truth = decode_mask(read_mask(sample.mask), sample.labels, len(classes), convention,
-                            sample.mask)
+        truth = read_label_mask(sample.mask, sample.labels, len(classes), convention)
         if prediction.shape != truth.shape:
-            raise ValueError(f"{predictions / (name + '.png')} is {prediction.shape}, its ground"
-                             f" truth {sample.mask} is {truth.shape}")
+            raise DatasetError(f"{predictions / (name + '.png')} is {prediction.shape}, its ground"
+                               f" truth {sample.mask} is {truth.shape}")
         matrix.update(torch.from_numpy(prediction), torch.from_numpy(truth))
-        if top_classes is not None:
-            foreground = (prediction != 0) & (prediction != 255)
-            with_label = np.where(foreground, top_classes[name] + 1, prediction).astype(np.uint8)
+        if tile_classes is not None:
+            foreground = (prediction != BACKGROUND_INDEX) & (prediction != IGNORE_INDEX)
+            with_label = np.where(foreground, tile_classes[name] + 1, prediction).astype(np.uint8)
             relabelled.update(torch.from_numpy(with_label), torch.from_numpy(truth))
     metrics: Dict[str, Any] = {p: segmentation_metrics(matrix, p, classes) for p in config["protocols"]}
-    if top_classes is not None:
+    if tile_classes is not None:
         metrics["classifier_label"] = segmentation_metrics(relabelled, "with_background", classes)
     metrics["tiles"] = len(samples)
     metrics["confusion_matrix"] = matrix.counts.tolist()
     rows: List[Dict[str, Any]] = []
-    for protocol in [*config["protocols"], *(["classifier_label"] if top_classes else [])]:
+    for protocol in [*config["protocols"], *(["classifier_label"] if tile_classes else [])]:
         result = metrics[protocol]
         print(f"{protocol}: mIoU {result['mIoU']:.4f}, FwIoU {result['FwIoU']:.4f}, mDice"
               f" {result['mDice']:.4f}, foreground IoU {result['foreground_iou']:.4f}")
         rows += [{"protocol": protocol, "class": name, "iou": result["iou"][name],
                   "dice": result["dice"][name]} for name in result["iou"]]
     write_csv(output_dir / "per_class.csv", rows)
-    atomic_write_text(output_dir / DONE_FILE, json.dumps(metrics, indent=2))
+    write_metrics(output_dir, metrics)
     return metrics

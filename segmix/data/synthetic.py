@@ -22,10 +22,11 @@ from PIL import Image
 from skimage.draw import disk, ellipse
 from skimage.filters import gaussian
 
-from .io import atomic_write_text
+from ..io import atomic_write_text
 
 __all__ = ["TISSUES", "draw_tile", "write_dataset"]
 
+LABELS_FILE = "labels.csv"
 TISSUES = ("tumour", "stroma", "lymphocytes")
 BACKGROUND_RGB = (238, 236, 240)
 
@@ -101,7 +102,7 @@ def draw_tile(rng: np.random.Generator, size: int, classes: Sequence[int],
 
 def write_dataset(root: Path, *, train_tiles: int = 240, val_tiles: int = 80, size: int = 96,
                   seed: int = 0) -> Path:
-    """Write ``root/images``, ``root/masks`` and ``root/labels.csv`` (columns image, mask, label,
+    """Write ``root/images``, ``root/masks`` and ``root/labels.csv`` (:data:`LABELS_FILE`; columns image, mask, label,
     split); half of the tiles hold one class, half two. Returns the CSV path."""
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -118,6 +119,6 @@ def write_dataset(root: Path, *, train_tiles: int = 240, val_tiles: int = 80, si
         split = "train" if index < train_tiles else "val"
         label = ";".join(TISSUES[k] for k in classes)
         lines.append(f"images/{stem}.png,masks/{stem}.png,{label},{split}")
-    csv_path = root / "labels.csv"
+    csv_path = root / LABELS_FILE
     atomic_write_text(csv_path, "\n".join(lines) + "\n")  # last: marks the dataset complete
     return csv_path

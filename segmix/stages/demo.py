@@ -1,6 +1,6 @@
 """``segmix demo``: the whole pipeline on a synthetic tissue dataset, offline, on a CPU.
 
-Writes a small H&E-like dataset (:mod:`segmix.synthetic_tissue`: three tissue classes drawn as
+Writes a small H&E-like dataset (:mod:`segmix.data.synthetic`: three tissue classes drawn as
 textured regions, image-level labels, ground-truth masks for scoring) to ``<output_dir>/data``, then
 runs ``segmix run`` on it in ``output_dir`` and prints the mIoU of the pseudo masks and of the final
 model on the validation tiles beside the best constant mask. Every pipeline setting can be changed
@@ -11,7 +11,6 @@ are set by the demo.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -19,19 +18,20 @@ import numpy as np
 
 from PIL import Image, ImageDraw
 
-from pseudo_masks import overlay, read_mask_png
-
-from . import pipeline
-from .config import merge
-from .data import Sample, read_rgb, read_split
-from .io import atomic_path, atomic_write_text
-from .synthetic_tissue import TISSUES, write_dataset
+from ..artifacts import SUMMARY_FILE, RunLayout, prediction_mask_path, pseudo_mask_path
+from ..config import ConfigError, merge
+from ..data import Sample, overlay, read_mask_png, read_rgb, read_split
+from ..data.synthetic import LABELS_FILE, TISSUES, write_dataset
+from ..io import atomic_path, write_json
+from . import get_stage
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "constant_mask_miou",
-           "write_examples_figure"]
+           "validate", "write_examples_figure"]
 
-DONE_FILE = pipeline.DONE_FILE
-RESUMABLE_CHANGES = pipeline.RESUMABLE_CHANGES
+# The demo is `segmix run` on data it writes first; it reaches that stage through the registry.
+PIPELINE = get_stage("run").load()
+DONE_FILE = SUMMARY_FILE
+RESUMABLE_CHANGES = PIPELINE.RESUMABLE_CHANGES
 
 # Sized to finish in a few minutes on 2 CPU cores: 96 px tiles, the offline EfficientNet-Lite0.
 DEMO_SETTINGS: Dict[str, Any] = {
@@ -51,9 +51,27 @@ DEMO_SETTINGS: Dict[str, Any] = {
 }
 
 DEFAULTS: Dict[str, Any] = {
-    **merge(pipeline.DEFAULTS, DEMO_SETTINGS),
+    **merge(PIPELINE.DEFAULTS, DEMO_SETTINGS),
     "synthetic": {"train_tiles": 240, "val_tiles": 80, "size": 96, "seed": 0},
 }
+
+
+def _pipeline_settings(config: Dict[str, Any], data_dir: Path) -> Dict[str, Any]:
+    """The ``segmix run`` config: the demo's, with the data paths of the dataset it writes."""
+    settings = copy.deepcopy({k: v for k, v in config.items() if k != "synthetic"})
+    for split in ("train", "val"):
+        settings["data"][split].update({"path": str(data_dir / LABELS_FILE), "split": split})
+    return settings
+
+
+def validate(config: Dict[str, Any]) -> None:
+    """Check the dataset's size and every stage's settings (see :mod:`segmix.stages`)."""
+    synthetic = config["synthetic"]
+    for key in ("train_tiles", "val_tiles", "size"):
+        value = synthetic[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"synthetic.{key} must be a positive integer, got {value!r}")
+    PIPELINE.validate_stages(_pipeline_settings(config, Path(config["output_dir"]) / "data"))
 
 
 def constant_mask_miou(masks: list, num_classes: int) -> float:
@@ -68,50 +86,49 @@ def constant_mask_miou(masks: list, num_classes: int) -> float:
 def write_examples_figure(path: Path, samples: List[Sample], output_dir: Path,
                           num_classes: int, count: int = 6, scale: int = 2) -> None:
     """A picture of ``count`` val tiles: image, ground truth, pseudo mask, final prediction."""
-    columns = {"image": None, "ground truth": None,
-               "pseudo mask": output_dir / "pseudo-masks" / "masks" / "val",
-               "prediction": output_dir / "predictions" / "masks"}
+    layout = RunLayout(output_dir)
+    titles = ("image", "ground truth", "pseudo mask", "prediction")
     rows = []
     for sample in samples[:count]:
-        image = read_rgb(sample.image)
-        cells = [image, overlay(image, read_mask_png(sample.mask), num_classes, alpha=0.7)]
-        cells += [overlay(image, read_mask_png(folder / f"{sample.image.stem}.png"), num_classes,
-                          alpha=0.7) for folder in list(columns.values())[2:]]
+        image, name = read_rgb(sample.image), sample.image.stem
+        masks = (read_mask_png(sample.mask),
+                 read_mask_png(pseudo_mask_path(layout.pseudo_masks_dir, "val", name)),
+                 read_mask_png(prediction_mask_path(layout.predictions_dir, name)))
+        cells = [image] + [overlay(image, mask, num_classes, alpha=0.7) for mask in masks]
         rows.append(np.concatenate(cells, axis=1))
     grid = np.concatenate(rows, axis=0).repeat(scale, axis=0).repeat(scale, axis=1)
     header = 16
     picture = Image.new("RGB", (grid.shape[1], grid.shape[0] + header), "white")
     picture.paste(Image.fromarray(grid), (0, header))
     draw = ImageDraw.Draw(picture)
-    width = grid.shape[1] // len(columns)
-    for i, title in enumerate(columns):
+    width = grid.shape[1] // len(titles)
+    for i, title in enumerate(titles):
         draw.text((i * width + 4, 2), title, fill="black")
     with atomic_path(path) as tmp:
         picture.save(tmp, format="PNG")
 
 
-def run(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,
-        **_: Any) -> Dict[str, Any]:
+def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
+        overwrite: bool = False) -> Dict[str, Any]:
     """Write the synthetic dataset (unless it is there), run the pipeline, print the comparison."""
+    validate(config)
     synthetic = config["synthetic"]
     data_dir = output_dir / "data"
-    csv_path = data_dir / "labels.csv"
+    csv_path = data_dir / LABELS_FILE
     if not csv_path.is_file() or overwrite:
         print(f"writing {synthetic['train_tiles']} + {synthetic['val_tiles']} synthetic tiles to"
               f" {data_dir}", flush=True)
         write_dataset(data_dir, train_tiles=int(synthetic["train_tiles"]),
                       val_tiles=int(synthetic["val_tiles"]), size=int(synthetic["size"]),
                       seed=int(synthetic["seed"]))
-    settings = copy.deepcopy({k: v for k, v in config.items() if k != "synthetic"})
-    for split in ("train", "val"):
-        settings["data"][split].update({"path": str(csv_path), "split": split})
-    summary = pipeline.run(settings, output_dir, overwrite=overwrite)
+    settings = _pipeline_settings(config, data_dir)
+    summary = PIPELINE.run_pipeline(settings, output_dir, overwrite=overwrite)
 
     val = read_split(settings["data"], "val", progress=False)
     constant = constant_mask_miou([read_mask_png(s.mask) for s in val], len(TISSUES))
     write_examples_figure(output_dir / "val_examples.png", val, output_dir, len(TISSUES))
     summary["references"] = {"constant_mask_val_mIoU": constant}
-    atomic_write_text(output_dir / DONE_FILE, json.dumps(summary, indent=2))
+    write_json(output_dir / DONE_FILE, summary)
     metrics = summary["metrics"]
     pseudo = metrics["pseudo_masks"].get("val", {}).get("mIoU")
     final = (metrics.get("segmenter") or {}).get("mIoU")

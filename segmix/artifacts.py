@@ -1,0 +1,236 @@
+"""What one stage writes and the next reads: folder and file names, and the readers and writers of
+every file that passes between stages, side by side.
+
+A pipeline run (``segmix run``) keeps each stage in a subfolder of its output folder
+(:class:`RunLayout`); a stage run on its own names its inputs in its config (``classifier``,
+``cams_dir``, ``pseudo_masks_dir``, ``segmenter_path``, ``predictions``). Either way the files
+inside a stage folder are named here and nowhere else:
+
+* train-cls / train-seg: ``classifier.pt`` / ``segmenter.pt`` (final model, marks the run
+  finished; the format is :mod:`segmix.models`'), ``*_best.pt``, ``metrics.csv`` (one row per
+  epoch), ``curriculum.csv``, ``checkpoints/last.pt``;
+* cams: ``<split>/<tile stem>.npz`` (``cams`` float16 ``[K, h, w]``, raw; ``labels`` multi-hot;
+  ``probabilities``) and ``index.csv`` (one row per tile, marks the run finished);
+* pseudo-masks: ``masks/<split>/<tile stem>.png`` (palette PNG in the label space of
+  :mod:`segmix.labels`), ``metrics.json`` per split, ``summary.json`` (marks it finished);
+* predict: ``masks/<image stem>.png``; evaluate: ``metrics.json``;
+* every stage folder: ``config.yaml`` (the resolved config) and, in a pipeline, ``seconds.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .data import DatasetError, Sample, unique_names
+from .io import atomic_write_npz, read_csv_rows, read_json, write_csv, write_json
+
+__all__ = [
+    "CONFIG_FILE", "TIMING_FILE", "SUMMARY_FILE", "CLASSIFIER_FILE", "SEGMENTER_FILE",
+    "CAM_INDEX_FILE", "METRICS_FILE", "RunLayout", "CamRecord", "checkpoint_path",
+    "best_model_name", "write_cam_file", "read_cam_file", "read_cam_labels", "top_classes",
+    "write_cam_index", "read_cam_index", "pseudo_mask_path", "with_pseudo_masks",
+    "prediction_mask_path", "write_metrics", "read_metrics", "last_epoch", "collect_metrics",
+]
+
+CONFIG_FILE = "config.yaml"      # the resolved config, in every stage folder
+TIMING_FILE = "seconds.json"     # a stage's wall time over all its invocations (pipeline)
+SUMMARY_FILE = "summary.json"    # marks pseudo-masks, predict and a pipeline finished
+CLASSIFIER_FILE = "classifier.pt"
+SEGMENTER_FILE = "segmenter.pt"
+CAM_INDEX_FILE = "index.csv"
+METRICS_FILE = "metrics.json"    # pseudo-masks (per split) and evaluate
+EPOCHS_FILE = "metrics.csv"      # a training stage's per-epoch metrics
+CURRICULUM_FILE = "curriculum.csv"
+MASKS_FOLDER = "masks"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The stage folders of a pipeline run under ``root``."""
+
+    root: Path
+
+    @property
+    def classifier_dir(self) -> Path:
+        return self.root / "classifier"
+
+    @property
+    def classifier(self) -> Path:
+        return self.classifier_dir / CLASSIFIER_FILE
+
+    @property
+    def cams_dir(self) -> Path:
+        return self.root / "cams"
+
+    @property
+    def pseudo_masks_dir(self) -> Path:
+        return self.root / "pseudo-masks"
+
+    @property
+    def segmenter_dir(self) -> Path:
+        return self.root / "segmenter"
+
+    @property
+    def segmenter(self) -> Path:
+        return self.segmenter_dir / SEGMENTER_FILE
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.root / "predictions"
+
+    @property
+    def evaluation_dir(self) -> Path:
+        return self.root / "evaluation"
+
+
+# -- training stages -------------------------------------------------------------------------------
+def checkpoint_path(stage_dir: Path) -> Path:
+    """Where a training stage keeps the checkpoint that ``--resume`` continues from."""
+    return Path(stage_dir) / "checkpoints" / "last.pt"
+
+
+def best_model_name(final_file: str) -> str:
+    """``classifier.pt`` -> ``classifier_best.pt``: the best validation epoch's model."""
+    stem, _, suffix = final_file.rpartition(".")
+    return f"{stem}_best.{suffix}"
+
+
+def last_epoch(stage_dir: Path) -> Optional[Dict[str, float]]:
+    """Loss, speed and validation metrics of a training stage's last epoch (``metrics.csv``)."""
+    path = Path(stage_dir) / EPOCHS_FILE
+    if not path.is_file():
+        return None
+    last = read_csv_rows(path)[-1]
+    return {k: float(v) for k, v in last.items()
+            if v and (k.startswith("val_") or k in ("train_loss", "images_per_s"))}
+
+
+# -- CAMs ------------------------------------------------------------------------------------------
+def write_cam_file(path: Path, cams: np.ndarray, labels: np.ndarray,
+                   probabilities: np.ndarray) -> None:
+    """One tile's raw CAMs ``[K, h, w]`` (stored float16), multi-hot label and probabilities."""
+    atomic_write_npz(path, cams=cams.astype(np.float16), labels=labels.astype(np.uint8),
+                     probabilities=probabilities.astype(np.float32))
+
+
+def read_cam_file(path: Path) -> Dict[str, np.ndarray]:
+    """The arrays of one CAM file: ``cams``, ``labels``, ``probabilities``."""
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
+
+
+def read_cam_labels(path: Path) -> np.ndarray:
+    """The multi-hot label of a CAM file, read without decompressing the CAMs."""
+    with np.load(path) as data:
+        return data["labels"]
+
+
+def top_classes(cams_dir: Path, split: str, names: Sequence[str]) -> Dict[str, int]:
+    """Each tile's most probable class by the classifier whose CAMs are in ``cams_dir``."""
+    missing = [n for n in names if not (Path(cams_dir) / split / f"{n}.npz").is_file()]
+    if missing:
+        raise DatasetError(f"{len(missing)} tiles of split {split!r} have no CAM file in"
+                           f" {Path(cams_dir) / split}, e.g. {missing[:3]}; run `segmix cams` with"
+                           f" splits including {split!r}")
+    top = {}
+    for name in names:
+        with np.load(Path(cams_dir) / split / f"{name}.npz") as data:
+            top[name] = int(np.argmax(data["probabilities"]))
+    return top
+
+
+@dataclass(frozen=True)
+class CamRecord:
+    """One row of a CAM index: the tile, its ground truth (if any) and its CAM file."""
+
+    split: str
+    image: Path
+    mask: Optional[Path]
+    cam_path: Path
+
+    @property
+    def name(self) -> str:
+        return self.cam_path.stem
+
+
+def cam_file_path(cams_dir: Path, split: str, name: str) -> Path:
+    return Path(cams_dir) / split / f"{name}.npz"
+
+
+def write_cam_index(cams_dir: Path, rows: List[Dict[str, Any]]) -> None:
+    """``index.csv``: one row per tile (``split, image, mask, cams, labels``); marks CAMs done."""
+    write_csv(Path(cams_dir) / CAM_INDEX_FILE, rows)
+
+
+def cam_index_row(split: str, sample: Sample, name: str, classes: Sequence[str]) -> Dict[str, Any]:
+    return {"split": split, "image": str(sample.image), "mask": str(sample.mask or ""),
+            "cams": f"{split}/{name}.npz", "labels": ";".join(classes[k] for k in sample.labels)}
+
+
+def read_cam_index(cams_dir: Path) -> List[CamRecord]:
+    """The tiles a ``segmix cams`` folder holds."""
+    index = Path(cams_dir) / CAM_INDEX_FILE
+    if not index.is_file():
+        raise DatasetError(f"{index} not found: run `segmix cams` first (cams_dir={cams_dir})")
+    return [CamRecord(row["split"], Path(row["image"]), Path(row["mask"]) if row.get("mask") else None,
+                      Path(cams_dir) / row["cams"]) for row in read_csv_rows(index)]
+
+
+# -- pseudo masks and predictions ----------------------------------------------------------------
+def pseudo_mask_path(pseudo_masks_dir: Path, split: str, name: str) -> Path:
+    return Path(pseudo_masks_dir) / MASKS_FOLDER / split / f"{name}.png"
+
+
+def with_pseudo_masks(samples: Sequence[Sample], pseudo_masks_dir: Path, split: str) -> List[Sample]:
+    """The samples of ``split`` with their pseudo masks as masks; missing ones are an error."""
+    names = unique_names(samples)
+    paths = [pseudo_mask_path(pseudo_masks_dir, split, name) for name in names]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise DatasetError(f"{len(missing)} of {len(names)} pseudo masks are missing in"
+                           f" {Path(pseudo_masks_dir) / MASKS_FOLDER / split}, e.g. {missing[:3]};"
+                           " run `segmix pseudo-masks` on this split first")
+    return [Sample(s.image, s.labels, p) for s, p in zip(samples, paths)]
+
+
+def prediction_mask_path(predictions_dir: Path, name: str) -> Path:
+    return Path(predictions_dir) / MASKS_FOLDER / f"{name}.png"
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+def write_metrics(stage_dir: Path, metrics: Dict[str, Any]) -> None:
+    write_json(Path(stage_dir) / METRICS_FILE, metrics)
+
+
+def read_metrics(stage_dir: Path) -> Optional[Dict[str, Any]]:
+    """A stage's ``metrics.json`` (``None`` where it has none)."""
+    return read_json(Path(stage_dir) / METRICS_FILE)
+
+
+def collect_metrics(layout: RunLayout) -> Dict[str, Any]:
+    """The headline numbers of every finished stage of a pipeline folder."""
+    pseudo = read_metrics(layout.pseudo_masks_dir) or {}
+    final = read_metrics(layout.evaluation_dir)
+    summary: Dict[str, Any] = {
+        "classifier": last_epoch(layout.classifier_dir),
+        "segmenter_training": last_epoch(layout.segmenter_dir),
+        "pseudo_masks": {split: {"mIoU": m["with_background"]["mIoU"],
+                                 "mIoU_ignore_background": m["ignore_background"]["mIoU"],
+                                 "foreground_iou": m["with_background"]["foreground_iou"]}
+                         for split, m in pseudo.items()},
+        "segmenter": None,
+    }
+    if final is not None:
+        summary["segmenter"] = {
+            "mIoU": final["with_background"]["mIoU"], "FwIoU": final["with_background"]["FwIoU"],
+            "mDice": final["with_background"]["mDice"],
+            "foreground_iou": final["with_background"]["foreground_iou"],
+            "mIoU_ignore_background": final["ignore_background"]["mIoU"],
+            "iou": final["with_background"]["iou"]}
+        if "classifier_label" in final:
+            summary["segmenter"]["mIoU_classifier_label"] = final["classifier_label"]["mIoU"]
+    return summary

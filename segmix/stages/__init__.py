@@ -1,0 +1,144 @@
+"""The stages: one registry (:data:`STAGES`) that the CLI and ``segmix run`` both read.
+
+Every stage is a module of this package named after its subcommand (``train-cls`` ->
+``train_cls.py``) with the same shape:
+
+* ``DEFAULTS``: its config, every key a user may set (sections it shares with other stages,
+  such as ``data``, hold the same defaults);
+* ``DONE_FILE``: the output whose presence marks a finished run;
+* ``RESUMABLE_CHANGES`` (optional): dotted keys that may differ when a run is continued;
+* ``validate(config)``: checks every value the stage reads, raising a
+  :class:`segmix.config.ConfigError` that names the key, the value and what is allowed; called
+  before anything is written, so a bad value fails in the first second;
+* ``run(config, output_dir, *, resume=False, overwrite=False)``.
+
+A stage never imports another stage: they meet through the files of :mod:`segmix.artifacts`.
+Stage modules are imported only when used, so ``segmix --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ..config import config_differences, load_config, save_config
+from ..errors import SegmixError
+
+__all__ = ["Stage", "STAGES", "OutputDirError", "get_stage", "pipeline_stages",
+           "prepare_output_dir"]
+
+# (run layout, splits the pipeline works on) -> the keys `segmix run` sets in a stage's config.
+Wiring = Callable[[Any, List[str]], Dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A subcommand. Pipeline stages (``folder`` set) run in registry order in ``segmix run``."""
+
+    name: str
+    help: str
+    resumable: bool = False  # has checkpoints that --resume continues
+    folder: Optional[Callable[[Any], Path]] = None  # its folder in a run layout (pipeline stages)
+    wiring: Optional[Wiring] = None
+    needs_val: bool = False  # predicts or scores the validation split
+    example: str = "data.image_size=224"  # a --set example for its --help
+
+    @property
+    def module_name(self) -> str:
+        return f"{__name__}.{self.name.replace('-', '_')}"
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module_name)
+
+
+STAGES: Tuple[Stage, ...] = (
+    Stage("train-cls", "stage 1: train a classifier on image-level labels with shuffle feedback"
+          " augmentation", resumable=True, folder=lambda layout: layout.classifier_dir,
+          wiring=lambda layout, splits: {}, example="train.epochs=20"),
+    Stage("cams", "stage 2: class activation maps of a trained classifier (CAM, Grad-CAM,"
+          " Grad-CAM++, LayerCAM; flip, scale and shuffle TTA)",
+          folder=lambda layout: layout.cams_dir,
+          wiring=lambda layout, splits: {"classifier": str(layout.classifier), "splits": splits},
+          example="cam.method=layercam"),
+    Stage("pseudo-masks", "stage 3: CAMs -> palette PNG pseudo masks (background model, ignore"
+          " band, clean-up, threshold sweep)", folder=lambda layout: layout.pseudo_masks_dir,
+          wiring=lambda layout, splits: {"cams_dir": str(layout.cams_dir), "splits": splits},
+          example="masks.threshold=0.2"),
+    Stage("train-seg", "stage 4: train a segmentation model on the pseudo masks, image and mask"
+          " shuffled together", resumable=True, folder=lambda layout: layout.segmenter_dir,
+          wiring=lambda layout, splits: {"pseudo_masks_dir": str(layout.pseudo_masks_dir)},
+          example="seg_train.epochs=20"),
+    Stage("predict", "masks for new images of any size with a trained segmentation model"
+          " (sliding window, blended logits, flip TTA)",
+          folder=lambda layout: layout.predictions_dir,
+          wiring=lambda layout, splits: {"segmenter_path": str(layout.segmenter), "split": "val",
+                                         "input": None, "input_split": None},
+          needs_val=True, example="predict.overlap=0.5"),
+    Stage("evaluate", "score predicted masks against the ground truth of any labelled split"
+          " (mIoU, FwIoU, Dice; with and without background)",
+          folder=lambda layout: layout.evaluation_dir,
+          wiring=lambda layout, splits: {
+              "predictions": str(layout.predictions_dir / "masks"), "split": "val",
+              "tile_classes_from": str(layout.cams_dir)},
+          needs_val=True, example="split=val"),
+    Stage("run", "the whole pipeline in one folder: train-cls -> cams -> pseudo-masks ->"
+          " train-seg -> predict -> evaluate; re-run to continue after an interruption",
+          example="train.epochs=20"),
+    Stage("demo", "the whole pipeline on a synthetic tissue dataset it writes itself (no data, no"
+          " internet; a few minutes on a CPU)", example="synthetic.train_tiles=480"),
+    Stage("shuffle-demo", "shuffle tiles of a real IHC image with every mode and draw the result"
+          " (no data needed)", example="shuffle.patch_size=16"),
+)
+
+
+def get_stage(name: str) -> Stage:
+    """The registered stage called ``name``."""
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise KeyError(f"unknown stage {name!r}; valid: {[s.name for s in STAGES]}")
+
+
+def pipeline_stages() -> List[Stage]:
+    """The stages of ``segmix run``, in order."""
+    return [stage for stage in STAGES if stage.folder is not None]
+
+
+class OutputDirError(SegmixError, ValueError):
+    """An output folder that holds a finished run, or a run with other settings."""
+
+
+def _holds_work(folder: Path) -> bool:
+    """Whether ``folder`` holds anything an earlier run computed (more than its config and clock)."""
+    from ..artifacts import CONFIG_FILE, TIMING_FILE
+
+    bookkeeping = {CONFIG_FILE, TIMING_FILE}
+    return any(path.is_file() and path.name not in bookkeeping for path in folder.rglob("*"))
+
+
+def prepare_output_dir(module: ModuleType, config: Dict[str, Any], output_dir: Path, *,
+                       overwrite: bool) -> None:
+    """Refuse a folder whose run is finished, or that holds work made with other settings (unless
+    ``overwrite``); then save ``config`` as its ``config.yaml`` (on the main process). A folder
+    that holds only the config of a run that stopped before computing anything (bad input, say)
+    takes the new config."""
+    from ..artifacts import CONFIG_FILE
+    from ..runtime import is_main_process
+
+    done = output_dir / module.DONE_FILE
+    if done.exists() and not overwrite:
+        raise OutputDirError(f"{done} exists: this run is finished. Use --overwrite to replace it"
+                             " or --output-dir for a new folder.")
+    saved = output_dir / CONFIG_FILE
+    if saved.exists() and not overwrite and _holds_work(output_dir):
+        allowed = {"output_dir", *getattr(module, "RESUMABLE_CHANGES", ())}
+        differences = config_differences(load_config(saved, module.DEFAULTS), config, allowed)
+        if differences:
+            raise OutputDirError(f"{saved} holds a run with other settings ({differences}). Use"
+                                 " --overwrite to start again or --output-dir for a new folder.")
+    if is_main_process():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, saved)
