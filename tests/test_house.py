@@ -1,0 +1,193 @@
+"""The house rules, read from the code itself, and what a first-time user meets on the command line:
+the core imports no stage, CLI, config or file IO; a stage never imports another stage; bad values
+fail before anything runs, naming the key; ``--help`` stays light; Ctrl-C says how to go on."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segmix.cli import main
+from segmix.data import ImageReadError, read_rgb
+from segmix.mixing import CutMix, PairParams
+from segmix.shuffle import ShuffleParams, apply_params
+from segmix.stages import STAGES
+from segmix.training import build_mixer
+
+from interrupt import run_killed_after_first_epoch
+from synthetic import write_csv_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+CORE = [ROOT / "segmix" / f"{name}.py" for name in
+        ("shuffle", "curriculum", "mixing", "sliding_window", "metrics", "labels", "errors")]
+CORE += sorted((ROOT / "cam").glob("*.py")) + sorted((ROOT / "pseudo_masks").glob("*.py"))
+CORE_SEGMIX = {"segmix", "segmix.shuffle", "segmix.curriculum", "segmix.mixing",
+               "segmix.sliding_window", "segmix.metrics", "segmix.labels", "segmix.errors"}
+# torch, NumPy and scikit-image; pydensecrf is the optional CRF backend, imported where it is used.
+CORE_THIRD_PARTY = {"torch", "numpy", "skimage", "pydensecrf", "cam", "pseudo_masks"}
+
+
+def imported_modules(path: Path):
+    """Every module a file imports (relative imports resolved), with the line it is on."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            if node.module:
+                yield base, node.lineno
+            else:  # from . import name: each name may be a module
+                for alias in node.names:
+                    yield f"{base}.{alias.name}", node.lineno
+
+
+def test_core_modules_import_only_torch_numpy_skimage_and_the_core():
+    offences = []
+    for path in CORE:
+        for module, line in imported_modules(path):
+            top = module.split(".")[0]
+            if top in sys.stdlib_module_names or top in CORE_THIRD_PARTY:
+                continue
+            if top == "segmix" and module in CORE_SEGMIX:
+                continue
+            offences.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+        calls = [node.func.id for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)]
+        offences += [f"{path.relative_to(ROOT)} calls {name}()" for name in ("print", "open")
+                     if name in calls]
+    assert not offences, "core modules must not reach files, config, stages or the CLI:\n" + \
+        "\n".join(offences)
+
+
+def test_a_stage_never_imports_another_stage():
+    stage_modules = {stage.module_name for stage in STAGES}
+    offences = []
+    for stage in STAGES:
+        path = ROOT / Path(*stage.module_name.split(".")).with_suffix(".py")
+        for module, line in imported_modules(path):
+            if module in stage_modules and module != stage.module_name:
+                offences.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert not offences, "\n".join(offences)
+
+
+def test_services_never_import_stages_or_the_cli():
+    services = [ROOT / "segmix" / f"{name}.py" for name in
+                ("io", "config", "runtime", "models", "training", "artifacts")]
+    services += sorted((ROOT / "segmix" / "data").glob("*.py"))
+    offences = [f"{path.relative_to(ROOT)}:{line} imports {module}"
+                for path in services for module, line in imported_modules(path)
+                if module.startswith(("segmix.stages", "segmix.cli"))]
+    assert not offences, "\n".join(offences)
+
+
+def test_help_imports_no_torch_and_shows_each_stage_its_own_example():
+    code = ("import sys, segmix.cli as cli; cli.build_parser();"
+            " print(sorted(m for m in ('torch', 'timm', 'cv2') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+    helps = {stage.name: subprocess.run([sys.executable, "-m", "segmix.cli", stage.name, "--help"],
+                                        capture_output=True, text=True, check=True).stdout
+             for stage in STAGES if stage.name in ("train-cls", "predict", "shuffle-demo")}
+    assert "train.epochs=20" in helps["train-cls"] and "shuffle.patch_size" not in helps["train-cls"]
+    assert "predict.overlap=0.5" in helps["predict"]
+    assert "shuffle.patch_size=16" in helps["shuffle-demo"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_csv_dataset(tmp_path_factory.mktemp("tiles"), per_class=4, size=32)
+
+
+def tiny(csv_path, *extra):
+    settings = ["data.classes=[A, B, C]", f"data.train.path={csv_path}",
+                f"data.val.path={csv_path}", "data.image_size=32", "model.name=test_efficientnet",
+                "model.weights=null", "train.epochs=1", "train.batch_size=4", "train.num_workers=0",
+                "augment.curriculum.patch_sizes=[16, 8]", *extra]
+    return [a for s in settings for a in ("--set", s)]
+
+
+def test_a_value_of_the_wrong_kind_names_its_key(dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train-cls", "--output-dir", str(out), *tiny(dataset, "train.lr=abc")]) == 2
+    assert "config key 'train.lr' must be a number, got 'abc'" in capsys.readouterr().err
+    assert main(["train-cls", "--output-dir", str(out), *tiny(dataset, "train.amp=maybe")]) == 2
+    assert "'train.amp' must be true or false" in capsys.readouterr().err
+    assert not out.exists()  # nothing was written
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("predict.overlap=2", "predict.overlap must be in [0, 1), got 2"),
+    ("seg_train.lr=-1", "seg_train.lr must be a positive number, got -1"),
+    ("seg_augment.curriculum.patch_sizes=[24]", "patch size 24 does not divide the image size"),
+    ("cam.target_layers=[blocks.99]", "has no layer(s) ['blocks.99']"),
+    ("masks.background=white", "unknown background 'white'"),
+    ("sweep.metric=accuracy", "sweep.metric must be one of mIoU"),
+])
+def test_run_validates_every_stage_before_the_first_starts(dataset, tmp_path, capsys, setting,
+                                                           message):
+    out = tmp_path / "run"
+    extra = ["sweep.enabled=true"] if setting.startswith("sweep") else []
+    assert main(["run", "--output-dir", str(out), *tiny(dataset, setting, *extra)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()  # refused in its first second: no stage started
+
+
+def test_a_run_that_failed_on_bad_input_takes_the_corrected_config(dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    # a class the CSV does not use: the readers refuse the data once the stage starts
+    assert main(["train-cls", "--output-dir", str(out),
+                 *tiny(dataset, "data.classes=[A, B, X]")]) == 1
+    assert "unknown class" in capsys.readouterr().err.lower()
+    assert (out / "config.yaml").is_file() and not (out / "checkpoints").exists()
+    assert main(["train-cls", "--output-dir", str(out), *tiny(dataset)]) == 0
+    assert "data.classes" not in capsys.readouterr().err
+
+
+def test_ctrl_c_ends_with_one_line_that_says_how_to_continue(dataset, tmp_path, monkeypatch,
+                                                             capsys):
+    out = tmp_path / "run"
+    args = ["train-cls", "--output-dir", str(out), "--overwrite", *tiny(dataset, "train.epochs=2")]
+    run_killed_after_first_epoch(monkeypatch, lambda: main(args))
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("segmix train-cls: interrupted; finished epochs are kept. To continue:")
+    assert last.endswith("--resume") and "--overwrite" not in last
+    assert main(args[:3] + args[4:] + ["--resume"]) == 0
+
+
+def test_an_image_above_the_pixel_limit_is_refused_by_name(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(path)
+    with pytest.raises(ImageReadError, match=r"big.png: 40 x 30 px .* above the limit"):
+        read_rgb(path, max_pixels=1000)
+    # Pillow's own bomb limit does not apply: the limit is the caller's
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    assert read_rgb(path, max_pixels=2000).shape == (30, 40, 3)
+    assert Image.MAX_IMAGE_PIXELS == 100  # and Pillow's setting is left as it was
+
+
+def test_mixers_return_the_params_they_drew():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 16, 16)
+    targets = torch.eye(3)[[0, 1, 2, 0]]
+    masks = torch.randint(0, 4, (4, 16, 16))
+    mixer = build_mixer({"curriculum": {"patch_sizes": [8], "fix_ratios": [0.25]}}, 3, (16, 16), 2)
+    mixer.start_epoch(0)
+    mixed = mixer(images, targets, masks, generator=generator)
+    assert isinstance(mixed.params, ShuffleParams) and mixed.params.grid == (2, 2)
+    assert torch.equal(apply_params(images, mixed.params), mixed.images)  # replayable
+    assert torch.equal(apply_params(masks, mixed.params), mixed.masks)
+    cut = CutMix(alpha=1.0)(images, targets, masks, generator=generator)
+    assert isinstance(cut.params, PairParams) and cut.params.box is not None
+    top, bottom, left, right = cut.params.box
+    pasted = images[cut.params.permutation][..., top:bottom, left:right]
+    assert torch.equal(cut.images[..., top:bottom, left:right], pasted)
