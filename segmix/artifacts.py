@@ -30,10 +30,11 @@ from .io import atomic_write_npz, read_csv_rows, read_json, write_csv, write_jso
 
 __all__ = [
     "CONFIG_FILE", "TIMING_FILE", "SUMMARY_FILE", "CLASSIFIER_FILE", "SEGMENTER_FILE",
-    "CAM_INDEX_FILE", "METRICS_FILE", "RunLayout", "CamRecord", "checkpoint_path",
-    "best_model_name", "write_cam_file", "read_cam_file", "read_cam_labels", "top_classes",
-    "write_cam_index", "read_cam_index", "pseudo_mask_path", "with_pseudo_masks",
-    "prediction_mask_path", "write_metrics", "read_metrics", "last_epoch", "collect_metrics",
+    "CAM_INDEX_FILE", "METRICS_FILE", "EPOCHS_FILE", "CURRICULUM_FILE", "MASKS_FOLDER",
+    "RunLayout", "CamRecord", "checkpoint_path", "best_model_name", "last_epoch",
+    "cam_file_path", "write_cam_file", "read_cam_file", "read_cam_labels", "top_classes",
+    "cam_index_row", "write_cam_index", "read_cam_index", "pseudo_mask_path", "with_pseudo_masks",
+    "prediction_mask_path", "write_metrics", "read_metrics", "collect_metrics",
 ]
 
 CONFIG_FILE = "config.yaml"      # the resolved config, in every stage folder

@@ -3,6 +3,7 @@ the core imports no stage, CLI, config or file IO; a stage never imports another
 fail before anything runs, naming the key; ``--help`` stays light; Ctrl-C says how to go on."""
 
 import ast
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -95,10 +96,11 @@ def test_help_imports_no_torch_and_shows_each_stage_its_own_example():
             " print(sorted(m for m in ('torch', 'timm', 'cv2') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
-    helps = {stage.name: subprocess.run([sys.executable, "-m", "segmix.cli", stage.name, "--help"],
-                                        capture_output=True, text=True, check=True).stdout
-             for stage in STAGES if stage.name in ("train-cls", "predict", "shuffle-demo")}
-    assert "train.epochs=20" in helps["train-cls"] and "shuffle.patch_size" not in helps["train-cls"]
+    helps = {name: subprocess.run([sys.executable, "-m", "segmix.cli", name, "--help"],
+                                  capture_output=True, text=True, check=True).stdout
+             for name in ("train-cls", "predict", "shuffle-demo")}
+    assert "train.epochs=20" in helps["train-cls"]
+    assert "shuffle.patch_size" not in helps["train-cls"]
     assert "predict.overlap=0.5" in helps["predict"]
     assert "shuffle.patch_size=16" in helps["shuffle-demo"]
 
@@ -191,3 +193,12 @@ def test_mixers_return_the_params_they_drew():
     top, bottom, left, right = cut.params.box
     pasted = images[cut.params.permutation][..., top:bottom, left:right]
     assert torch.equal(cut.images[..., top:bottom, left:right], pasted)
+
+
+def test_crf_without_its_extra_is_refused_before_the_stage_runs(tmp_path, capsys):
+    if importlib.util.find_spec("pydensecrf") is not None:
+        pytest.skip("the optional 'crf' extra is installed here")
+    out = tmp_path / "masks"
+    assert main(["pseudo-masks", "--output-dir", str(out), "--set", "data.classes=[A]",
+                 "--set", "masks.crf=true"]) == 2
+    assert "optional extra 'crf'" in capsys.readouterr().err and not out.exists()

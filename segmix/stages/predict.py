@@ -53,7 +53,7 @@ __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "Predictor", "run", "li
            "validate"]
 
 DONE_FILE = SUMMARY_FILE
-RESUMABLE_CHANGES = {"predict.batch_size", "predict.device"}
+RESUMABLE_CHANGES = {"predict.batch_size", "predict.device", "predict.max_megapixels"}
 
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/predict",

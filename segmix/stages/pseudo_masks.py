@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from pseudo_masks import PROTOCOLS, ConfusionMatrix, PseudoMaskConfig, cams_to_masks, segmentation_metrics
+from pseudo_masks.crf import require_crf
 
 from ..artifacts import (
     MASKS_FOLDER,
@@ -81,6 +82,11 @@ def validate(config: Dict[str, Any]) -> None:
         raise ConfigError(f"splits must list train and/or val, got {splits!r}")
     validate_data(config["data"])
     settings = _mask_settings(dict(config["masks"]), "masks")
+    if settings.crf or (config["sweep"]["enabled"] and config["sweep"]["key"] == "crf"):
+        try:
+            require_crf()
+        except ImportError as error:
+            raise ConfigError(f"masks.crf: {error}") from error
     sweep_cfg = config["sweep"]
     if not sweep_cfg["enabled"]:
         return
