@@ -1,6 +1,7 @@
 """Stage 1 on real data: train the EBHI-Seg classifier with ``augment: none`` and ``segmix``.
 
     python benchmarks/train_cls_ebhi.py --data ../shared/data/ebhi-seg --epochs 6 --out runs/bench-cls
+        [--arms none segmix] [--set train.amp=false ...]
 
 Each arm runs ``segmix train-cls --config configs/ebhi.yaml`` with the same seed, backbone (offline
 EfficientNet-Lite0 weights), image size and epochs; only ``augment.name`` differs. An arm that was
@@ -40,6 +41,7 @@ def run_arm(arm: str, args: argparse.Namespace) -> Dict[str, object]:
         "--set", f"augment.name={arm}", "--set", f"train.epochs={args.epochs}",
         "--set", f"data.train.path={labels}", "--set", f"data.val.path={labels}",
         "--set", f"train.num_workers={args.num_workers}", "--set", f"seed={args.seed}",
+        *[part for setting in args.set for part in ("--set", setting)],
     ]
     wall = None
     if not (out / "classifier.pt").exists():
@@ -90,6 +92,8 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=["none", "segmix"])
     parser.add_argument("--num-workers", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra config override for every arm, e.g. train.amp=false")
     args = parser.parse_args()
     if not (args.data / "labels.csv").is_file():
         sys.exit(f"no labels.csv in {args.data}: pass --data <folder of EBHI-Seg>")
@@ -97,8 +101,9 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "CPU"
     results = [run_arm(arm, args) for arm in args.arms]
     text = table(results)
+    extra = f", overrides {' '.join(args.set)}" if args.set else ""
     print(f"\nEBHI-Seg val split, {args.epochs} epochs, seed {args.seed}, device: {device},"
-          f" torch {torch.__version__}, {torch.get_num_threads()} threads\n{text}")
+          f" torch {torch.__version__}, {torch.get_num_threads()} threads{extra}\n{text}")
     for r in results:
         if r["curriculum"]:
             print(f"\ncurriculum of {r['arm']}: " + "; ".join(

@@ -4,7 +4,7 @@ mixer and its curriculum feedback, deterministic per-epoch seeding, AMP, DDP, pe
 atomic checkpoints and an exact ``--resume``.
 
 A stage subclasses :class:`EpochTrainer`, builds its model and datasets, calls :meth:`setup`, and
-implements :meth:`batch_loss`, :meth:`evaluate` and :meth:`save_model`.
+implements :meth:`mix`, :meth:`loss`, :meth:`evaluate` and :meth:`save_model`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import copy
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -59,10 +59,50 @@ AUGMENT_DEFAULTS: Dict[str, Any] = {
                    "fix_ratios": None, "base": 16, "loss_threshold": None,
                    "threshold_decay": 0.933, "start_level": 0},
 }
-# The keys a training section holds in both stages (each stage adds its own).
+# The keys a training section holds in both stages (each stage adds its own). Speed settings
+# (docs/benchmarks.md, "Training throughput"): `amp` is mixed precision where the hardware has it
+# (float16 on CUDA, bfloat16 on a CPU with native bf16), `channels_last` the memory layout oneDNN
+# and cuDNN convolve fastest, `compile` torch.compile (30-90 s of compiling at each start here).
 TRAIN_DEFAULTS: Dict[str, Any] = {"epochs": 10, "lr": 1e-3, "weight_decay": 1e-4, "amp": True,
-                                  "num_workers": 2, "device": "auto"}
+                                  "channels_last": True, "compile": False, "num_workers": 2,
+                                  "device": "auto"}
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>")
+
+
+def autocast_dtype(device: torch.device, amp: bool) -> Optional[torch.dtype]:
+    """The mixed-precision type ``amp`` means on ``device``: float16 on CUDA, bfloat16 on a CPU whose
+    oneDNN has native bf16 (AMX, AVX-512 BF16; emulated bf16 would be slower than float32), else
+    ``None`` (float32)."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and torch.backends.mkldnn.is_available() \
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def depthwise_convs_in_float32(model: nn.Module) -> int:
+    """Compute every depthwise convolution of ``model`` in float32, even under bfloat16 autocast,
+    returning its output in its input's precision; returns how many. oneDNN's bf16 depthwise
+    kernels (forward + backward) take 1.5-3x the time of its float32 ones on this project's CPU,
+    while its bf16 dense convolutions are the fast part (benchmarks/train_speed.py). Weights and
+    state dict are unchanged."""
+    count = 0
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and module.groups > 1 \
+                and module.groups == module.in_channels == module.out_channels:
+            module.forward = _float32_forward(module.forward)
+            count += 1
+    return count
+
+
+def _float32_forward(forward: Callable[[torch.Tensor], torch.Tensor]):
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return forward(x.float()).to(x.dtype)
+    return run
 
 
 def build_mixer(section: Mapping[str, Any], num_classes: int, image_size: Tuple[int, int],
@@ -136,8 +176,8 @@ def resumable_changes(train_section: str) -> set:
     Not ``epochs``: the cosine schedule and the curriculum's plan depend on it, so a resumed run
     with other epochs would not continue the same run (start a new run from the saved model).
     """
-    return {f"{train_section}.{key}" for key in ("num_workers", "device", "eval_batch_size")} | {
-        "output_dir"}
+    return {f"{train_section}.{key}" for key in ("num_workers", "device", "eval_batch_size",
+                                                 "compile")} | {"output_dir"}
 
 
 class StageError(SegmixError, ValueError):
@@ -172,9 +212,14 @@ class EpochTrainer:
         self.start_epoch = 0
 
     # -- what a stage provides -----------------------------------------------------------------
-    def batch_loss(self, batch: Mapping[str, Any],
-                   generator: torch.Generator) -> Tuple[torch.Tensor, int]:
-        """The loss of one training batch (after the mixer) and its number of images."""
+    def mix(self, batch: Mapping[str, Any],
+            generator: torch.Generator) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One training batch on the device, through the batch mixer: ``(images, targets)``, the
+        targets being what :meth:`loss` compares the model's output with."""
+        raise NotImplementedError
+
+    def loss(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of a mixed batch (runs the model; called under autocast)."""
         raise NotImplementedError
 
     def evaluate(self) -> Dict[str, float]:
@@ -190,13 +235,21 @@ class EpochTrainer:
     # -- set-up ----------------------------------------------------------------------------------
     def setup(self, model: nn.Module, mixer: BatchMixer, train_set: Dataset,
               val_set: Optional[Dataset]) -> None:
-        """Move the model, wrap it for DDP, build loaders, optimiser, schedule and AMP scaler."""
+        """Move the model (in the configured memory layout and precision), compile it and wrap it for
+        DDP if asked, build loaders, optimiser, schedule and AMP scaler."""
         train_cfg, runtime = self.train_cfg, self.runtime
-        self.model, self.mixer, self.train_set = model.to(runtime.device), mixer, train_set
-        self.train_model: nn.Module = self.model
+        self.channels_last = bool(train_cfg["channels_last"])
+        self.amp_dtype = autocast_dtype(runtime.device, bool(train_cfg["amp"]))
+        model = model.to(runtime.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.amp_dtype == torch.bfloat16:
+            depthwise_convs_in_float32(model)
+        self.model, self.mixer, self.train_set = model, mixer, train_set
+        self.train_model: nn.Module = torch.compile(model) if train_cfg["compile"] else model
         if runtime.distributed:
             ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+            self.train_model = DistributedDataParallel(self.train_model, device_ids=ids)
         workers, batch_size = int(train_cfg["num_workers"]), int(train_cfg["batch_size"])
         pin = runtime.device.type == "cuda"
         self.loader_generator = torch.Generator()
@@ -216,8 +269,20 @@ class EpochTrainer:
                                            weight_decay=float(train_cfg["weight_decay"]))
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
                                                                     T_max=max(self.epochs, 1))
-        self.amp = bool(train_cfg["amp"]) and runtime.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    def autocast(self) -> torch.autocast:
+        """The mixed-precision context of this run's forward passes (a no-op in float32)."""
+        return torch.autocast(self.runtime.device.type, dtype=self.amp_dtype,
+                              enabled=self.amp_dtype is not None)
+
+    def input_layout(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in the model's memory layout."""
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    @property
+    def precision(self) -> str:
+        return "float32" if self.amp_dtype is None else str(self.amp_dtype).replace("torch.", "")
 
     # -- checkpoints ----------------------------------------------------------------------------
     @property
@@ -267,22 +332,39 @@ class EpochTrainer:
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
                    disable=not self.runtime.is_main, leave=False)
         for batch in bar:
-            with torch.autocast(self.runtime.device.type, enabled=self.amp):
-                loss, size = self.batch_loss(batch, shuffle_generator)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            total += float(loss.detach()) * size
+            loss, size = self.train_step(batch, shuffle_generator)
+            total += loss * size
             count += size
             bar.set_postfix(loss=f"{total / count:.4f}")
         seconds = time.perf_counter() - start
         return self.runtime.mean(total / max(count, 1), count), count * self.runtime.world_size, seconds
 
+    def train_step(self, batch: Mapping[str, Any], generator: torch.Generator,
+                   lap: Callable[[str], None] = lambda phase: None) -> Tuple[float, int]:
+        """One optimisation step on ``batch``: mix, forward and loss, backward, optimiser step;
+        returns the loss and the batch size. ``lap(phase)`` is called as each phase ends (a
+        profiler's hook; see benchmarks/train_speed.py)."""
+        images, targets = self.mix(batch, generator)
+        images = self.input_layout(images)
+        lap("mixer")
+        with self.autocast():
+            loss = self.loss(images, targets)
+        lap("forward")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        lap("backward")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        value = float(loss.detach())
+        lap("optimizer")
+        return value, images.shape[0]
+
     def fit(self) -> List[Dict[str, Any]]:
         main = self.runtime.is_main
         if main:
-            print(f"{self.describe()} on {self.runtime.device}{' with AMP' if self.amp else ''};"
+            layout = ", channels-last" if self.channels_last else ""
+            compiled = ", compiled" if self.train_cfg["compile"] else ""
+            print(f"{self.describe()} on {self.runtime.device} ({self.precision}{layout}{compiled});"
                   f" augment: {self.mixer.name}", flush=True)
         for epoch in range(self.start_epoch, self.epochs):
             settings = self.mixer.start_epoch(epoch)

@@ -29,9 +29,9 @@ __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "constant_mask_m
            "validate", "write_examples_figure"]
 
 # The demo is `segmix run` on data it writes first; it reaches that stage through the registry.
-PIPELINE = get_stage("run").load()
+RUN_STAGE = get_stage("run").load()
 DONE_FILE = SUMMARY_FILE
-RESUMABLE_CHANGES = PIPELINE.RESUMABLE_CHANGES
+RESUMABLE_CHANGES = RUN_STAGE.RESUMABLE_CHANGES
 
 # Sized to finish in a few minutes on 2 CPU cores: 96 px tiles, the offline EfficientNet-Lite0.
 DEMO_SETTINGS: Dict[str, Any] = {
@@ -51,7 +51,7 @@ DEMO_SETTINGS: Dict[str, Any] = {
 }
 
 DEFAULTS: Dict[str, Any] = {
-    **merge(PIPELINE.DEFAULTS, DEMO_SETTINGS),
+    **merge(RUN_STAGE.DEFAULTS, DEMO_SETTINGS),
     "synthetic": {"train_tiles": 240, "val_tiles": 80, "size": 96, "seed": 0},
 }
 
@@ -71,7 +71,7 @@ def validate(config: Dict[str, Any]) -> None:
         value = synthetic[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"synthetic.{key} must be a positive integer, got {value!r}")
-    PIPELINE.validate_stages(_pipeline_settings(config, Path(config["output_dir"]) / "data"))
+    RUN_STAGE.validate_stages(_pipeline_settings(config, Path(config["output_dir"]) / "data"))
 
 
 def constant_mask_miou(masks: list, num_classes: int) -> float:
@@ -122,7 +122,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
                       val_tiles=int(synthetic["val_tiles"]), size=int(synthetic["size"]),
                       seed=int(synthetic["seed"]))
     settings = _pipeline_settings(config, data_dir)
-    summary = PIPELINE.run_pipeline(settings, output_dir, overwrite=overwrite)
+    summary = RUN_STAGE.run_pipeline(settings, output_dir, overwrite=overwrite)
 
     val = read_split(settings["data"], "val", progress=False)
     constant = constant_mask_miou([read_mask_png(s.mask) for s in val], len(TISSUES))

@@ -33,15 +33,15 @@ __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "run_pipeline", 
            "validate", "validate_stages"]
 
 DONE_FILE = SUMMARY_FILE
-STAGES = pipeline_stages()
+PIPELINE = pipeline_stages()  # the stages `segmix run` executes, in order
 # Keys the pipeline sets for its stages; a config file may hold them (for single stages), but
 # `segmix run` does not read them.
-WIRED = frozenset(key for stage in STAGES for key in stage.wiring(RunLayout(Path(".")), []))
+WIRED = frozenset(key for stage in PIPELINE for key in stage.wiring(RunLayout(Path(".")), []))
 
 
 def _pipeline_defaults() -> Dict[str, Any]:
     defaults: Dict[str, Any] = {"output_dir": "runs/pipeline"}
-    for stage in STAGES:
+    for stage in PIPELINE:
         for key, value in stage.load().DEFAULTS.items():
             if key in WIRED or key == "output_dir":
                 continue
@@ -53,7 +53,7 @@ def _pipeline_defaults() -> Dict[str, Any]:
 
 
 DEFAULTS: Dict[str, Any] = _pipeline_defaults()
-RESUMABLE_CHANGES = set().union(*(getattr(s.load(), "RESUMABLE_CHANGES", set()) for s in STAGES))
+RESUMABLE_CHANGES = set().union(*(getattr(s.load(), "RESUMABLE_CHANGES", set()) for s in PIPELINE))
 
 
 def stage_config(stage: Stage, config: Dict[str, Any], output_dir: Path,
@@ -74,12 +74,12 @@ def _splits(data: Dict[str, Any]) -> List[str]:
 def validate_stages(config: Dict[str, Any], only: Optional[List[str]] = None) -> None:
     """Validate the config of every stage the run will execute (``only``: those named), and what
     connects them: the CAM layers must exist in the classifier that train-cls will build."""
-    unknown = sorted(set(only or ()) - {s.name for s in STAGES})
+    unknown = sorted(set(only or ()) - {s.name for s in PIPELINE})
     if unknown:
-        raise ConfigError(f"unknown stages {unknown}; valid: {[s.name for s in STAGES]}")
+        raise ConfigError(f"unknown stages {unknown}; valid: {[s.name for s in PIPELINE]}")
     output_dir = Path(config["output_dir"])
     splits = _splits(config["data"])
-    for stage in STAGES:
+    for stage in PIPELINE:
         if only is None or stage.name in only:
             stage.load().validate(stage_config(stage, config, output_dir, splits))
     layers = config["cam"]["target_layers"]
@@ -123,9 +123,9 @@ def run_pipeline(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = 
     splits = _splits(config["data"])
     layout = RunLayout(output_dir)
     seconds: Dict[str, Optional[float]] = {}
-    for number, stage in enumerate(STAGES, start=1):
+    for number, stage in enumerate(PIPELINE, start=1):
         module, folder = stage.load(), stage.folder(layout)
-        header = f"[{number}/{len(STAGES)}] {stage.name} -> {folder}"
+        header = f"[{number}/{len(PIPELINE)}] {stage.name} -> {folder}"
         skip_reason, done = None, False
         if only is not None and stage.name not in only:
             skip_reason = "not asked for"
@@ -147,7 +147,7 @@ def run_pipeline(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = 
             module.run(settings, folder, resume=resume, overwrite=overwrite)
         seconds[stage.name] = clock.seconds
     summary = {"metrics": collect_metrics(layout), "seconds": seconds,
-               "stages": {s.name: s.folder(layout).name for s in STAGES}}
+               "stages": {s.name: s.folder(layout).name for s in PIPELINE}}
     write_json(output_dir / DONE_FILE, summary)
     print_summary(summary["metrics"])
     return summary

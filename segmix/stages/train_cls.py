@@ -121,19 +121,23 @@ class ClassifierTraining(EpochTrainer):
         return (f"training {self.config['model']['name']} on {len(self.train_set)} tiles"
                 f" ({len(self.classes)} classes) for {self.epochs} epochs")
 
-    def batch_loss(self, batch, generator):
+    def mix(self, batch, generator):
         device = self.runtime.device
         images = batch["image"].to(device, non_blocking=True)
         targets = batch["target"].to(device, non_blocking=True)
         images, targets, _, _ = self.mixer(images, targets, generator=generator)
-        return _loss(self.train_model(images).float(), targets, self.loss_kind), images.shape[0]
+        return images, targets
+
+    def loss(self, images, targets):
+        return _loss(self.train_model(images).float(), targets, self.loss_kind)
 
     def evaluate(self) -> Dict[str, float]:
         """Loss and metrics of the current model on the validation split (rank 0's view)."""
         logits, targets = [], []
         for batch in tqdm(self.val_loader, desc="validating", unit="batch", leave=False):
-            with torch.autocast(self.runtime.device.type, enabled=self.amp):
-                logits.append(self.model(batch["image"].to(self.runtime.device)).float().cpu())
+            with self.autocast():
+                images = self.input_layout(batch["image"].to(self.runtime.device))
+                logits.append(self.model(images).float().cpu())
             targets.append(batch["target"])
         all_logits, all_targets = torch.cat(logits), torch.cat(targets)
         metrics = classification_metrics(_probabilities(all_logits, self.loss_kind), all_targets)

@@ -151,20 +151,24 @@ class SegmenterTraining(EpochTrainer):
         loss = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
         return loss + self.dice_weight * self.dice(logits, masks) if self.dice_weight else loss
 
-    def batch_loss(self, batch, generator):
+    def mix(self, batch, generator):
         device = self.runtime.device
         images = batch["image"].to(device, non_blocking=True)
         targets = batch["target"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
         images, _, masks, _ = self.mixer(images, targets, masks, generator=generator)
-        return self._loss(self.train_model(images).float(), masks), images.shape[0]
+        return images, masks
+
+    def loss(self, images, masks):
+        return self._loss(self.train_model(images).float(), masks)
 
     def evaluate(self) -> Dict[str, float]:
         matrix = ConfusionMatrix(len(self.classes))
         total, count = 0.0, 0
         for batch in tqdm(self.val_loader, desc="validating", unit="batch", leave=False):
-            with torch.autocast(self.runtime.device.type, enabled=self.amp):
-                logits = self.model(batch["image"].to(self.runtime.device)).float()
+            with self.autocast():
+                images = self.input_layout(batch["image"].to(self.runtime.device))
+                logits = self.model(images).float()
             masks = batch["mask"].to(self.runtime.device)
             total += float(self._loss(logits, masks)) * masks.shape[0]
             count += masks.shape[0]
