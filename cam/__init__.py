@@ -8,11 +8,12 @@ test-time augmentation including shuffle TTA. Depends on torch (and ``segmix.shu
                          flips=["horizontal"], shuffle=ShuffleTTA(patch_size=32, draws=4))
 """
 
-from .base import FUSIONS, BaseCAM, model_mode, normalize_per_class
+from .base import FINAL_FEATURES, FUSIONS, BaseCAM, layer_grids, model_mode, normalize_per_class
 from .methods import CAM, METHODS, GradCAM, GradCAMPlusPlus, LayerCAM, create_cam
 from .tta import ShuffleTTA, cams_with_tta
 
 __all__ = [
-    "BaseCAM", "CAM", "FUSIONS", "GradCAM", "GradCAMPlusPlus", "LayerCAM", "METHODS", "ShuffleTTA",
-    "cams_with_tta", "create_cam", "model_mode", "normalize_per_class",
+    "BaseCAM", "CAM", "FINAL_FEATURES", "FUSIONS", "GradCAM", "GradCAMPlusPlus", "LayerCAM",
+    "METHODS", "ShuffleTTA", "cams_with_tta", "create_cam", "layer_grids", "model_mode",
+    "normalize_per_class",
 ]

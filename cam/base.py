@@ -26,9 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["BaseCAM", "normalize_per_class", "model_mode", "FUSIONS"]
+__all__ = ["BaseCAM", "normalize_per_class", "model_mode", "layer_grids", "FUSIONS",
+           "FINAL_FEATURES"]
 
 FUSIONS = ("mean", "max")
+FINAL_FEATURES = "final feature map"  # what target_layers=None explains (forward_features)
 
 
 def normalize_per_class(cams: Tensor, eps: float = 1e-6) -> Tensor:
@@ -49,6 +51,38 @@ def model_mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
     finally:
         for module, mode in modes.items():
             module.training = mode
+
+
+def layer_grids(model: nn.Module, image_size: Tuple[int, int],
+                max_depth: int = 2) -> Dict[str, Tuple[int, int]]:
+    """The ``(h, w)`` grid of every module (named with at most ``max_depth`` parts, e.g.
+    ``blocks.4``) whose output is a feature map, for one ``image_size`` input, in forward order;
+    plus :data:`FINAL_FEATURES` for a timm-style model. One forward of a zero image, no gradients,
+    the model's mode restored: the resolution a CAM of each layer would have."""
+    modules = {name: module for name, module in model.named_modules()
+               if name and name.count(".") < max_depth}
+    parameter = next(model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")
+    image = torch.zeros(1, 3, *image_size, device=device)
+    grids: Dict[str, Tuple[int, int]] = {}
+
+    def record(name: str):
+        def hook(_module, _inputs, output) -> None:
+            if isinstance(output, Tensor) and output.dim() == 4:
+                grids.setdefault(name, tuple(output.shape[-2:]))
+        return hook
+
+    handles = [module.register_forward_hook(record(name)) for name, module in modules.items()]
+    try:
+        with model_mode(model, False), torch.no_grad():
+            if hasattr(model, "forward_features"):
+                grids[FINAL_FEATURES] = tuple(model.forward_features(image).shape[-2:])
+            else:
+                model(image)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return grids
 
 
 @contextmanager

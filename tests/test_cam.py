@@ -1,6 +1,8 @@
 """CAM methods: shapes, raw values on a hand-built model, equality with the grad-cam package,
 hooks and modes, shuffle TTA's exact inversion."""
 
+import warnings
+
 import numpy as np
 import pytest
 import timm
@@ -196,3 +198,21 @@ def test_batched_gradients_fall_back_to_a_loop_when_vmap_cannot_batch():
             maps = cam(images)
     assert not cam.batched_gradients
     assert torch.allclose(maps, expected, atol=1e-6)
+
+
+def test_layer_grids_tell_each_layers_cam_resolution_and_coarse_maps_warn():
+    from cam import FINAL_FEATURES, layer_grids
+    from segmix.stages.cams import check_resolution
+
+    model = timm.create_model("test_efficientnet", num_classes=3).train()
+    grids = layer_grids(model, (64, 64))
+    assert model.training  # mode restored
+    assert grids["conv_stem"] == (32, 32) and grids[FINAL_FEATURES] == (2, 2)
+    assert list(grids).index("blocks.1") < list(grids).index("blocks.2")  # forward order
+    with pytest.warns(UserWarning, match=r"final feature map gives 2x2 cells on 64x64 px tiles"
+                                         r".* too coarse .*cam.target_layers=\[blocks\.\d\]"):
+        assert check_resolution(model, None, (64, 64)) == "final feature map 2x2"
+    fine = next(name for name, grid in grids.items() if name.startswith("blocks.") and min(grid) >= 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fine enough layer: no warning
+        assert check_resolution(model, [fine], (64, 64)).startswith(fine)

@@ -9,6 +9,7 @@ the classifier's input size, raw: not normalised), ``labels`` (multi-hot image-l
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -16,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from cam import FUSIONS, METHODS, ShuffleTTA, cams_with_tta, create_cam
+from cam import FINAL_FEATURES, FUSIONS, METHODS, ShuffleTTA, cams_with_tta, create_cam, layer_grids
 from cam.tta import FLIPS
 
 from ..artifacts import (
@@ -45,6 +46,7 @@ __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "tta_settings", 
 
 DONE_FILE = CAM_INDEX_FILE
 RESUMABLE_CHANGES = {"cam.batch_size", "cam.device", "cam.num_workers"}
+MIN_CELLS = 8  # a CAM with fewer cells across the tile cannot outline an object
 
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/cams",
@@ -102,6 +104,27 @@ def validate(config: Dict[str, Any]) -> None:
         raise ConfigError(str(error)) from error
 
 
+def check_resolution(model, target_layers, image_size) -> str:
+    """The grid the CAM layers give on ``image_size`` tiles, as a line for the log; warns, naming
+    the grid and layers with at least :data:`MIN_CELLS` cells across, when it is coarser."""
+    grids = layer_grids(model, image_size)
+    chosen = list(target_layers) if target_layers else [FINAL_FEATURES]
+    cells = {name: grids[name] for name in chosen if name in grids}
+    coarse = {name: grid for name, grid in cells.items() if min(grid) < MIN_CELLS}
+    if coarse:
+        finer = [name for name, grid in grids.items()
+                 if min(grid) >= MIN_CELLS and name != FINAL_FEATURES and "." in name][-3:]
+        shown = ", ".join(f"{n}: {h}x{w}" for n, (h, w) in
+                          ((n, grids[n]) for n in finer))
+        warnings.warn(
+            f"cam: {', '.join(f'{n} gives {h}x{w} cells' for n, (h, w) in coarse.items())} on"
+            f" {image_size[0]}x{image_size[1]} px tiles: too coarse to outline an object (fewer"
+            f" than {MIN_CELLS} across). Finer layers of this model: {shown or 'none'}; e.g."
+            f" --set \"cam.target_layers=[{finer[-1] if finer else 'LAYER'}]\", larger tiles"
+            " (data.image_size) or cam.scales above 1.", stacklevel=2)
+    return ", ".join(f"{n} {h}x{w}" for n, (h, w) in cells.items())
+
+
 def tta_settings(config: Dict[str, Any]):
     """The TTA arguments of :func:`cam.cams_with_tta` that a ``cam`` config section describes."""
     cam_cfg = config["cam"]
@@ -131,6 +154,8 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         cam = create_cam(cam_cfg["method"], model, cam_cfg["target_layers"], fuse=cam_cfg["fuse"])
     except ValueError as error:
         raise ConfigError(f"cam.target_layers: {error}") from error
+    print(f"CAM grid: {check_resolution(model, cam_cfg['target_layers'], image_size)} on"
+          f" {image_size[0]}x{image_size[1]} px tiles", flush=True)
     tta = tta_settings(config)
     generator = torch.Generator().manual_seed(int(cam_cfg["seed"]))
     rows: List[dict] = []
