@@ -8,6 +8,7 @@ only (the label space comes from :mod:`segmix.labels`); writing masks as palette
 """
 
 from .evaluate import PROTOCOLS, ConfusionMatrix, segmentation_metrics
+from .refine import affinity_refine
 from .generate import (
     BACKGROUNDS,
     IGNORE_INDEX,
@@ -19,5 +20,6 @@ from .generate import (
 
 __all__ = [
     "BACKGROUNDS", "IGNORE_INDEX", "PROTOCOLS", "ConfusionMatrix", "PseudoMaskConfig",
+    "affinity_refine",
     "cams_to_masks", "segmentation_metrics", "tissue_background", "trivial_masks",
 ]

@@ -7,6 +7,8 @@ Steps, batched in torch (clean-up per image with scikit-image):
 
 1. **gate**: maps of classes absent from the tile's image-level label can never win;
 2. **normalise** each present class's map to ``[0, 1]`` (negatives clipped, divided by its maximum);
+   optionally **refine** it along colour edges (``refine_iterations``, :mod:`pseudo_masks.refine`)
+   and normalise again;
 3. **background score**: ``threshold`` (a constant), ``power`` (``(1 - max_k cam)^alpha``, as in TPRO),
    or ``tissue`` (only the tissue prior decides background);
 4. **tissue prior** (optional with the first two, implied by ``tissue``): near-white pixels
@@ -29,6 +31,8 @@ from torch import Tensor
 
 from segmix.labels import BACKGROUND_INDEX, IGNORE_INDEX
 
+from .refine import affinity_refine
+
 __all__ = ["PseudoMaskConfig", "BACKGROUNDS", "IGNORE_INDEX", "cams_to_masks", "tissue_background",
            "trivial_masks"]
 
@@ -48,6 +52,7 @@ class PseudoMaskConfig:
     max_hole: int = 0
     crf: bool = False
     crf_iterations: int = 5
+    refine_iterations: int = 0  # affinity refinement of the class maps along colour edges; 0 = off
 
     def __post_init__(self) -> None:
         if self.background not in BACKGROUNDS:
@@ -56,8 +61,10 @@ class PseudoMaskConfig:
             raise ValueError(f"threshold must be in [0, 1] (maps are normalised), got {self.threshold}")
         if self.alpha <= 0:
             raise ValueError(f"alpha must be positive, got {self.alpha}")
-        if self.ignore_margin < 0 or self.min_region < 0 or self.max_hole < 0 or self.min_speck < 0:
-            raise ValueError("ignore_margin, min_region, max_hole and min_speck must be >= 0")
+        if min(self.ignore_margin, self.min_region, self.max_hole, self.min_speck,
+               self.refine_iterations) < 0:
+            raise ValueError("ignore_margin, min_region, max_hole, min_speck and refine_iterations"
+                             " must be >= 0")
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "PseudoMaskConfig":
@@ -127,7 +134,8 @@ def cams_to_masks(cams: Tensor, labels: Tensor, config: PseudoMaskConfig = Pseud
                   images: Optional[Tensor] = None) -> Tensor:
     """Raw CAMs ``[B, K, H, W]`` and multi-hot labels ``[B, K]`` -> uint8 masks ``[B, H, W]``.
 
-    ``images`` (uint8 RGB, same size) are needed for the tissue prior and the dense CRF.
+    ``images`` (uint8 RGB, same size) are needed for the tissue prior, the affinity refinement
+    and the dense CRF.
     """
     if cams.dim() != 4:
         raise ValueError(f"cams must be [B, K, H, W], got {tuple(cams.shape)}")
@@ -137,6 +145,11 @@ def cams_to_masks(cams: Tensor, labels: Tensor, config: PseudoMaskConfig = Pseud
     positive = cams.float().clamp_min(0) * present
     peak = positive.amax(dim=(-2, -1), keepdim=True)
     normalised = positive / peak.clamp_min(1e-6)
+    if config.refine_iterations:
+        if images is None:
+            raise ValueError("affinity refinement needs the images (uint8 RGB)")
+        refined = affinity_refine(images, normalised, config.refine_iterations) * present
+        normalised = refined / refined.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
     scores = torch.where(present, normalised, torch.full_like(normalised, -torch.inf))
 
     best_class = normalised.amax(dim=1, keepdim=True)

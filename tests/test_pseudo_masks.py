@@ -155,3 +155,26 @@ def test_crf_refines_masks_when_installed():
     masks = cams_to_masks(cams, torch.ones(1, 1), PseudoMaskConfig(threshold=0.5, crf=True),
                           images=images)
     assert (masks[0, :, 9:] == 1).all() and (masks[0, :, :6] == 0).all()
+
+
+def test_affinity_refinement_spreads_scores_within_a_colour_region_and_stops_at_edges():
+    from pseudo_masks import affinity_refine
+
+    generator = torch.Generator().manual_seed(0)
+    image = torch.zeros(1, 3, 32, 32)
+    image[..., 16:] = 200.0                      # left half dark, right half light: one edge
+    image += torch.rand(image.shape, generator=generator) * 10
+    seed = torch.zeros(1, 1, 32, 32)
+    seed[..., 4:28, 2:6] = 1.0                   # evidence in a strip of the left half only
+    refined = affinity_refine(image.to(torch.uint8), seed, iterations=10)
+    assert torch.equal(affinity_refine(image, seed, iterations=0), seed)
+    assert refined.min() >= 0 and refined.max() <= 1  # convex combinations
+    strip = refined[..., 4:28, 2:6].mean()
+    left, right = refined[..., 4:28, 8:16].mean(), refined[..., 4:28, 16:24].mean()
+    assert left > 0.05 and abs(left - strip) < 0.01  # spread evenly over its colour region...
+    assert right < 1e-6                              # ...and not across the edge
+    with pytest.raises(ValueError, match="needs the images"):
+        cams_to_masks(CAMS, ONLY_FIRST, PseudoMaskConfig(refine_iterations=3))
+    images = torch.full((1, 3, 2, 3), 100, dtype=torch.uint8)
+    masks = cams_to_masks(CAMS, ONLY_FIRST, PseudoMaskConfig(refine_iterations=3), images=images)
+    assert masks.shape == (1, 2, 3)
