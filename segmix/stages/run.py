@@ -17,6 +17,7 @@ bad value deep in the last stage's section fails in the first second, not hours 
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -85,12 +86,12 @@ def validate_stages(config: Dict[str, Any], only: Optional[List[str]] = None) ->
     layers = config["cam"]["target_layers"]
     if layers and (only is None or "cams" in only):
         model = create_classifier(config["model"]["name"], max(1, len(config["data"]["classes"])))
-        known = {name for name, _ in model.named_modules()}
+        known = [name for name, _ in model.named_modules() if name]
         missing = [name for name in layers if name not in known]
         if missing:
+            close = difflib.get_close_matches(missing[0], known, n=6, cutoff=0.4)
             raise ConfigError(f"cam.target_layers: {config['model']['name']} has no layer(s)"
-                              f" {missing}; its blocks are named like"
-                              f" {[n for n in known if n.count('.') == 1][:8]}")
+                              f" {missing}; close names: {close}")
 
 
 def validate(config: Dict[str, Any]) -> None:
