@@ -111,6 +111,11 @@ def last_epoch(stage_dir: Path) -> Optional[Dict[str, float]]:
 
 
 # -- CAMs ------------------------------------------------------------------------------------------
+def cam_file_path(cams_dir: Path, split: str, name: str) -> Path:
+    """Where one tile's CAM file lies: ``<cams_dir>/<split>/<tile stem>.npz``."""
+    return Path(cams_dir) / split / f"{name}.npz"
+
+
 def write_cam_file(path: Path, cams: np.ndarray, labels: np.ndarray,
                    probabilities: np.ndarray) -> None:
     """One tile's raw CAMs ``[K, h, w]`` (stored float16), multi-hot label and probabilities."""
@@ -132,14 +137,15 @@ def read_cam_labels(path: Path) -> np.ndarray:
 
 def top_classes(cams_dir: Path, split: str, names: Sequence[str]) -> Dict[str, int]:
     """Each tile's most probable class by the classifier whose CAMs are in ``cams_dir``."""
-    missing = [n for n in names if not (Path(cams_dir) / split / f"{n}.npz").is_file()]
+    paths = {name: cam_file_path(cams_dir, split, name) for name in names}
+    missing = [name for name, path in paths.items() if not path.is_file()]
     if missing:
         raise DatasetError(f"{len(missing)} tiles of split {split!r} have no CAM file in"
                            f" {Path(cams_dir) / split}, e.g. {missing[:3]}; run `segmix cams` with"
                            f" splits including {split!r}")
     top = {}
-    for name in names:
-        with np.load(Path(cams_dir) / split / f"{name}.npz") as data:
+    for name, path in paths.items():
+        with np.load(path) as data:
             top[name] = int(np.argmax(data["probabilities"]))
     return top
 
@@ -158,18 +164,16 @@ class CamRecord:
         return self.cam_path.stem
 
 
-def cam_file_path(cams_dir: Path, split: str, name: str) -> Path:
-    return Path(cams_dir) / split / f"{name}.npz"
-
-
 def write_cam_index(cams_dir: Path, rows: List[Dict[str, Any]]) -> None:
     """``index.csv``: one row per tile (``split, image, mask, cams, labels``); marks CAMs done."""
     write_csv(Path(cams_dir) / CAM_INDEX_FILE, rows)
 
 
 def cam_index_row(split: str, sample: Sample, name: str, classes: Sequence[str]) -> Dict[str, Any]:
+    """The index row of one tile; its CAM file is named relative to the CAM folder."""
     return {"split": split, "image": str(sample.image), "mask": str(sample.mask or ""),
-            "cams": f"{split}/{name}.npz", "labels": ";".join(classes[k] for k in sample.labels)}
+            "cams": cam_file_path(Path(), split, name).as_posix(),
+            "labels": ";".join(classes[k] for k in sample.labels)}
 
 
 def read_cam_index(cams_dir: Path) -> List[CamRecord]:

@@ -18,13 +18,23 @@ from .errors import SegmixError
 from .io import atomic_write_text
 
 __all__ = ["ConfigError", "load_config", "apply_overrides", "merge", "save_config",
-           "config_differences"]
+           "config_differences", "check_number"]
 
 Config = Dict[str, Any]
 
 
 class ConfigError(SegmixError, ValueError):
     """A config file, override or value that cannot be used; the message names the key."""
+
+
+def check_number(key: str, value: Any, *, integer: bool = False, positive: bool = True) -> None:
+    """Refuse ``value`` of the dotted ``key`` unless it is a number (an ``int`` with ``integer``)
+    above 0 (at least 0 without ``positive``); the error names the key, the rule and the value."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or value < 0 or (positive and value == 0):
+        noun = "integer" if integer else "number"
+        rule = f"a positive {noun}" if positive else f"{'an' if integer else 'a'} {noun} >= 0"
+        raise ConfigError(f"{key} must be {rule}, got {value!r}")
 
 
 def _kind_error(path: str, default: Any, value: Any) -> Optional[str]:

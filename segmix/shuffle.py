@@ -42,6 +42,7 @@ __all__ = [
     "normalize_patch_size",
     "size_pair",
     "fresh_generator",
+    "patch_grid",
 ]
 
 MODES: Tuple[str, ...] = ("batch", "group", "random", "self")
@@ -75,8 +76,10 @@ def normalize_patch_size(patch_size: PatchSize) -> Tuple[int, int]:
     return size_pair(patch_size, "patch_size")
 
 
-def _check_grid(height: int, width: int, patch: Tuple[int, int]) -> Tuple[int, int]:
-    ph, pw = patch
+def patch_grid(height: int, width: int, patch_size: PatchSize) -> Tuple[int, int]:
+    """The ``(rows, columns)`` grid of ``patch_size`` patches on a ``height x width`` image; an
+    error naming the sizes when the patches do not tile it exactly."""
+    ph, pw = normalize_patch_size(patch_size)
     problems = []
     if height % ph:
         problems.append(f"height {height} is not a multiple of patch height {ph}")
@@ -237,7 +240,7 @@ def sample_params(
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"{name} must be a positive int, got {size!r}")
     patch = normalize_patch_size(patch_size)
-    gh, gw = _check_grid(height, width, patch)
+    gh, gw = patch_grid(height, width, patch)
     ratio = _check_ratio(fix_ratio)
     _check_mode(mode)
     group_size = _check_group_size(mode, batch_size, group_size)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from .artifacts import CURRICULUM_FILE, EPOCHS_FILE, best_model_name, checkpoint_path
-from .config import ConfigError, config_differences, merge
+from .config import ConfigError, check_number, config_differences, merge
 from .curriculum import ShuffleCurriculum
 from .data import build_transform
 from .errors import SegmixError
@@ -135,28 +135,16 @@ def build_mixer(section: Mapping[str, Any], num_classes: int, image_size: Tuple[
                          group_size=config["group_size"], label_mode=config["label_mode"])
 
 
-def _positive(section: str, train: Mapping[str, Any], key: str, kind: type) -> None:
-    value = train[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (
-            kind is int and not float(value).is_integer()):
-        noun = "a positive integer" if kind is int else "a positive number"
-        raise ConfigError(f"{section}.{key} must be {noun}, got {value!r}")
-
-
 def validate_training(config: Mapping[str, Any], *, train_section: str, augment_section: str,
                       num_classes: int, image_size: Tuple[int, int]) -> None:
     """Check a training stage's ``augmentations``, mixer and training sections (every value the
     loop reads); a :class:`ConfigError` names the key, the value and what is allowed."""
     train = config[train_section]
     for key in ("epochs", "batch_size", "eval_batch_size"):
-        _positive(train_section, train, key, int)
-    _positive(train_section, train, "lr", float)
-    if isinstance(train["weight_decay"], bool) or not isinstance(train["weight_decay"], (int, float)) \
-            or train["weight_decay"] < 0:
-        raise ConfigError(f"{train_section}.weight_decay must be >= 0, got {train['weight_decay']!r}")
-    workers = train["num_workers"]
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ConfigError(f"{train_section}.num_workers must be an integer >= 0, got {workers!r}")
+        check_number(f"{train_section}.{key}", train[key], integer=True)
+    check_number(f"{train_section}.lr", train["lr"])
+    check_number(f"{train_section}.weight_decay", train["weight_decay"], positive=False)
+    check_number(f"{train_section}.num_workers", train["num_workers"], integer=True, positive=False)
     device = str(train["device"])
     if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:")
                                                       and device[5:].isdigit()):

@@ -27,7 +27,7 @@ from ..artifacts import (
     write_cam_file,
     write_cam_index,
 )
-from ..config import ConfigError
+from ..config import ConfigError, check_number
 from ..data import (
     DATA_DEFAULTS,
     TileDataset,
@@ -40,7 +40,7 @@ from ..data import (
 )
 from ..models import load_classifier
 from ..runtime import setup_runtime
-from ..shuffle import size_pair
+from ..shuffle import patch_grid
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "tta_settings", "validate"]
 
@@ -87,21 +87,14 @@ def validate(config: Dict[str, Any]) -> None:
     if not scales or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
                              for v in scales):
         raise ConfigError(f"cam.scales must be a non-empty list of positive numbers, got {scales!r}")
-    for key in ("batch_size", "draws"):
-        section = cam_cfg["shuffle_tta"] if key == "draws" else cam_cfg
-        if isinstance(section[key], bool) or not isinstance(section[key], int) or section[key] < 1:
-            prefix = "cam.shuffle_tta" if key == "draws" else "cam"
-            raise ConfigError(f"{prefix}.{key} must be a positive integer, got {section[key]!r}")
-    try:
-        tta = tta_settings(config)["shuffle"]
-        if tta is not None:
-            height, width = image_size_of(config["data"]["image_size"])
-            patch_h, patch_w = size_pair(tta.patch_size, "cam.shuffle_tta.patch_size")
-            if height % patch_h or width % patch_w:
-                raise ValueError(f"cam.shuffle_tta.patch_size {tta.patch_size} does not divide the"
-                                 f" image size {height}x{width}")
-    except (TypeError, ValueError) as error:
-        raise ConfigError(str(error)) from error
+    check_number("cam.batch_size", cam_cfg["batch_size"], integer=True)
+    check_number("cam.shuffle_tta.draws", cam_cfg["shuffle_tta"]["draws"], integer=True)
+    tta = tta_settings(config)["shuffle"]
+    if tta is not None:
+        try:
+            patch_grid(*image_size_of(config["data"]["image_size"]), tta.patch_size)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"cam.shuffle_tta.patch_size: {error}") from error
 
 
 def check_resolution(model, target_layers, image_size) -> str:
@@ -114,8 +107,7 @@ def check_resolution(model, target_layers, image_size) -> str:
     if coarse:
         finer = [name for name, grid in grids.items()
                  if min(grid) >= MIN_CELLS and name != FINAL_FEATURES and "." in name][-3:]
-        shown = ", ".join(f"{n}: {h}x{w}" for n, (h, w) in
-                          ((n, grids[n]) for n in finer))
+        shown = ", ".join(f"{n}: {grids[n][0]}x{grids[n][1]}" for n in finer)
         warnings.warn(
             f"cam: {', '.join(f'{n} gives {h}x{w} cells' for n, (h, w) in coarse.items())} on"
             f" {image_size[0]}x{image_size[1]} px tiles: too coarse to outline an object (fewer"

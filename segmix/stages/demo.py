@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..artifacts import SUMMARY_FILE, RunLayout, prediction_mask_path, pseudo_mask_path
-from ..config import ConfigError, merge
+from ..config import check_number, merge
 from ..data import Sample, overlay, read_mask_png, read_rgb, read_split
 from ..data.synthetic import LABELS_FILE, TISSUES, write_dataset
 from ..io import atomic_path, write_json
@@ -68,9 +68,7 @@ def validate(config: Dict[str, Any]) -> None:
     """Check the dataset's size and every stage's settings (see :mod:`segmix.stages`)."""
     synthetic = config["synthetic"]
     for key in ("train_tiles", "val_tiles", "size"):
-        value = synthetic[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"synthetic.{key} must be a positive integer, got {value!r}")
+        check_number(f"synthetic.{key}", synthetic[key], integer=True)
     RUN_STAGE.validate_stages(_pipeline_settings(config, Path(config["output_dir"]) / "data"))
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..artifacts import MASKS_FOLDER, SUMMARY_FILE, prediction_mask_path
-from ..config import ConfigError
+from ..config import ConfigError, check_number
 from ..data import (
     DATA_DEFAULTS,
     DatasetError,
@@ -98,9 +98,7 @@ def validate(config: Dict[str, Any]) -> None:
             raise ConfigError(f"predict.{key} must be one of {', '.join(valid)}, got"
                               f" {settings[key]!r}")
     for key in ("scale", "batch_size", "max_megapixels"):
-        value = settings[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigError(f"predict.{key} must be a positive number, got {value!r}")
+        check_number(f"predict.{key}", settings[key])
     if settings["window"] is not None:
         try:
             size_pair(settings["window"], "predict.window")

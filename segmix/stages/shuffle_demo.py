@@ -24,7 +24,7 @@ from ..config import ConfigError
 from ..curriculum import ShuffleCurriculum
 from ..data import write_rgb
 from ..io import write_json
-from ..shuffle import MODES, PatchShuffle, invert_params, sample_params
+from ..shuffle import MODES, PatchShuffle, invert_params, patch_grid
 
 __all__ = ["DEFAULTS", "DONE_FILE", "run", "validate"]
 
@@ -57,8 +57,7 @@ def validate(config: Dict[str, Any]) -> None:
         for mode in shuffle_cfg["modes"]:
             PatchShuffle(shuffle_cfg["patch_size"], shuffle_cfg["fix_ratio"], mode,
                          num_classes=len(CLASS_NAMES), group_size=shuffle_cfg["group_size"])
-        sample_params(2, tile, tile, patch_size=shuffle_cfg["patch_size"],  # the grid fits
-                      fix_ratio=shuffle_cfg["fix_ratio"], mode="self", generator=torch.Generator())
+        patch_grid(tile, tile, shuffle_cfg["patch_size"])
         ShuffleCurriculum(tile, curriculum["strategy"], total_epochs=int(curriculum["epochs"]),
                           warmup_epochs=int(curriculum["warmup_epochs"]))
     except (TypeError, ValueError) as error:

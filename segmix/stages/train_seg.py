@@ -27,7 +27,7 @@ from tqdm import tqdm
 from pseudo_masks import ConfusionMatrix, segmentation_metrics
 
 from ..artifacts import SEGMENTER_FILE, with_pseudo_masks
-from ..config import ConfigError
+from ..config import ConfigError, check_number
 from ..data import (
     DATA_DEFAULTS,
     TileDataset,
@@ -85,9 +85,7 @@ def validate(config: Dict[str, Any]) -> None:
     if config["seg_augment"]["name"] == "mixup":
         raise ConfigError("seg_augment.name=mixup blends pixels, which has no meaning for masks;"
                           " use segmix, cutmix or none")
-    dice = config["seg_train"]["dice_weight"]
-    if isinstance(dice, bool) or not isinstance(dice, (int, float)) or dice < 0:
-        raise ConfigError(f"seg_train.dice_weight must be a number >= 0, got {dice!r}")
+    check_number("seg_train.dice_weight", config["seg_train"]["dice_weight"], positive=False)
     model = config["segmenter"]
     check_segmenter_settings(model["arch"], model["encoder"], model["encoder_weights"])
     validate_training(config, train_section="seg_train", augment_section="seg_augment",
