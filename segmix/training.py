@@ -28,6 +28,7 @@ from .data import build_transform
 from .errors import SegmixError
 from .io import write_csv
 from .mixing import MIXERS, BatchMixer, CutMix, MixUp, NoMixing, ShuffleMixing
+from .precision import autocast_dtype, depthwise_convs_in_float32
 from .runtime import (
     Runtime,
     atomic_torch_save,
@@ -67,42 +68,6 @@ TRAIN_DEFAULTS: Dict[str, Any] = {"epochs": 10, "lr": 1e-3, "weight_decay": 1e-4
                                   "channels_last": True, "compile": False, "num_workers": 2,
                                   "device": "auto"}
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>")
-
-
-def autocast_dtype(device: torch.device, amp: bool) -> Optional[torch.dtype]:
-    """The mixed-precision type ``amp`` means on ``device``: float16 on CUDA, bfloat16 on a CPU whose
-    oneDNN has native bf16 (AMX, AVX-512 BF16; emulated bf16 would be slower than float32), else
-    ``None`` (float32)."""
-    if not amp:
-        return None
-    if device.type == "cuda":
-        return torch.float16
-    if device.type == "cpu" and torch.backends.mkldnn.is_available() \
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-def depthwise_convs_in_float32(model: nn.Module) -> int:
-    """Compute every depthwise convolution of ``model`` in float32, even under bfloat16 autocast,
-    returning its output in its input's precision; returns how many. oneDNN's bf16 depthwise
-    kernels (forward + backward) take 1.5-3x the time of its float32 ones on this project's CPU,
-    while its bf16 dense convolutions are the fast part (benchmarks/train_speed.py). Weights and
-    state dict are unchanged."""
-    count = 0
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d) and module.groups > 1 \
-                and module.groups == module.in_channels == module.out_channels:
-            module.forward = _float32_forward(module.forward)
-            count += 1
-    return count
-
-
-def _float32_forward(forward: Callable[[torch.Tensor], torch.Tensor]):
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):
-            return forward(x.float()).to(x.dtype)
-    return run
 
 
 def build_mixer(section: Mapping[str, Any], num_classes: int, image_size: Tuple[int, int],

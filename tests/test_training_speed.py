@@ -1,12 +1,15 @@
 """The speed settings of the training loop: bf16 autocast with depthwise convolutions in float32,
 channels-last, torch.compile; each keeps training correct (the numbers are in docs/benchmarks.md)."""
 
+import copy
+
 import pytest
 import torch
+from timm.layers import Conv2dSame
 from torch import nn
 
 from segmix.cli import main
-from segmix.training import autocast_dtype, depthwise_convs_in_float32
+from segmix.precision import autocast_dtype, depthwise_convs_in_float32, same_padding
 
 from synthetic import write_csv_dataset
 
@@ -41,6 +44,37 @@ def test_depthwise_convolutions_run_in_float32_under_bf16_autocast():
     assert block.depthwise.weight.grad is not None and block.depthwise.weight.grad.dtype == torch.float32
     with torch.no_grad():  # outside autocast nothing changes
         assert torch.equal(block(x), reference(x))
+
+
+@pytest.mark.parametrize("size", [(9, 8), (8, 7)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_tensorflow_same_depthwise_convolution_pads_and_casts_in_one_step(size, layout):
+    """timm's Conv2dSame (tf_efficientnet_*) pads unevenly before convolving; the float32 path
+    gives the same values and gradients as timm's own forward on the float32 input."""
+    torch.manual_seed(0)
+    conv = Conv2dSame(6, 6, 3, stride=2, groups=6)
+    reference = copy.deepcopy(conv)
+    assert depthwise_convs_in_float32(conv) == 1
+    x = torch.randn(2, 6, *size).to(memory_format=layout).bfloat16().requires_grad_()
+    x_ref = x.detach().float().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = conv(x)
+    expected = reference(x_ref)
+    assert out.dtype == torch.bfloat16 and out.shape == expected.shape == (2, 6, (size[0] + 1) // 2, (size[1] + 1) // 2)
+    assert torch.equal(out, expected.to(torch.bfloat16))
+    grad = torch.randn(out.shape)
+    out.backward(grad.bfloat16())
+    expected.backward(grad.bfloat16().float())
+    assert x.grad.dtype == torch.bfloat16 and torch.equal(x.grad, x_ref.grad.bfloat16())
+    assert x.grad.is_contiguous(memory_format=layout)
+    assert torch.allclose(conv.weight.grad, reference.weight.grad)
+
+
+def test_same_padding_puts_the_odd_pixel_after():
+    assert same_padding(224, 3, 2, 1) == (0, 1)  # 112 outputs
+    assert same_padding(225, 3, 2, 1) == (1, 1)
+    assert same_padding(14, 5, 1, 1) == (2, 2)
+    assert same_padding(7, 1, 1, 1) == (0, 0)
 
 
 def test_amp_means_fp16_on_cuda_bf16_on_a_cpu_with_native_bf16_else_float32():
