@@ -166,10 +166,11 @@ class SignalScore:
         negatives = truths.size - positives
         ranks = rankdata(scores)
         auc = (ranks[truths].sum() - positives * (positives + 1) / 2) / (positives * negatives)
-        mious = [segmentation_metrics(m, "with_background")["mIoU"] for m in self.matrices]
+        metrics = [segmentation_metrics(m, "with_background") for m in self.matrices]
+        mious = [m["mIoU"] for m in metrics]
         best = int(np.argmax(mious))
         return {"auc": float(auc), "best_miou": mious[best], "best_threshold": float(THRESHOLDS[best]),
-                "miou_at_0": mious[0]}
+                "best_foreground_iou": metrics[best]["foreground_iou"], "miou_at_0": mious[0]}
 
 
 def write_report(out: Path, report: str, results: Dict) -> None:

@@ -8,7 +8,10 @@ Steps, batched in torch (clean-up per image with scikit-image):
 1. **gate**: maps of classes absent from the tile's image-level label can never win;
 2. **normalise** each present class's map to ``[0, 1]`` (negatives clipped, divided by its maximum);
    optionally **refine** it along colour edges (``refine_iterations``, :mod:`pseudo_masks.refine`)
-   and normalise again;
+   and normalise again; optionally **blend** in a class-agnostic foreground map (e.g. of
+   :mod:`pseudo_masks.prototypes`) with ``foreground_weight`` ``w``: the strength of the best
+   class becomes ``(1 - w) * cam + w * foreground`` while the CAMs still decide between present
+   classes (``w = 1``: the foreground map alone decides foreground);
 3. **background score**: ``threshold`` (a constant), ``power`` (``(1 - max_k cam)^alpha``, as in TPRO),
    or ``tissue`` (only the tissue prior decides background);
 4. **tissue prior** (optional with the first two, implied by ``tissue``): near-white pixels
@@ -53,12 +56,15 @@ class PseudoMaskConfig:
     crf: bool = False
     crf_iterations: int = 5
     refine_iterations: int = 0  # affinity refinement of the class maps along colour edges; 0 = off
+    foreground_weight: float = 0.0  # weight of a foreground map against the CAMs; 0 = CAMs only
 
     def __post_init__(self) -> None:
         if self.background not in BACKGROUNDS:
             raise ValueError(f"unknown background {self.background!r}; valid: {', '.join(BACKGROUNDS)}")
         if not 0 <= self.threshold <= 1:
             raise ValueError(f"threshold must be in [0, 1] (maps are normalised), got {self.threshold}")
+        if not 0 <= self.foreground_weight <= 1:
+            raise ValueError(f"foreground_weight must be in [0, 1], got {self.foreground_weight}")
         if self.alpha <= 0:
             raise ValueError(f"alpha must be positive, got {self.alpha}")
         if min(self.ignore_margin, self.min_region, self.max_hole, self.min_speck,
@@ -130,12 +136,27 @@ def _crf_scores(scores: Tensor, images: Optional[Tensor], iterations: int) -> Te
     return torch.where(possible, marginals, torch.full_like(marginals, -torch.inf))
 
 
+def _blend_foreground(normalised: Tensor, present: Tensor, foreground: Optional[Tensor],
+                      weight: float) -> Tensor:
+    """Class maps whose best value is ``(1 - weight) * best + weight * foreground``, in the same
+    proportions between the present classes (equal where every present map is 0)."""
+    if foreground is None:
+        raise ValueError("foreground_weight > 0 needs a foreground map per image")
+    if foreground.shape != (normalised.shape[0], *normalised.shape[-2:]):
+        raise ValueError(f"foreground must be [B, H, W] = {(normalised.shape[0], *normalised.shape[-2:])},"
+                         f" got {tuple(foreground.shape)}")
+    best = normalised.amax(dim=1, keepdim=True)
+    share = torch.where(best > 0, normalised / best.clamp_min(1e-6), present.float().expand_as(normalised))
+    strength = (1 - weight) * best + weight * foreground[:, None].to(normalised)
+    return share * strength * present
+
+
 def cams_to_masks(cams: Tensor, labels: Tensor, config: PseudoMaskConfig = PseudoMaskConfig(),
-                  images: Optional[Tensor] = None) -> Tensor:
+                  images: Optional[Tensor] = None, foreground: Optional[Tensor] = None) -> Tensor:
     """Raw CAMs ``[B, K, H, W]`` and multi-hot labels ``[B, K]`` -> uint8 masks ``[B, H, W]``.
 
     ``images`` (uint8 RGB, same size) are needed for the tissue prior, the affinity refinement
-    and the dense CRF.
+    and the dense CRF; ``foreground`` (``[B, H, W]`` in [0, 1]) when ``foreground_weight`` > 0.
     """
     if cams.dim() != 4:
         raise ValueError(f"cams must be [B, K, H, W], got {tuple(cams.shape)}")
@@ -150,6 +171,8 @@ def cams_to_masks(cams: Tensor, labels: Tensor, config: PseudoMaskConfig = Pseud
             raise ValueError("affinity refinement needs the images (uint8 RGB)")
         refined = affinity_refine(images, normalised, config.refine_iterations) * present
         normalised = refined / refined.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
+    if config.foreground_weight:
+        normalised = _blend_foreground(normalised, present, foreground, config.foreground_weight)
     scores = torch.where(present, normalised, torch.full_like(normalised, -torch.inf))
 
     best_class = normalised.amax(dim=1, keepdim=True)

@@ -11,6 +11,9 @@ inside a stage folder are named here and nowhere else:
   epoch), ``curriculum.csv``, ``checkpoints/last.pt``;
 * cams: ``<split>/<tile stem>.npz`` (``cams`` float16 ``[K, h, w]``, raw; ``labels`` multi-hot;
   ``probabilities``) and ``index.csv`` (one row per tile, marks the run finished);
+* localise: ``prototypes.pt`` (the fitted, named prototypes with the classes and settings they
+  were built for), ``maps/<split>/<tile stem>.png`` (the foreground map, greyscale 0-255),
+  ``prototypes.csv``, ``prototypes.png`` and ``summary.json`` (marks it finished);
 * pseudo-masks: ``masks/<split>/<tile stem>.png`` (palette PNG in the label space of
   :mod:`segmix.labels`), ``metrics.json`` per split, ``summary.json`` (marks it finished);
 * predict: ``masks/<image stem>.png``; evaluate: ``metrics.json``;
@@ -25,15 +28,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .data import DatasetError, Sample, unique_names
+from .data import DatasetError, Sample, read_mask, unique_names, write_rgb
 from .io import atomic_write_npz, read_csv_rows, read_json, write_csv, write_json
 
 __all__ = [
     "CONFIG_FILE", "TIMING_FILE", "SUMMARY_FILE", "CLASSIFIER_FILE", "SEGMENTER_FILE",
-    "CAM_INDEX_FILE", "METRICS_FILE", "EPOCHS_FILE", "CURRICULUM_FILE", "MASKS_FOLDER",
+    "CAM_INDEX_FILE", "LOCALISER_FILE", "METRICS_FILE", "EPOCHS_FILE", "CURRICULUM_FILE", "MASKS_FOLDER",
     "RunLayout", "CamRecord", "checkpoint_path", "best_model_name", "last_epoch",
     "cam_file_path", "write_cam_file", "read_cam_file", "read_cam_labels", "top_classes",
-    "cam_index_row", "write_cam_index", "read_cam_index", "pseudo_mask_path", "with_pseudo_masks",
+    "cam_index_row", "write_cam_index", "read_cam_index", "foreground_map_path",
+    "write_foreground_map", "read_foreground_map", "pseudo_mask_path", "with_pseudo_masks",
     "prediction_mask_path", "write_metrics", "read_metrics", "collect_metrics",
 ]
 
@@ -43,6 +47,7 @@ SUMMARY_FILE = "summary.json"    # marks pseudo-masks, predict and a pipeline fi
 CLASSIFIER_FILE = "classifier.pt"
 SEGMENTER_FILE = "segmenter.pt"
 CAM_INDEX_FILE = "index.csv"
+LOCALISER_FILE = "prototypes.pt"
 METRICS_FILE = "metrics.json"    # pseudo-masks (per split) and evaluate
 EPOCHS_FILE = "metrics.csv"      # a training stage's per-epoch metrics
 CURRICULUM_FILE = "curriculum.csv"
@@ -66,6 +71,10 @@ class RunLayout:
     @property
     def cams_dir(self) -> Path:
         return self.root / "cams"
+
+    @property
+    def localiser_dir(self) -> Path:
+        return self.root / "localiser"
 
     @property
     def pseudo_masks_dir(self) -> Path:
@@ -183,6 +192,26 @@ def read_cam_index(cams_dir: Path) -> List[CamRecord]:
         raise DatasetError(f"{index} not found: run `segmix cams` first (cams_dir={cams_dir})")
     return [CamRecord(row["split"], Path(row["image"]), Path(row["mask"]) if row.get("mask") else None,
                       Path(cams_dir) / row["cams"]) for row in read_csv_rows(index)]
+
+
+# -- localiser ------------------------------------------------------------------------------------
+def foreground_map_path(localiser_dir: Path, split: str, name: str) -> Path:
+    """Where one tile's foreground map lies: ``<localiser_dir>/maps/<split>/<tile stem>.png``."""
+    return Path(localiser_dir) / "maps" / split / f"{name}.png"
+
+
+def write_foreground_map(path: Path, foreground: np.ndarray) -> None:
+    """A foreground map in [0, 1] ``[H, W]`` as a greyscale PNG (0-255), atomically."""
+    write_rgb(path, np.rint(np.clip(foreground, 0, 1) * 255).astype(np.uint8))
+
+
+def read_foreground_map(localiser_dir: Path, split: str, name: str) -> np.ndarray:
+    """One tile's foreground map, float32 in [0, 1]; a missing file is an error that says which."""
+    path = foreground_map_path(localiser_dir, split, name)
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: run `segmix localise` with splits including"
+                           f" {split!r} (localiser_dir={localiser_dir})")
+    return read_mask(path).astype(np.float32) / 255
 
 
 # -- pseudo masks and predictions ----------------------------------------------------------------

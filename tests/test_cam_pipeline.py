@@ -106,6 +106,61 @@ def test_stage_errors_are_clear(classifier, tmp_path, capsys):
     assert "predictions are missing" in capsys.readouterr().err
 
 
+def test_localise_and_pseudo_masks_from_its_foreground_maps(classifier, tmp_path, capsys):
+    csv_path, model = classifier
+    localiser = tmp_path / "localiser"
+    settings = data_settings(csv_path) + [
+        f"classifier={model}", "splits=[train, val]", "localiser.method=prototypes",
+        "localiser.prototypes=3", "localiser.segments=40", "localiser.fit_tiles=null",
+        "localiser.batch_size=8"]
+    assert cli("localise", localiser, settings) == 0
+    log = capsys.readouterr().out
+    assert "prototypes by score (class specificity" in log and "wrote 24 foreground maps" in log
+    maps = sorted((localiser / "maps" / "val").glob("*.png"))
+    assert len(maps) == 6 and len(list((localiser / "maps" / "train").glob("*.png"))) == 18
+    foreground = read_mask_png(maps[0])
+    assert foreground.shape == (32, 32) and foreground.max() <= 255
+    with open(localiser / "prototypes.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3 and {"class_evidence", "area_share", "haematoxylin"} <= set(rows[0])
+    assert (localiser / "prototypes.png").is_file() and (localiser / "prototypes.pt").is_file()
+    # each class's blob is its own colour, the noisy white around it the same for all classes
+    blob_colour = [row for row in rows if float(row["saturation"]) > 0.3]
+    assert blob_colour and min(float(r["class_evidence"]) for r in blob_colour) > max(
+        float(r["class_evidence"]) for r in rows if float(r["saturation"]) <= 0.3)
+    by_classifier = tmp_path / "by-classifier"
+    assert cli("localise", by_classifier, settings + ["localiser.naming=classifier",
+                                                      "splits=[val]"]) == 0
+    assert "drop of the class probability" in capsys.readouterr().out
+    assert len(list((by_classifier / "maps" / "val").glob("*.png"))) == 6
+
+    # an interrupted run reuses the prototypes and writes only the missing maps
+    (localiser / "summary.json").unlink()
+    maps[0].unlink()
+    assert cli("localise", localiser, settings) == 0
+    log = capsys.readouterr().out
+    assert "reusing" in log and "wrote 1 foreground maps" in log
+    # prototypes built with other settings are not silently reused
+    (localiser / "summary.json").unlink()
+    (localiser / "config.yaml").unlink()
+    assert cli("localise", localiser, settings + ["localiser.prototypes=4"]) == 1
+    assert "was built for classes ['A', 'B', 'C'] with" in capsys.readouterr().err
+
+    cams = tmp_path / "cams"
+    assert cli("cams", cams, data_settings(csv_path) + [
+        f"classifier={model}", "splits=[val]", "cam.num_workers=0"]) == 0
+    masks = tmp_path / "masks"
+    mask_settings = data_settings(csv_path) + [f"cams_dir={cams}", "splits=[val]",
+                                               "masks.foreground_weight=1.0", "masks.threshold=0.5"]
+    assert cli("pseudo-masks", masks, mask_settings) == 2
+    assert "needs localiser_dir" in capsys.readouterr().err
+    assert cli("pseudo-masks", masks, mask_settings + [f"localiser_dir={localiser}"]) == 0
+    for path in maps[1:]:  # foreground where the map is above the threshold, the tile's class
+        mask, values = read_mask_png(masks / "masks" / "val" / path.name), read_mask_png(path)
+        assert np.array_equal(mask > 0, values > 0.5 * 255)
+    assert json.loads((masks / "summary.json").read_text())["localiser_dir"] == str(localiser)
+
+
 @pytest.fixture(scope="module")
 def pseudo_masks(classifier, tmp_path_factory):
     """CAMs and pseudo masks of both splits from the module's classifier."""

@@ -178,3 +178,27 @@ def test_affinity_refinement_spreads_scores_within_a_colour_region_and_stops_at_
     images = torch.full((1, 3, 2, 3), 100, dtype=torch.uint8)
     masks = cams_to_masks(CAMS, ONLY_FIRST, PseudoMaskConfig(refine_iterations=3), images=images)
     assert masks.shape == (1, 2, 3)
+
+
+def test_foreground_map_blends_with_the_cams():
+    # class 0 present: normalised map [[1, .5, .2], [.1, 0, 0]]; foreground map marks the right half
+    foreground = torch.tensor([[[0.0, 1.0, 1.0], [0.0, 1.0, 1.0]]])
+    only_map = cams_to_masks(CAMS, ONLY_FIRST, PseudoMaskConfig(threshold=0.5, foreground_weight=1.0),
+                             foreground=foreground)
+    assert only_map.tolist() == [[[0, 1, 1], [0, 1, 1]]]  # where the CAM is 0 too
+    half = cams_to_masks(CAMS, ONLY_FIRST, PseudoMaskConfig(threshold=0.4, foreground_weight=0.5),
+                         foreground=foreground)
+    # strengths .5 * cam + .5 * map: [[.5, .75, .6], [.05, .5, .5]] against 0.4
+    assert half.tolist() == [[[1, 1, 1], [0, 1, 1]]]
+    # between two present classes the CAMs still decide; where both are 0, the first present wins
+    two = torch.tensor([[[[1.0, 0.0, 0.0]], [[0.0, 1.0, 0.0]]]])
+    blended = cams_to_masks(two, torch.ones(1, 2), PseudoMaskConfig(threshold=0.5, foreground_weight=1.0),
+                            foreground=torch.ones(1, 1, 3))
+    assert blended.tolist() == [[[1, 2, 1]]]
+    with pytest.raises(ValueError, match="needs a foreground map"):
+        cams_to_masks(CAMS, ONLY_FIRST, PseudoMaskConfig(foreground_weight=0.5))
+    with pytest.raises(ValueError, match="foreground must be"):
+        cams_to_masks(CAMS, ONLY_FIRST, PseudoMaskConfig(foreground_weight=0.5),
+                      foreground=torch.ones(1, 3, 2))
+    with pytest.raises(ValueError, match="foreground_weight must be in"):
+        PseudoMaskConfig(foreground_weight=1.5)

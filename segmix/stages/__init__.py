@@ -63,11 +63,19 @@ STAGES: Tuple[Stage, ...] = (
           folder=lambda layout: layout.cams_dir,
           wiring=lambda layout, splits: {"classifier": str(layout.classifier), "splits": splits},
           example="cam.method=layercam"),
-    Stage("pseudo-masks", "stage 3: CAMs -> palette PNG pseudo masks (background model, ignore"
-          " band, clean-up, threshold sweep)", folder=lambda layout: layout.pseudo_masks_dir,
-          wiring=lambda layout, splits: {"cams_dir": str(layout.cams_dir), "splits": splits},
+    Stage("localise", "stage 3: foreground maps from class-agnostic prototypes (superpixel stain"
+          " and texture features) named by the classifier's class evidence",
+          folder=lambda layout: layout.localiser_dir,
+          wiring=lambda layout, splits: {"classifier": str(layout.classifier), "splits": splits},
+          example="localiser.method=prototypes"),
+    Stage("pseudo-masks", "stage 4: CAMs (and foreground maps) -> palette PNG pseudo masks"
+          " (background model, ignore band, clean-up, threshold sweep)",
+          folder=lambda layout: layout.pseudo_masks_dir,
+          wiring=lambda layout, splits: {"cams_dir": str(layout.cams_dir),
+                                         "localiser_dir": str(layout.localiser_dir),
+                                         "splits": splits},
           example="masks.threshold=0.2"),
-    Stage("train-seg", "stage 4: train a segmentation model on the pseudo masks, image and mask"
+    Stage("train-seg", "stage 5: train a segmentation model on the pseudo masks, image and mask"
           " shuffled together", resumable=True, folder=lambda layout: layout.segmenter_dir,
           wiring=lambda layout, splits: {"pseudo_masks_dir": str(layout.pseudo_masks_dir)},
           example="seg_train.epochs=20"),
@@ -84,7 +92,7 @@ STAGES: Tuple[Stage, ...] = (
               "predictions": str(layout.predictions_dir / "masks"), "split": "val",
               "tile_classes_from": str(layout.cams_dir)},
           needs_val=True, example="split=val"),
-    Stage("run", "the whole pipeline in one folder: train-cls -> cams -> pseudo-masks ->"
+    Stage("run", "the whole pipeline in one folder: train-cls -> cams -> localise -> pseudo-masks ->"
           " train-seg -> predict -> evaluate; re-run to continue after an interruption",
           example="train.epochs=20"),
     Stage("demo", "the whole pipeline on a synthetic tissue dataset it writes itself (no data, no"

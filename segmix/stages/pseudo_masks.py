@@ -1,7 +1,8 @@
-"""``segmix pseudo-masks``: stage 3, CAMs -> one palette PNG mask per tile.
+"""``segmix pseudo-masks``: stage 4, CAMs (and foreground maps) -> one palette PNG mask per tile.
 
 Reads the ``index.csv`` and ``.npz`` files of ``segmix cams``; CAMs are resized to each tile's own
-size. Writes ``masks/<split>/<stem>.png`` (0 background, 1..K classes, 255 ignore) with
+size. With ``masks.foreground_weight`` > 0 it also reads the foreground maps of ``segmix
+localise`` (``localiser_dir``) and blends them in (:func:`pseudo_masks.cams_to_masks`). Writes ``masks/<split>/<stem>.png`` (0 background, 1..K classes, 255 ignore) with
 ``masks/legend.json``, optional ``overlays/<split>/<stem>.png``, ``masks.csv`` (class and ignore
 fractions per tile), ``metrics.json`` for splits with ground-truth masks, and ``summary.json``
 (settings used, sweep choice; marks the run finished). A re-run writes only missing masks.
@@ -32,6 +33,7 @@ from ..artifacts import (
     read_cam_file,
     read_cam_index,
     read_cam_labels,
+    read_foreground_map,
     write_metrics,
 )
 from ..config import ConfigError
@@ -58,6 +60,7 @@ SWEEP_METRICS = ("mIoU", "FwIoU", "foreground_iou", "mDice")
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/pseudo-masks",
     "cams_dir": "runs/cams",
+    "localiser_dir": None,  # the folder of `segmix localise`; needed when masks.foreground_weight > 0
     "data": DATA_DEFAULTS,
     "splits": ["val"],
     "masks": PseudoMaskConfig().to_dict(),
@@ -88,6 +91,9 @@ def validate(config: Dict[str, Any]) -> None:
         except ImportError as error:
             raise ConfigError(f"masks.crf: {error}") from error
     sweep_cfg = config["sweep"]
+    if uses_foreground(config) and not config.get("localiser_dir"):
+        raise ConfigError("masks.foreground_weight > 0 (or a sweep of it) needs localiser_dir, the"
+                          " folder of `segmix localise` with its foreground maps")
     if not sweep_cfg["enabled"]:
         return
     keys = [f.name for f in fields(PseudoMaskConfig)]
@@ -103,6 +109,15 @@ def validate(config: Dict[str, Any]) -> None:
         if sweep_cfg[key] not in valid:
             raise ConfigError(f"sweep.{key} must be one of {', '.join(valid)}, got"
                               f" {sweep_cfg[key]!r}")
+
+
+def uses_foreground(config: Dict[str, Any]) -> bool:
+    """Whether the masks blend in the localiser's foreground maps (a weight above 0 or a sweep of
+    the weight)."""
+    sweep_cfg = config["sweep"]
+    return config["masks"]["foreground_weight"] > 0 or (
+        sweep_cfg["enabled"] and sweep_cfg["key"] == "foreground_weight"
+        and any(value > 0 for value in sweep_cfg["values"]))
 
 
 def _cams(record: CamRecord, size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -122,35 +137,45 @@ def _truth(record: CamRecord, data: Dict[str, Any], labels: torch.Tensor,
     return read_label_mask(record.mask, present, num_classes, mask_convention(data))
 
 
-def _inputs(record: CamRecord) -> Tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The tile's RGB array, the same as a ``[1, 3, H, W]`` tensor, its CAMs at that size, labels."""
+def _inputs(record: CamRecord, localiser_dir: Optional[Path]) -> Dict[str, Any]:
+    """The tile's RGB array (``rgb``) and the arguments of :func:`cams_to_masks` at its size:
+    ``cams``, ``labels``, ``images`` and ``foreground`` (``None`` without ``localiser_dir``)."""
     image = read_rgb(record.image)
     cams, labels = _cams(record, image.shape[:2])
-    return image, torch.from_numpy(image).permute(2, 0, 1)[None], cams, labels
+    foreground = None
+    if localiser_dir is not None:
+        values = read_foreground_map(localiser_dir, record.split, record.name)
+        if values.shape != image.shape[:2]:
+            raise ConfigError(f"the foreground map of {record.image} in {localiser_dir} is"
+                              f" {values.shape[1]}x{values.shape[0]} px, the tile"
+                              f" {image.shape[1]}x{image.shape[0]}: run `segmix localise` again")
+        foreground = torch.from_numpy(values)[None]
+    return {"rgb": image, "cams": cams, "labels": labels, "foreground": foreground,
+            "images": torch.from_numpy(image).permute(2, 0, 1)[None]}
 
 
-def _mask_of(record: CamRecord,
-             settings: PseudoMaskConfig) -> Tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    image, images, cams, labels = _inputs(record)
-    return image, cams_to_masks(cams, labels, settings, images=images)[0].numpy(), labels
+def _masks(inputs: Dict[str, Any], settings: PseudoMaskConfig) -> torch.Tensor:
+    return cams_to_masks(inputs["cams"], inputs["labels"], settings, images=inputs["images"],
+                         foreground=inputs["foreground"])[0]
 
 
 def sweep(tiles: List[CamRecord], data: Dict[str, Any], base: PseudoMaskConfig, key: str,
-          values: List[Any], protocol: str, metric: str) -> Tuple[Any, List[Dict[str, Any]]]:
+          values: List[Any], protocol: str, metric: str,
+          localiser_dir: Optional[Path] = None) -> Tuple[Any, List[Dict[str, Any]]]:
     """Score each value of ``key`` on ``tiles`` (with ground truth); return the best and the table."""
     if not tiles:
         raise ConfigError("the sweep split has no tiles: add it to splits and to the CAM run")
     num_classes = len(dataset_classes(data))
     matrices = {value: ConfusionMatrix(num_classes) for value in values}
     for tile in tqdm(tiles, desc=f"sweep {key}", unit="tile"):
-        _, images, cams, labels = _inputs(tile)
-        truth = _truth(tile, data, labels, num_classes)
+        inputs = _inputs(tile, localiser_dir)
+        truth = _truth(tile, data, inputs["labels"], num_classes)
         if truth is None:
             raise ConfigError(f"the sweep needs ground-truth masks; {tile.image} has none (set"
                               " sweep.enabled=false or sweep.split to a labelled split)")
         for value in values:
             settings = PseudoMaskConfig.from_dict({**base.to_dict(), key: value})
-            mask = cams_to_masks(cams, labels, settings, images=images)[0]
+            mask = _masks(inputs, settings)
             matrices[value].update(mask, torch.from_numpy(truth))
     rows = []
     for value in values:
@@ -170,12 +195,14 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     classes = dataset_classes(data)
     tiles = read_cam_index(Path(config["cams_dir"]))
     settings = PseudoMaskConfig.from_dict(dict(config["masks"]))
-    summary: Dict[str, Any] = {"cams_dir": str(config["cams_dir"])}
+    localiser_dir = Path(config["localiser_dir"]) if uses_foreground(config) else None
+    summary: Dict[str, Any] = {"cams_dir": str(config["cams_dir"]),
+                               "localiser_dir": str(localiser_dir) if localiser_dir else None}
     sweep_cfg = config["sweep"]
     if sweep_cfg["enabled"]:
         chosen, table = sweep([t for t in tiles if t.split == sweep_cfg["split"]], data, settings,
                               sweep_cfg["key"], list(sweep_cfg["values"]), sweep_cfg["protocol"],
-                              sweep_cfg["metric"])
+                              sweep_cfg["metric"], localiser_dir)
         write_csv(output_dir / "sweep.csv", table)
         settings = PseudoMaskConfig.from_dict({**settings.to_dict(), sweep_cfg["key"]: chosen})
         summary["sweep"] = {"key": sweep_cfg["key"], "chosen": chosen, "on_split": sweep_cfg["split"],
@@ -198,7 +225,8 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
                 labels = torch.from_numpy(read_cam_labels(tile.cam_path).astype(np.float32))[None]
                 image = read_rgb(tile.image) if config["overlays"] else None
             else:
-                image, mask, labels = _mask_of(tile, settings)
+                inputs = _inputs(tile, localiser_dir)
+                image, mask, labels = inputs["rgb"], _masks(inputs, settings).numpy(), inputs["labels"]
                 write_mask_png(path, mask, len(classes))
             if config["overlays"]:
                 write_rgb(output_dir / "overlays" / split / f"{tile.name}.png",

@@ -1,8 +1,8 @@
 """``segmix run``: every stage in one output folder, from image-level labels to a scored model.
 
-train-cls -> cams -> pseudo-masks -> train-seg -> predict -> evaluate, each in its own subfolder of
-``output_dir`` (``classifier/``, ``cams/``, ``pseudo-masks/``, ``segmenter/``, ``predictions/``,
-``evaluation/``) with its own resolved ``config.yaml``. The config holds every stage's sections
+train-cls -> cams -> localise -> pseudo-masks -> train-seg -> predict -> evaluate, each in its own
+subfolder of ``output_dir`` (``classifier/``, ``cams/``, ``localiser/``, ``pseudo-masks/``,
+``segmenter/``, ``predictions/``, ``evaluation/``) with its own resolved ``config.yaml``. The config holds every stage's sections
 (one file serves all); the paths that connect the stages and the splits each works on are set
 here. A stage whose outputs are complete is skipped, an interrupted training stage resumes from
 its checkpoint, and the other stages compute only their missing files, so re-running the same
@@ -83,6 +83,11 @@ def validate_stages(config: Dict[str, Any], only: Optional[List[str]] = None) ->
     for stage in PIPELINE:
         if only is None or stage.name in only:
             stage.load().validate(stage_config(stage, config, output_dir, splits))
+    blends = config["masks"]["foreground_weight"] > 0 or config["sweep"]["key"] == "foreground_weight"
+    if blends and config["localiser"]["method"] == "none" and (only is None or "pseudo-masks" in only):
+        raise ConfigError("masks.foreground_weight (or a sweep of it) blends in the localiser's"
+                          " foreground maps, but localiser.method is none: set"
+                          " localiser.method=prototypes or masks.foreground_weight=0")
     layers = config["cam"]["target_layers"]
     if layers and (only is None or "cams" in only):
         model = create_classifier(config["model"]["name"], max(1, len(config["data"]["classes"])))

@@ -1,4 +1,4 @@
-"""``segmix train-seg``: stage 4, a segmentation model trained on the pseudo masks.
+"""``segmix train-seg``: stage 5, a segmentation model trained on the pseudo masks.
 
 Training pairs: the train split's tiles with their pseudo masks from ``segmix pseudo-masks``
 (``<pseudo_masks_dir>/masks/train/<stem>.png``; 255 = ignore), or with ``targets: ground_truth``
