@@ -134,6 +134,8 @@ def test_a_value_of_the_wrong_kind_names_its_key(dataset, tmp_path, capsys):
     ("cam.target_layers=[blocks.99]", "has no layer(s) ['blocks.99']"),
     ("masks.background=white", "unknown background 'white'"),
     ("sweep.metric=accuracy", "sweep.metric must be one of mIoU"),
+    ("masks.foreground_weight=0.5", "but localiser.method is none"),
+    ("localiser.method=clusters", "localiser.method must be one of none, prototypes"),
 ])
 def test_run_validates_every_stage_before_the_first_starts(dataset, tmp_path, capsys, setting,
                                                            message):

@@ -83,7 +83,9 @@ def validate_stages(config: Dict[str, Any], only: Optional[List[str]] = None) ->
     for stage in PIPELINE:
         if only is None or stage.name in only:
             stage.load().validate(stage_config(stage, config, output_dir, splits))
-    blends = config["masks"]["foreground_weight"] > 0 or config["sweep"]["key"] == "foreground_weight"
+    sweep = config["sweep"]
+    blends = config["masks"]["foreground_weight"] > 0 or (
+        sweep["enabled"] and sweep["key"] == "foreground_weight")
     if blends and config["localiser"]["method"] == "none" and (only is None or "pseudo-masks" in only):
         raise ConfigError("masks.foreground_weight (or a sweep of it) blends in the localiser's"
                           " foreground maps, but localiser.method is none: set"
