@@ -64,7 +64,8 @@ STAGES: Tuple[Stage, ...] = (
           wiring=lambda layout, splits: {"classifier": str(layout.classifier), "splits": splits},
           example="cam.method=layercam"),
     Stage("localise", "stage 3: foreground maps from class-agnostic prototypes (superpixel stain"
-          " and texture features) named by the classifier's class evidence",
+          " and texture clusters) named from the image-level labels (label statistics or the"
+          " classifier's class evidence)",
           folder=lambda layout: layout.localiser_dir,
           wiring=lambda layout, splits: {"classifier": str(layout.classifier), "splits": splits},
           example="localiser.method=prototypes"),

@@ -114,9 +114,11 @@ def validate(config: Dict[str, Any]) -> None:
     for key in ("compactness", "blur_sigma"):
         check_number(f"localiser.{key}", settings[key])
     k, fit_tiles = settings["prototypes"], settings["fit_tiles"]
-    if k < 2 or (fit_tiles is not None and fit_tiles < k):
-        raise ConfigError(f"localiser.prototypes must be at least 2 and at most localiser.fit_tiles"
-                          f" ({fit_tiles}), got {k}")
+    if k < 2:
+        raise ConfigError(f"localiser.prototypes must be at least 2, got {k}")
+    if fit_tiles is not None and fit_tiles < k:
+        raise ConfigError(f"localiser.fit_tiles ({fit_tiles}) must be at least localiser.prototypes"
+                          f" ({k}): each prototype needs tiles to come from")
 
 
 class _ClassProbability:
@@ -187,7 +189,11 @@ def build_prototypes(samples: List[Sample], settings: Dict[str, Any], num_classe
     maps = [prototypes.prototype_map(pixels) for pixels in described]
     shares = np.stack([prototype_shares(m, k) for m in maps])
     if settings["naming"] == "labels":
-        scores = class_specificity(shares, [s.labels for s in samples], num_classes)
+        try:
+            scores = class_specificity(shares, [s.labels for s in samples], num_classes)
+        except ValueError as error:
+            raise ConfigError(f"localiser.naming=labels: {error} among the {len(samples)} fit"
+                              " tiles; use localiser.naming=classifier") from error
     else:
         drops = np.zeros(k)
         for sample, prototype_map, share in tqdm(list(zip(samples, maps, shares)),
