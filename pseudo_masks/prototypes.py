@@ -1,8 +1,8 @@
-"""Class-agnostic prototypes: a foreground map from superpixel clusters named by class evidence.
+"""Class-agnostic prototypes: a foreground map from superpixel clusters named by the image labels.
 
-A whole-tile classifier's attributions cannot single out the lesion inside a tile when its evidence
-is spread over most of the tile (docs/benchmarks.md): removing or keeping one small region barely
-moves the decision. Removing *every* region of one kind of tissue at once does. So:
+Where a whole-tile classifier's attributions do not outline the object (its evidence is spread
+over the tile, or its maps are too coarse; docs/benchmarks.md), kinds of tissue found without the
+classifier can be named from the image-level labels instead:
 
 1. **superpixels** (``skimage.segmentation.slic``) of each tile, described by stain and texture
    features (:func:`pixel_features`: CIE Lab, haematoxylin and eosin densities from
@@ -40,7 +40,8 @@ from skimage.filters import gaussian, sobel
 from skimage.segmentation import slic
 
 __all__ = ["FEATURE_NAMES", "FILLS", "Prototypes", "Superpixels", "blurred", "class_specificity",
-           "cluster_evidence", "fit_prototypes", "prototype_shares", "kmeans", "median_fill", "pixel_features", "superpixels"]
+           "cluster_evidence", "fit_prototypes", "kmeans", "median_fill", "pixel_features",
+           "prototype_shares", "superpixels"]
 
 FILLS = ("median", "blur")  # what replaces a removed prototype: the median colour, a blurred copy
 
@@ -207,7 +208,8 @@ def cluster_evidence(rgb: np.ndarray, prototype_map: np.ndarray, labels: Sequenc
                      fill: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Class evidence of each prototype in one image: the drop of the probability of the image's
     classes ``labels`` when every pixel of that prototype is replaced by ``fill`` (default: the
-    image's median colour, :func:`median_fill`), and the prototype's area fraction; both ``[k]`` (0 for absent prototypes).
+    image's median colour, :func:`median_fill`), and the prototype's area fraction; both ``[k]``
+    (0 for absent prototypes).
 
     ``class_probability(images, labels)`` maps uint8 RGB images ``[H, W, 3]`` to the probability
     of ``labels`` (their mean, for several) for each, ``[N]``.

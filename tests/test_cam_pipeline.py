@@ -122,12 +122,12 @@ def test_localise_and_pseudo_masks_from_its_foreground_maps(classifier, tmp_path
     assert foreground.shape == (32, 32) and foreground.max() <= 255
     with open(localiser / "prototypes.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 3 and {"class_evidence", "area_share", "haematoxylin"} <= set(rows[0])
+    assert len(rows) == 3 and {"score", "area_share", "haematoxylin"} <= set(rows[0])
     assert (localiser / "prototypes.png").is_file() and (localiser / "prototypes.pt").is_file()
     # each class's blob is its own colour, the noisy white around it the same for all classes
     blob_colour = [row for row in rows if float(row["saturation"]) > 0.3]
-    assert blob_colour and min(float(r["class_evidence"]) for r in blob_colour) > max(
-        float(r["class_evidence"]) for r in rows if float(r["saturation"]) <= 0.3)
+    assert blob_colour and min(float(r["score"]) for r in blob_colour) > max(
+        float(r["score"]) for r in rows if float(r["saturation"]) <= 0.3)
     by_classifier = tmp_path / "by-classifier"
     assert cli("localise", by_classifier, settings + ["localiser.naming=classifier",
                                                       "splits=[val]"]) == 0

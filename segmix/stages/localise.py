@@ -209,8 +209,11 @@ def build_prototypes(samples: List[Sample], settings: Dict[str, Any], num_classe
     return prototypes, shares.mean(axis=0), described
 
 
-def _load_or_build(output_dir: Path, classes: List[str], data: Dict[str, Any],
-                   settings: Dict[str, Any], config: Dict[str, Any], overwrite: bool) -> Prototypes:
+def _load_or_build(config: Dict[str, Any], classes: List[str], output_dir: Path,
+                   overwrite: bool) -> Prototypes:
+    """The prototypes of ``output_dir`` if built with the same classes and settings, else new
+    ones (with ``prototypes.csv`` and ``prototypes.png``)."""
+    settings = config["localiser"]
     path = output_dir / LOCALISER_FILE
     built_with = {key: settings[key] for key in BUILD_KEYS}
     if path.is_file() and not overwrite:
@@ -221,18 +224,20 @@ def _load_or_build(output_dir: Path, classes: List[str], data: Dict[str, Any],
                               f" {built_with}: use another output folder or --overwrite")
         print(f"prototypes: reusing {path}", flush=True)
         return Prototypes.from_state_dict(saved["prototypes"])
-    class_probability = class_probability_of(config, classes) if settings["naming"] == "classifier" else None
-    samples = fit_sample(read_split(data, "train"), settings["fit_tiles"], int(settings["seed"]))
+    class_probability = (class_probability_of(config, classes)
+                         if settings["naming"] == "classifier" else None)
+    samples = fit_sample(read_split(config["data"], "train"), settings["fit_tiles"], int(settings["seed"]))
     prototypes, shares, described = build_prototypes(samples, settings, len(classes),
                                                      class_probability)
-    atomic_torch_save(path, {"prototypes": prototypes.state_dict(), "classes": classes,
-                             "settings": built_with})
     raw_means = prototypes.centroids * prototypes.std + prototypes.mean
     write_csv(output_dir / "prototypes.csv", [
-        {"prototype": c, "class_evidence": float(prototypes.scores[c]), "area_share": shares[c],
+        {"prototype": c, "score": float(prototypes.scores[c]), "area_share": shares[c],
          **{name: float(raw_means[c, f]) for f, name in enumerate(FEATURE_NAMES)}}
         for c in range(prototypes.k)])
     _draw(output_dir / "prototypes.png", samples[:4], described[:4], prototypes)
+    # written last: its presence means the build finished (a re-run reuses it)
+    atomic_torch_save(path, {"prototypes": prototypes.state_dict(), "classes": classes,
+                             "settings": built_with})
     order = torch.argsort(prototypes.scores, descending=True).tolist()
     meaning = ("class specificity of the area share" if settings["naming"] == "labels" else
                "drop of the class probability when removed")
@@ -269,7 +274,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         print("localiser.method is none: no foreground maps (pseudo masks from CAMs alone)")
         return summary
     classes = dataset_classes(data)
-    prototypes = _load_or_build(output_dir, classes, data, settings, config, overwrite)
+    prototypes = _load_or_build(config, classes, output_dir, overwrite)
     written = 0
     for split in config["splits"]:
         samples = read_split(data, split)
@@ -283,7 +288,8 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
             write_foreground_map(path, prototypes.foreground(pixels))
             written += 1
     summary = {"method": "prototypes", "classes": classes,
-               "class_evidence": prototypes.scores.tolist(), "maps_written": written,
+               "naming": settings["naming"], "scores": prototypes.scores.tolist(),
+               "maps_written": written,
                "splits": list(config["splits"])}
     write_json(output_dir / DONE_FILE, summary)
     print(f"wrote {written} foreground maps and {output_dir / DONE_FILE}", flush=True)
