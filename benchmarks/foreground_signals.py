@@ -70,15 +70,17 @@ class _GradAndLayerCAM(BaseCAM):
                           LayerCAM.combine(self, activations, gradients)], dim=1)
 
 
-def cam_signals(model: torch.nn.Module, images: torch.Tensor,
-                labels: List[int]) -> List[Dict[str, np.ndarray]]:
-    """Per tile: Grad-CAM and LayerCAM of its class at each layer of ``LAYERS``, upsampled, plus
-    the mean of the unit-range maps of the layers at stride 16 and 32."""
+def cam_signals(model: torch.nn.Module, images: torch.Tensor, labels: List[int],
+                out_size=None) -> List[Dict[str, np.ndarray]]:
+    """Per tile: Grad-CAM and LayerCAM of its class at each layer of ``LAYERS``, upsampled (to
+    ``out_size``, default the input's), plus the mean of the unit-range maps of the layers at
+    stride 16 and 32."""
     maps, logits = _GradAndLayerCAM(model, LAYERS).layer_maps(images)
     classes = logits.shape[1]
     out: List[Dict[str, np.ndarray]] = [{} for _ in labels]
     for name, raw in zip(LAYERS, maps):
-        up = F.interpolate(raw, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        up = F.interpolate(raw, size=out_size or images.shape[-2:], mode="bilinear",
+                           align_corners=False)
         for i, label in enumerate(labels):
             for j, method in enumerate(("gradcam", "layercam")):
                 out[i][f"{method} {name}"] = up[i, j * classes + label].numpy()
@@ -187,13 +189,15 @@ def main() -> None:
     parser.add_argument("--classifier", type=Path, action="append", default=[],
                         help="classifier.pt files (repeat); none: stain signals only")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "foreground-signals")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "ebhi.yaml",
+                        help="the dataset's config (classes, mask convention); --data its CSV")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--sample", type=int, default=None,
                         help="a seeded random subset of N val tiles instead of all")
     parser.add_argument("--perturbation", action="store_true",
                         help="also occlusion and insertion maps (~100 forward passes a tile)")
     args = parser.parse_args()
-    data = load_config(ROOT / "configs" / "ebhi.yaml", PIPELINE_DEFAULTS)["data"]
+    data = load_config(args.config, PIPELINE_DEFAULTS)["data"]
     data["train"]["path"] = data["val"]["path"] = str(args.data.resolve())
     samples = read_split(data, "val")
     if args.sample:
@@ -205,7 +209,7 @@ def main() -> None:
         model, info = load_classifier(path)
         mean = torch.tensor(info["mean"])[:, None, None]
         std = torch.tensor(info["std"])[:, None, None]
-        models.append((path.parent.name, model, mean, std))
+        models.append((path.parent.name, model, mean, std, tuple(info["image_size"])))
     scores: Dict[str, SignalScore] = {}
 
     def add(name: str, score: np.ndarray, truth, tissue, label) -> None:
@@ -222,8 +226,10 @@ def main() -> None:
             for name, score in stain_signals(rgb).items():
                 add(name, score, truth, tissue, label + 1)
         images = torch.from_numpy(np.stack(rgbs)).permute(0, 3, 1, 2).float() / 255
-        for run_name, model, mean, std in models:
-            tiles = cam_signals(model, (images - mean) / std, labels)
+        for run_name, model, mean, std, size in models:
+            inputs = images if tuple(images.shape[-2:]) == size else F.interpolate(
+                images, size=size, mode="bilinear", antialias=True, align_corners=False)
+            tiles = cam_signals(model, (inputs - mean) / std, labels, images.shape[-2:])
             for signals, truth, tissue, label in zip(tiles, truths, tissues, labels):
                 for name, score in signals.items():
                     add(f"{run_name}: {name}", score, truth, tissue, label + 1)
