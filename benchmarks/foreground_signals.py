@@ -1,6 +1,7 @@
 """Which per-pixel signal separates lesion/gland tissue from the rest on EBHI-Seg (val split)?
 
     .venv/bin/python benchmarks/foreground_signals.py --classifier runs/bench-cls/none/classifier.pt
+    (another dataset: --config configs/wbc.yaml --data ../shared/data/wbc-d2/labels.csv)
 
 On EBHI-Seg every tile holds stroma and lumen next to its class's glands, and the trivial mask (the
 tile's class everywhere) scores ~53 mIoU, above every CAM threshold tried so far. This probe asks
