@@ -31,7 +31,7 @@ Only torch, numpy and scikit-image: usable from any training loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -65,7 +65,7 @@ def pixel_features(rgb: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Superpixels:
-    """One image's superpixels: ``labels [H, W]`` (0..S-1), mean ``features [S, F]``, ``areas [S]``
+    """One image's superpixels: ``labels [H, W]`` (int32, 0..S-1), mean ``features [S, F]``, ``areas [S]``
     in pixels."""
 
     labels: np.ndarray
@@ -75,7 +75,7 @@ class Superpixels:
 
 def superpixels(rgb: np.ndarray, segments: int = 150, compactness: float = 10.0) -> Superpixels:
     """SLIC superpixels of a uint8 RGB image, each described by its mean :func:`pixel_features`."""
-    labels = slic(rgb, n_segments=segments, compactness=compactness, start_label=0)
+    labels = slic(rgb, n_segments=segments, compactness=compactness, start_label=0).astype(np.int32)
     features = pixel_features(rgb).reshape(-1, len(FEATURE_NAMES))
     flat = labels.ravel()
     count = int(flat.max()) + 1
@@ -205,21 +205,19 @@ ClassProbability = Callable[[List[np.ndarray], Sequence[int]], np.ndarray]
 
 def cluster_evidence(rgb: np.ndarray, prototype_map: np.ndarray, labels: Sequence[int], k: int,
                      class_probability: ClassProbability,
-                     fill: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """Class evidence of each prototype in one image: the drop of the probability of the image's
-    classes ``labels`` when every pixel of that prototype is replaced by ``fill`` (default: the
-    image's median colour, :func:`median_fill`), and the prototype's area fraction; both ``[k]``
-    (0 for absent prototypes).
+                     fill: Optional[np.ndarray] = None) -> np.ndarray:
+    """Class evidence of each prototype in one image, ``[k]`` (0 for absent prototypes): the drop
+    of the probability of the image's classes ``labels`` when every pixel of that prototype is
+    replaced by ``fill`` (default: the image's median colour, :func:`median_fill`). Weigh it by
+    :func:`prototype_shares` to average over images.
 
     ``class_probability(images, labels)`` maps uint8 RGB images ``[H, W, 3]`` to the probability
     of ``labels`` (their mean, for several) for each, ``[N]``.
     """
     fill = median_fill(rgb) if fill is None else fill
-    present = [c for c in range(k) if (prototype_map == c).any()]
+    present = np.flatnonzero(prototype_shares(prototype_map, k))
     removed = [np.where((prototype_map == c)[..., None], fill, rgb) for c in present]
     probabilities = class_probability([rgb, *removed], labels)
-    drops, areas = np.zeros(k), np.zeros(k)
-    for c, probability in zip(present, probabilities[1:]):
-        drops[c] = probabilities[0] - probability
-        areas[c] = float((prototype_map == c).mean())
-    return drops, areas
+    drops = np.zeros(k)
+    drops[present] = probabilities[0] - probabilities[1:]
+    return drops

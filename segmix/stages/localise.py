@@ -1,15 +1,15 @@
 """``segmix localise``: a foreground map per tile from class-agnostic prototypes named from the
 image-level labels (:mod:`pseudo_masks.prototypes`).
 
-Fits ``localiser.prototypes`` k-means prototypes of superpixel stain and texture features on (up
-to ``localiser.fit_tiles``) train tiles, names each (``localiser.naming``: ``labels``, how
-unevenly it covers the tiles of the different classes; or ``classifier``, the class evidence its
-removal costs the classifier of ``classifier``), and writes for every tile of ``splits`` its foreground map
-(``maps/<split>/<tile stem>.png``, greyscale 0-255). ``prototypes.pt`` keeps the prototypes with
-the classes and settings they were built for; ``prototypes.csv`` and ``prototypes.png`` show
-them; ``summary.json`` marks the run finished. A re-run reuses the prototypes (if built with the
-same classes and settings) and writes only missing maps. ``pseudo-masks`` blends the maps with
-the CAMs by ``masks.foreground_weight``.
+Fits ``localiser.prototypes`` k-means prototypes of superpixel stain and texture features on (up to
+``localiser.fit_tiles``) train tiles, names each (``localiser.naming``: ``labels``, how unevenly it
+covers the tiles of the different classes; or ``classifier``, the class evidence its removal costs
+the classifier of ``classifier``), and writes for every tile of ``splits`` its foreground map
+(``maps/<split>/<tile stem>.png``, greyscale 0-255). ``prototypes.pt`` keeps the prototypes with the
+classes and settings they were built for; ``prototypes.csv`` and ``prototypes.png`` show them;
+``summary.json`` marks the run finished. A re-run reuses the prototypes (if built with the same
+classes and settings) and writes only missing maps. ``pseudo-masks`` blends the maps with the CAMs
+by ``masks.foreground_weight``.
 
 ``localiser.method: none`` writes only the summary (the pseudo masks then come from CAMs alone).
 """
@@ -166,13 +166,14 @@ def fit_sample(samples: List[Sample], count: Any, seed: int) -> List[Sample]:
 
 
 def describe(samples: Sequence[Sample], settings: Dict[str, Any]) -> List[Superpixels]:
-    """The superpixels of every sample (labels stored as int32 to save memory)."""
-    out = []
-    for sample in tqdm(samples, desc="superpixels", unit="tile"):
-        pixels = superpixels(read_rgb(sample.image), int(settings["segments"]),
-                             float(settings["compactness"]))
-        out.append(Superpixels(pixels.labels.astype(np.int32), pixels.features, pixels.areas))
-    return out
+    """The superpixels of every sample."""
+    return [_superpixels_of(sample, settings)
+            for sample in tqdm(samples, desc="superpixels", unit="tile")]
+
+
+def _superpixels_of(sample: Sample, settings: Dict[str, Any]) -> Superpixels:
+    return superpixels(read_rgb(sample.image), int(settings["segments"]),
+                       float(settings["compactness"]))
 
 
 def build_prototypes(samples: List[Sample], settings: Dict[str, Any], num_classes: int,
@@ -201,18 +202,18 @@ def build_prototypes(samples: List[Sample], settings: Dict[str, Any], num_classe
             rgb = read_rgb(sample.image)
             fill = median_fill(rgb) if settings["fill"] == "median" else blurred(
                 rgb, settings["blur_sigma"])
-            drop, _ = cluster_evidence(rgb, prototype_map, list(sample.labels), k,
-                                       class_probability, fill=fill)
-            drops += drop * share
+            drops += share * cluster_evidence(rgb, prototype_map, list(sample.labels), k,
+                                              class_probability, fill=fill)
         scores = drops / np.maximum(shares.sum(axis=0), 1e-12)
     prototypes.scores = torch.from_numpy(scores).float()
     return prototypes, shares.mean(axis=0), described
 
 
 def _load_or_build(config: Dict[str, Any], classes: List[str], output_dir: Path,
-                   overwrite: bool) -> Prototypes:
+                   overwrite: bool) -> Tuple[Prototypes, Dict[Path, Superpixels]]:
     """The prototypes of ``output_dir`` if built with the same classes and settings, else new
-    ones (with ``prototypes.csv`` and ``prototypes.png``)."""
+    ones (with ``prototypes.csv`` and ``prototypes.png``); and the superpixels of the tiles a
+    new build was fitted on, by image path (a map needs them again)."""
     settings = config["localiser"]
     path = output_dir / LOCALISER_FILE
     built_with = {key: settings[key] for key in BUILD_KEYS}
@@ -223,7 +224,7 @@ def _load_or_build(config: Dict[str, Any], classes: List[str], output_dir: Path,
                               f" {saved['settings']}; this run has classes {classes} with"
                               f" {built_with}: use another output folder or --overwrite")
         print(f"prototypes: reusing {path}", flush=True)
-        return Prototypes.from_state_dict(saved["prototypes"])
+        return Prototypes.from_state_dict(saved["prototypes"]), {}
     class_probability = (class_probability_of(config, classes)
                          if settings["naming"] == "classifier" else None)
     samples = fit_sample(read_split(config["data"], "train"), settings["fit_tiles"], int(settings["seed"]))
@@ -244,7 +245,7 @@ def _load_or_build(config: Dict[str, Any], classes: List[str], output_dir: Path,
     print(f"prototypes by score ({meaning}): "
           + ", ".join(f"#{c} {prototypes.scores[c]:+.3f} ({100 * shares[c]:.0f}% of area)"
                       for c in order), flush=True)
-    return prototypes
+    return prototypes, {sample.image: pixels for sample, pixels in zip(samples, described)}
 
 
 def _draw(path: Path, samples: Sequence[Sample], described: Sequence[Superpixels],
@@ -274,7 +275,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         print("localiser.method is none: no foreground maps (pseudo masks from CAMs alone)")
         return summary
     classes = dataset_classes(data)
-    prototypes = _load_or_build(config, classes, output_dir, overwrite)
+    prototypes, fitted = _load_or_build(config, classes, output_dir, overwrite)
     written = 0
     for split in config["splits"]:
         samples = read_split(data, split)
@@ -283,8 +284,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
             path = foreground_map_path(output_dir, split, name)
             if path.exists() and not overwrite:
                 continue
-            pixels = superpixels(read_rgb(sample.image), int(settings["segments"]),
-                                 float(settings["compactness"]))
+            pixels = fitted[sample.image] if sample.image in fitted else _superpixels_of(sample, settings)
             write_foreground_map(path, prototypes.foreground(pixels))
             written += 1
     summary = {"method": "prototypes", "classes": classes,

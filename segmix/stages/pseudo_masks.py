@@ -1,11 +1,12 @@
 """``segmix pseudo-masks``: stage 4, CAMs (and foreground maps) -> one palette PNG mask per tile.
 
 Reads the ``index.csv`` and ``.npz`` files of ``segmix cams``; CAMs are resized to each tile's own
-size. With ``masks.foreground_weight`` > 0 it also reads the foreground maps of ``segmix
-localise`` (``localiser_dir``) and blends them in (:func:`pseudo_masks.cams_to_masks`). Writes ``masks/<split>/<stem>.png`` (0 background, 1..K classes, 255 ignore) with
-``masks/legend.json``, optional ``overlays/<split>/<stem>.png``, ``masks.csv`` (class and ignore
-fractions per tile), ``metrics.json`` for splits with ground-truth masks, and ``summary.json``
-(settings used, sweep choice; marks the run finished). A re-run writes only missing masks.
+size. With ``masks.foreground_weight`` > 0 it also reads the foreground maps of ``segmix localise``
+(``localiser_dir``) and blends them in (:func:`pseudo_masks.cams_to_masks`). Writes
+``masks/<split>/<stem>.png`` (0 background, 1..K classes, 255 ignore) with ``masks/legend.json``,
+optional ``overlays/<split>/<stem>.png``, ``masks.csv`` (class and ignore fractions per tile),
+``metrics.json`` for splits with ground-truth masks, and ``summary.json`` (settings used, sweep
+choice; marks the run finished). A re-run writes only missing masks.
 
 The sweep (``sweep.enabled``) tries each value of one setting (e.g. ``threshold``) on a split with
 ground truth (the validation split: never the data you report on) and keeps the best.

@@ -2,13 +2,13 @@
 
 train-cls -> cams -> localise -> pseudo-masks -> train-seg -> predict -> evaluate, each in its own
 subfolder of ``output_dir`` (``classifier/``, ``cams/``, ``localiser/``, ``pseudo-masks/``,
-``segmenter/``, ``predictions/``, ``evaluation/``) with its own resolved ``config.yaml``. The config holds every stage's sections
-(one file serves all); the paths that connect the stages and the splits each works on are set
-here. A stage whose outputs are complete is skipped, an interrupted training stage resumes from
-its checkpoint, and the other stages compute only their missing files, so re-running the same
-command after an interruption continues the run. ``summary.json`` (marks the run finished) gathers
-the metrics of every stage and their wall times (each stage folder keeps its time in
-``seconds.json``, summed over the invocations that worked on it, interrupted ones included).
+``segmenter/``, ``predictions/``, ``evaluation/``) with its own resolved ``config.yaml``. The config
+holds every stage's sections (one file serves all); the paths that connect the stages and the splits
+each works on are set here. A stage whose outputs are complete is skipped, an interrupted training
+stage resumes from its checkpoint, and the other stages compute only their missing files, so
+re-running the same command after an interruption continues the run. ``summary.json`` (marks the run
+finished) gathers the metrics of every stage and their wall times (each stage folder keeps its time
+in ``seconds.json``, summed over the invocations that worked on it, interrupted ones included).
 
 Before the first stage starts, the config of every stage the run will execute is validated, so a
 bad value deep in the last stage's section fails in the first second, not hours in.
@@ -27,7 +27,7 @@ from ..config import ConfigError
 from ..data import read_split
 from ..io import write_json
 from ..models import create_classifier
-from . import Stage, pipeline_stages, prepare_output_dir
+from . import Stage, get_stage, pipeline_stages, prepare_output_dir
 from .clock import StageClock, recorded_seconds
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "run_pipeline", "stage_config",
@@ -83,10 +83,9 @@ def validate_stages(config: Dict[str, Any], only: Optional[List[str]] = None) ->
     for stage in PIPELINE:
         if only is None or stage.name in only:
             stage.load().validate(stage_config(stage, config, output_dir, splits))
-    sweep = config["sweep"]
-    blends = config["masks"]["foreground_weight"] > 0 or (
-        sweep["enabled"] and sweep["key"] == "foreground_weight")
-    if blends and config["localiser"]["method"] == "none" and (only is None or "pseudo-masks" in only):
+    blends = get_stage("pseudo-masks").load().uses_foreground(config)  # the stage's own rule
+    if blends and config["localiser"]["method"] == "none" and (only is None
+                                                                or "pseudo-masks" in only):
         raise ConfigError("masks.foreground_weight (or a sweep of it) blends in the localiser's"
                           " foreground maps, but localiser.method is none: set"
                           " localiser.method=prototypes or masks.foreground_weight=0")
