@@ -66,10 +66,13 @@ def setup_runtime(device: str = "auto") -> Runtime:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available")
-    if device == "cuda" and world_size > 1:
-        device = f"cuda:{local_rank}"
     chosen = torch.device(device)
     if chosen.type == "cuda":
+        if chosen.index is None:  # "cuda": this process's GPU (torchrun's local rank)
+            chosen = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
+        if chosen.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(chosen)!r} requested but this machine has"
+                             f" {torch.cuda.device_count()} CUDA device(s)")
         torch.cuda.set_device(chosen)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")

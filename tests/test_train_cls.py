@@ -106,7 +106,7 @@ def test_bad_dataset_fails_with_a_clear_message(dataset, tmp_path, capsys):
 def test_ddp_on_cpu_with_two_processes(dataset, tmp_path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-               "-m", "segmix.cli"] + args_for(dataset, out)
+               "-m", "segmix.cli"] + args_for(dataset, out, "train.device=cpu")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
