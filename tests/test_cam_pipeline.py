@@ -161,6 +161,48 @@ def test_localise_and_pseudo_masks_from_its_foreground_maps(classifier, tmp_path
     assert json.loads((masks / "summary.json").read_text())["localiser_dir"] == str(localiser)
 
 
+def test_localise_by_evidence_removal(classifier, tmp_path, capsys):
+    csv_path, model = classifier
+    localiser = tmp_path / "evidence"
+    settings = data_settings(csv_path) + [
+        f"classifier={model}", "splits=[val]", "localiser.method=evidence", "localiser.epochs=2",
+        "localiser.batch_size=8", "localiser.patch_size=8", "localiser.fit_tiles=null"]
+    assert cli("localise", localiser, settings) == 0
+    log = capsys.readouterr().out
+    assert "evidence epoch 2: keep" in log and "wrote 6 foreground maps" in log
+    maps = sorted((localiser / "maps" / "val").glob("*.png"))
+    assert len(maps) == 6 and read_mask_png(maps[0]).shape == (32, 32)
+    with open(localiser / "evidence.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["0", "1"] and {"keep", "remove", "area"} <= set(rows[0])
+    assert (localiser / "evidence.png").is_file() and (localiser / "evidence.pt").is_file()
+    summary = json.loads((localiser / "summary.json").read_text())
+    assert summary["method"] == "evidence" and summary["fill"] == "shuffle"
+
+    # an interrupted run reuses the trained head and writes only the missing maps, the same
+    before = read_mask_png(maps[1])
+    (localiser / "summary.json").unlink()
+    maps[0].unlink()
+    assert cli("localise", localiser, settings) == 0
+    log = capsys.readouterr().out
+    assert "reusing" in log and "wrote 1 foreground maps" in log and "evidence epoch" not in log
+    assert np.array_equal(read_mask_png(maps[1]), before)
+    # a head trained with other settings is not silently reused
+    (localiser / "summary.json").unlink()
+    (localiser / "config.yaml").unlink()
+    assert cli("localise", localiser, settings + ["localiser.area_weight=2"]) == 1
+    assert "'area_weight': 2" in capsys.readouterr().err
+    # each method's fills; the shuffle fill needs two tiles per batch
+    bad = tmp_path / "bad"
+    assert cli("localise", bad, settings + ["localiser.fill=median"]) == 2
+    assert "localiser.fill must be one of shuffle, blur with method evidence" in capsys.readouterr().err
+    assert cli("localise", bad, settings + ["localiser.batch_size=1"]) == 2
+    assert "batch_size must be at least 2" in capsys.readouterr().err
+    assert cli("localise", bad, settings + ["localiser.patch_size=7"]) == 1
+    assert "localiser.patch_size 7 must divide the classifier's input size 32x32" in \
+        capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def pseudo_masks(classifier, tmp_path_factory):
     """CAMs and pseudo masks of both splits from the module's classifier."""

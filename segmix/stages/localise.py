@@ -1,7 +1,7 @@
-"""``segmix localise``: a foreground map per tile from class-agnostic prototypes named from the
-image-level labels (:mod:`pseudo_masks.prototypes`).
+"""``segmix localise``: a foreground map per tile, from image-level labels only, by one of two
+methods (``localiser.method``).
 
-Fits ``localiser.prototypes`` k-means prototypes of superpixel stain and texture features on (up to
+``prototypes`` (:mod:`pseudo_masks.prototypes`) fits ``localiser.prototypes`` k-means prototypes of superpixel stain and texture features on (up to
 ``localiser.fit_tiles``) train tiles, names each (``localiser.naming``: ``labels``, how unevenly it
 covers the tiles of the different classes; or ``classifier``, the class evidence its removal costs
 the classifier of ``classifier``), and writes for every tile of ``splits`` its foreground map
@@ -11,18 +11,29 @@ classes and settings they were built for; ``prototypes.csv`` and ``prototypes.pn
 classes and settings) and writes only missing maps. ``pseudo-masks`` blends the maps with the CAMs
 by ``masks.foreground_weight``.
 
+``evidence`` (:mod:`pseudo_masks.evidence`) trains a small mask head on the frozen classifier of
+``classifier`` for ``localiser.epochs`` over (up to ``localiser.fit_tiles``) train tiles: keeping
+the masked region must keep the tile's class, removing it (``localiser.fill``: ``shuffle``, other
+tiles' patches, or ``blur``) must bring the class down to its prior, and ``localiser.area_weight``
+prices the mask's share of the tissue. ``evidence.pt`` keeps the head with its classes and
+settings (written last; a re-run reuses it), ``evidence.csv`` the losses per epoch and
+``evidence.png`` a few tiles beside their maps. The maps are gated by the tissue prior.
+
 ``localiser.method: none`` writes only the summary (the pseudo masks then come from CAMs alone).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
+from pseudo_masks import tissue_background
+from pseudo_masks.evidence import EVIDENCE_FILLS, EvidenceMask, blur_fill, evidence_loss, shuffle_fill
 from pseudo_masks.prototypes import (
     FEATURE_NAMES,
     FILLS,
@@ -38,6 +49,7 @@ from pseudo_masks.prototypes import (
 )
 
 from ..artifacts import (
+    EVIDENCE_FILE,
     LOCALISER_FILE,
     SUMMARY_FILE,
     foreground_map_path,
@@ -65,11 +77,18 @@ __all__ = ["DEFAULTS", "DONE_FILE", "METHODS", "NAMINGS", "RESUMABLE_CHANGES", "
            "class_probability_of", "describe", "fit_sample", "run", "validate"]
 
 DONE_FILE = SUMMARY_FILE
-METHODS = ("none", "prototypes")
+METHODS = ("none", "prototypes", "evidence")
 NAMINGS = ("labels", "classifier")
 RESUMABLE_CHANGES = {"localiser.batch_size", "localiser.device"}
-# The settings a prototypes file is built with: a different value needs new prototypes.
-BUILD_KEYS = ("naming", "prototypes", "segments", "compactness", "fill", "blur_sigma", "fit_tiles", "seed")
+# The settings a prototypes / evidence file is built with: a different value needs a new one.
+BUILD_KEYS = {
+    "prototypes": ("naming", "prototypes", "segments", "compactness", "fill", "blur_sigma",
+                   "fit_tiles", "seed"),
+    "evidence": ("fill", "blur_sigma", "patch_size", "epochs", "lr", "area_weight", "fit_tiles",
+                 "seed"),
+}
+# What a removed region becomes, per method; the first is the default (``fill: null``).
+METHOD_FILLS = {"prototypes": FILLS, "evidence": EVIDENCE_FILLS[::-1]}  # evidence: shuffle first
 
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/localiser",
@@ -77,14 +96,19 @@ DEFAULTS: Dict[str, Any] = {
     "data": DATA_DEFAULTS,
     "splits": ["val"],
     "localiser": {
-        "method": "none",        # none | prototypes
-        "naming": "labels",      # labels (class specificity) | classifier (class evidence)
-        "prototypes": 8,         # k-means prototypes (kinds of tissue)
-        "segments": 150,         # SLIC superpixels per tile
-        "compactness": 10.0,     # SLIC: higher = squarer superpixels, lower = closer to edges
-        "fill": "median",        # a removed prototype becomes: median (the tile's median colour) | blur
-        "blur_sigma": 16.0,      # with fill: blur, how much the tile is blurred
-        "fit_tiles": 500,        # train tiles (a seeded sample) to fit and name the prototypes
+        "method": "none",        # none | prototypes | evidence
+        "naming": "labels",      # prototypes: labels (class specificity) | classifier (class evidence)
+        "prototypes": 8,         # prototypes: k-means prototypes (kinds of tissue)
+        "segments": 150,         # prototypes: SLIC superpixels per tile
+        "compactness": 10.0,     # prototypes: SLIC, higher = squarer superpixels
+        "fill": None,            # a removed region becomes: prototypes median (default) | blur;
+                                 # evidence shuffle (other tiles' patches, default) | blur
+        "blur_sigma": 16.0,      # with fill: blur, how much the tile is blurred (px)
+        "patch_size": 32,        # evidence, fill shuffle: patch size (px at the classifier's size)
+        "epochs": 3,             # evidence: passes over the fit tiles
+        "lr": 0.001,             # evidence: Adam learning rate of the mask head
+        "area_weight": 1.0,      # evidence: price of the mask's share of the tissue
+        "fit_tiles": 500,        # train tiles (a seeded sample) to fit the localiser on
         "seed": 0,
         "batch_size": 32,
         "device": "auto",
@@ -103,22 +127,46 @@ def validate(config: Dict[str, Any]) -> None:
         raise ConfigError(f"splits must list train and/or val, got {splits!r}")
     if settings["method"] == "none":
         return
-    for key, valid in (("naming", NAMINGS), ("fill", FILLS)):
-        if settings[key] not in valid:
-            raise ConfigError(f"localiser.{key} must be one of {', '.join(valid)}, got"
-                              f" {settings[key]!r}")
+    method, fills = settings["method"], METHOD_FILLS[settings["method"]]
+    if settings["fill"] is not None and settings["fill"] not in fills:
+        raise ConfigError(f"localiser.fill must be one of {', '.join(fills)} with method {method},"
+                          f" got {settings['fill']!r}")
     validate_data(config["data"], required=sorted({"train", *splits}))
-    for key in ("prototypes", "segments", "batch_size", "fit_tiles", "seed"):
+    for key in ("batch_size", "fit_tiles", "seed"):
         if key != "fit_tiles" or settings[key] is not None:
             check_number(f"localiser.{key}", settings[key], integer=True, positive=key != "seed")
-    for key in ("compactness", "blur_sigma"):
-        check_number(f"localiser.{key}", settings[key])
+    check_number("localiser.blur_sigma", settings["blur_sigma"])
+    if method == "evidence":
+        for key in ("epochs", "patch_size"):
+            check_number(f"localiser.{key}", settings[key], integer=True, positive=True)
+        for key in ("lr", "area_weight"):
+            check_number(f"localiser.{key}", settings[key])
+        if _fill(settings) == "shuffle" and int(settings["batch_size"]) < 2:
+            raise ConfigError("localiser.fill=shuffle takes patches from other tiles of the batch:"
+                              f" localiser.batch_size must be at least 2, got {settings['batch_size']}")
+        return
+    if settings["naming"] not in NAMINGS:
+        raise ConfigError(f"localiser.naming must be one of {', '.join(NAMINGS)}, got"
+                          f" {settings['naming']!r}")
+    for key in ("prototypes", "segments"):
+        check_number(f"localiser.{key}", settings[key], integer=True, positive=True)
+    check_number("localiser.compactness", settings["compactness"])
     k, fit_tiles = settings["prototypes"], settings["fit_tiles"]
     if k < 2:
         raise ConfigError(f"localiser.prototypes must be at least 2, got {k}")
     if fit_tiles is not None and fit_tiles < k:
         raise ConfigError(f"localiser.fit_tiles ({fit_tiles}) must be at least localiser.prototypes"
                           f" ({k}): each prototype needs tiles to come from")
+
+
+def _fill(settings: Dict[str, Any]) -> str:
+    """The fill in use: the configured one, or the method's default."""
+    return settings["fill"] or METHOD_FILLS[settings["method"]][0]
+
+
+def _built_with(settings: Dict[str, Any]) -> Dict[str, Any]:
+    return {key: _fill(settings) if key == "fill" else settings[key]
+            for key in BUILD_KEYS[settings["method"]]}
 
 
 class _ClassProbability:
@@ -147,14 +195,20 @@ class _ClassProbability:
 def class_probability_of(config: Dict[str, Any], classes: List[str]) -> _ClassProbability:
     """The probability function of the classifier ``config['classifier']`` (checked against
     ``classes``) for naming by class evidence."""
-    settings = config["localiser"]
-    runtime = setup_runtime(settings["device"])
+    model, info, device = _classifier(config, classes)
+    return _ClassProbability(model, info, device, int(config["localiser"]["batch_size"]))
+
+
+def _classifier(config: Dict[str, Any], classes: List[str]
+                ) -> Tuple[torch.nn.Module, Dict[str, Any], torch.device]:
+    """The classifier of ``config['classifier']`` on the localiser's device, checked against
+    ``classes``; its file's info; the device."""
+    runtime = setup_runtime(config["localiser"]["device"])
     model, info = load_classifier(Path(config["classifier"]), map_location="cpu")
     if list(info["classes"]) != classes:
         raise ConfigError(f"the classifier {config['classifier']} was trained on classes"
                           f" {info['classes']}, data.classes is {classes}")
-    return _ClassProbability(model.to(runtime.device), info, runtime.device,
-                             int(settings["batch_size"]))
+    return model.to(runtime.device), info, runtime.device
 
 
 def fit_sample(samples: List[Sample], count: Any, seed: int) -> List[Sample]:
@@ -200,13 +254,28 @@ def build_prototypes(samples: List[Sample], settings: Dict[str, Any], num_classe
         for sample, prototype_map, share in tqdm(list(zip(samples, maps, shares)),
                                                  desc="naming prototypes", unit="tile"):
             rgb = read_rgb(sample.image)
-            fill = median_fill(rgb) if settings["fill"] == "median" else blurred(
+            fill = median_fill(rgb) if _fill(settings) == "median" else blurred(
                 rgb, settings["blur_sigma"])
             drops += share * cluster_evidence(rgb, prototype_map, list(sample.labels), k,
                                               class_probability, fill=fill)
         scores = drops / np.maximum(shares.sum(axis=0), 1e-12)
     prototypes.scores = torch.from_numpy(scores).float()
     return prototypes, shares.mean(axis=0), described
+
+
+def _saved(path: Path, classes: List[str], built_with: Dict[str, Any],
+           overwrite: bool) -> Optional[Dict[str, Any]]:
+    """The localiser file ``path`` if it exists (and not ``overwrite``), built for ``classes`` with
+    the settings ``built_with``; another build is refused with both named."""
+    if not path.is_file() or overwrite:
+        return None
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved["classes"] != classes or saved["settings"] != built_with:
+        raise ConfigError(f"{path} was built for classes {saved['classes']} with"
+                          f" {saved['settings']}; this run has classes {classes} with"
+                          f" {built_with}: use another output folder or --overwrite")
+    print(f"localiser: reusing {path}", flush=True)
+    return saved
 
 
 def _load_or_build(config: Dict[str, Any], classes: List[str], output_dir: Path,
@@ -216,14 +285,9 @@ def _load_or_build(config: Dict[str, Any], classes: List[str], output_dir: Path,
     new build was fitted on, by image path (a map needs them again)."""
     settings = config["localiser"]
     path = output_dir / LOCALISER_FILE
-    built_with = {key: settings[key] for key in BUILD_KEYS}
-    if path.is_file() and not overwrite:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved["classes"] != classes or saved["settings"] != built_with:
-            raise ConfigError(f"{path} was built for classes {saved['classes']} with"
-                              f" {saved['settings']}; this run has classes {classes} with"
-                              f" {built_with}: use another output folder or --overwrite")
-        print(f"prototypes: reusing {path}", flush=True)
+    built_with = _built_with(settings)
+    saved = _saved(path, classes, built_with, overwrite)
+    if saved is not None:
         return Prototypes.from_state_dict(saved["prototypes"]), {}
     class_probability = (class_probability_of(config, classes)
                          if settings["naming"] == "classifier" else None)
@@ -256,11 +320,21 @@ def _draw(path: Path, samples: Sequence[Sample], described: Sequence[Superpixels
         rgb = read_rgb(sample.image)
         kinds = overlay(rgb, prototypes.prototype_map(pixels).astype(np.int64) + 1, prototypes.k,
                         alpha=0.6)
-        grey = np.rint(prototypes.foreground(pixels) * 255).astype(np.uint8)
-        rows.append(np.concatenate([rgb, kinds, np.repeat(grey[..., None], 3, axis=2)], axis=1))
-    width = max(row.shape[1] for row in rows)
+        rows.append([rgb, kinds, _grey(prototypes.foreground(pixels))])
+    _write_rows(path, rows)
+
+
+def _grey(foreground: np.ndarray) -> np.ndarray:
+    grey = np.rint(np.clip(foreground, 0, 1) * 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def _write_rows(path: Path, rows: List[List[np.ndarray]]) -> None:
+    """A picture of ``rows`` of RGB images side by side (rows padded to the widest)."""
+    joined = [np.concatenate(row, axis=1) for row in rows]
+    width = max(row.shape[1] for row in joined)
     write_rgb(path, np.concatenate([np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0)))
-                                    for row in rows], axis=0))
+                                    for row in joined], axis=0))
 
 
 def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
@@ -275,22 +349,152 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         print("localiser.method is none: no foreground maps (pseudo masks from CAMs alone)")
         return summary
     classes = dataset_classes(data)
-    prototypes, fitted = _load_or_build(config, classes, output_dir, overwrite)
-    written = 0
-    for split in config["splits"]:
-        samples = read_split(data, split)
-        for sample, name in tqdm(list(zip(samples, unique_names(samples))), desc=f"maps {split}",
-                                 unit="tile"):
-            path = foreground_map_path(output_dir, split, name)
-            if path.exists() and not overwrite:
-                continue
-            pixels = fitted[sample.image] if sample.image in fitted else _superpixels_of(sample, settings)
-            write_foreground_map(path, prototypes.foreground(pixels))
-            written += 1
-    summary = {"method": "prototypes", "classes": classes,
-               "naming": settings["naming"], "scores": prototypes.scores.tolist(),
-               "maps_written": written,
+    if settings["method"] == "evidence":
+        localiser = _load_or_train_evidence(config, classes, output_dir, overwrite)
+        written = _write_maps(config, output_dir, overwrite, localiser.maps)
+        extra: Dict[str, Any] = {"fill": _fill(settings), "final_losses": localiser.final_losses}
+    else:
+        prototypes, fitted = _load_or_build(config, classes, output_dir, overwrite)
+
+        def prototype_maps(samples: List[Sample]) -> List[np.ndarray]:
+            return [prototypes.foreground(fitted[s.image] if s.image in fitted
+                                          else _superpixels_of(s, settings)) for s in samples]
+        written = _write_maps(config, output_dir, overwrite, prototype_maps)
+        extra = {"naming": settings["naming"], "scores": prototypes.scores.tolist()}
+    summary = {"method": settings["method"], "classes": classes, **extra, "maps_written": written,
                "splits": list(config["splits"])}
     write_json(output_dir / DONE_FILE, summary)
     print(f"wrote {written} foreground maps and {output_dir / DONE_FILE}", flush=True)
     return summary
+
+
+def _write_maps(config: Dict[str, Any], output_dir: Path, overwrite: bool,
+                maps_of: Callable[[List[Sample]], List[np.ndarray]]) -> int:
+    """Write the foreground map (``maps_of``: samples -> maps at their tiles' sizes) of every tile
+    of ``config['splits']`` that has none yet; returns how many were written."""
+    written, batch_size = 0, int(config["localiser"]["batch_size"])
+    for split in config["splits"]:
+        samples = read_split(config["data"], split)
+        todo = [(sample, foreground_map_path(output_dir, split, name))
+                for sample, name in zip(samples, unique_names(samples))]
+        todo = [(sample, path) for sample, path in todo if overwrite or not path.exists()]
+        with tqdm(total=len(todo), desc=f"maps {split}", unit="tile") as bar:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start:start + batch_size]
+                for (_, path), foreground in zip(chunk, maps_of([s for s, _ in chunk])):
+                    write_foreground_map(path, foreground)
+                written += len(chunk)
+                bar.update(len(chunk))
+    return written
+
+
+# -- evidence removal -----------------------------------------------------------------------------
+class _EvidenceLocaliser:
+    """The trained mask head with the classifier's input transform: ``maps(samples)`` gives each
+    tile's foreground map at its own size, gated by the tissue prior."""
+
+    def __init__(self, head: EvidenceMask, info: Dict[str, Any], device: torch.device,
+                 final_losses: Dict[str, float]) -> None:
+        self.head, self.device, self.final_losses = head.eval(), device, final_losses
+        self.transform = build_transform([], image_size_of(info["image_size"]), info["mean"],
+                                         info["std"])
+
+    def tensors(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        return torch.stack([self.transform(image=image)["image"] for image in images])
+
+    @torch.no_grad()
+    def maps(self, samples: List[Sample]) -> List[np.ndarray]:
+        images = [read_rgb(sample.image) for sample in samples]
+        masks = self.head(self.tensors(images).to(self.device)).float().cpu()
+        out = []
+        for image, mask in zip(images, masks):
+            size = image.shape[:2]
+            mask = F.interpolate(mask[None], size=size, mode="bilinear", align_corners=False)[0, 0]
+            tissue = ~tissue_background(torch.from_numpy(image)[None])[0]
+            out.append((mask * tissue).numpy())
+        return out
+
+
+def _load_or_train_evidence(config: Dict[str, Any], classes: List[str], output_dir: Path,
+                            overwrite: bool) -> _EvidenceLocaliser:
+    """The mask head of ``output_dir`` if trained with the same classes and settings, else a new
+    one trained on the train tiles (with ``evidence.csv`` and ``evidence.png``)."""
+    settings = config["localiser"]
+    classifier, info, device = _classifier(config, classes)
+    height, width = image_size_of(info["image_size"])
+    patch = int(settings["patch_size"])
+    if _fill(settings) == "shuffle" and (height % patch or width % patch):
+        raise ConfigError(f"localiser.patch_size {patch} must divide the classifier's input size"
+                          f" {height}x{width} ({config['classifier']})")
+    head = EvidenceMask(classifier).to(device)
+    localiser = _EvidenceLocaliser(head, info, device, {})
+    path, built_with = output_dir / EVIDENCE_FILE, _built_with(settings)
+    saved = _saved(path, classes, built_with, overwrite)
+    if saved is not None:
+        head.load_state_dict(saved["head"])
+        localiser.final_losses = saved["history"][-1]
+        return localiser
+    samples = fit_sample(read_split(config["data"], "train"), settings["fit_tiles"],
+                         int(settings["seed"]))
+    history = _train_evidence(localiser, samples, settings, info, len(classes))
+    head.eval()
+    write_csv(output_dir / "evidence.csv", history)
+    shown = samples[:4]
+    _write_rows(output_dir / "evidence.png", [
+        [read_rgb(sample.image), _grey(foreground)]
+        for sample, foreground in zip(shown, localiser.maps(shown))])
+    # written last: its presence means the training finished (a re-run reuses it)
+    atomic_torch_save(path, {"head": head.state_dict(), "classes": classes,
+                             "settings": built_with, "history": history})
+    localiser.final_losses = history[-1]
+    return localiser
+
+
+def _train_evidence(localiser: _EvidenceLocaliser, samples: List[Sample], settings: Dict[str, Any],
+                    info: Dict[str, Any], num_classes: int) -> List[Dict[str, float]]:
+    """Train the mask head on ``samples``; returns the mean losses of every epoch."""
+    head, device = localiser.head, localiser.device
+    images = localiser.tensors([read_rgb(s.image) for s in tqdm(samples, desc="evidence tiles",
+                                                                  unit="tile")])
+    mean = torch.tensor(info["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(info["std"]).view(1, 3, 1, 1)
+    rgb = ((images * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
+    tissue = (~tissue_background(rgb))[:, None].float()
+    targets = torch.zeros(len(samples), num_classes)
+    for row, sample in enumerate(samples):
+        targets[row, list(sample.labels)] = 1
+    prior = targets.mean(dim=0)
+    fill, batch_size = _fill(settings), int(settings["batch_size"])
+    generator = torch.Generator().manual_seed(int(settings["seed"]))
+    torch.manual_seed(int(settings["seed"]))
+    head.train()
+    optimizer = torch.optim.Adam(head.parameters(), lr=float(settings["lr"]))
+    softmax, history = info.get("loss") == "ce", []
+    for epoch in range(int(settings["epochs"])):
+        order = torch.randperm(len(samples), generator=generator)
+        sums: Dict[str, float] = {"keep": 0.0, "remove": 0.0, "area": 0.0}
+        seen = 0
+        bar = tqdm(range(0, len(samples), batch_size), unit="batch",
+                   desc=f"evidence epoch {epoch + 1}/{settings['epochs']}")
+        for start in bar:
+            index = order[start:start + batch_size]
+            if fill == "shuffle" and len(index) < 2:
+                continue
+            x = images[index].to(device)
+            filled = (shuffle_fill(x, int(settings["patch_size"]), generator) if fill == "shuffle"
+                      else blur_fill(x, float(settings["blur_sigma"])))
+            loss, parts = evidence_loss(head, x, targets[index].to(device),
+                                        tissue[index].to(device), filled, prior=prior,
+                                        softmax=softmax, area_weight=float(settings["area_weight"]))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for key, value in parts.items():
+                sums[key] += value * len(index)
+            seen += len(index)
+            bar.set_postfix({key: f"{value:.3f}" for key, value in parts.items()})
+        row = {"epoch": epoch, **{key: value / max(seen, 1) for key, value in sums.items()}}
+        history.append(row)
+        print(f"evidence epoch {epoch + 1}: keep {row['keep']:.4f}, remove {row['remove']:.4f},"
+              f" area {row['area']:.3f}", flush=True)
+    return history
