@@ -192,6 +192,10 @@ def test_localise_by_evidence_removal(classifier, tmp_path, capsys):
     (localiser / "config.yaml").unlink()
     assert cli("localise", localiser, settings + ["localiser.area_weight=2"]) == 1
     assert "'area_weight': 2" in capsys.readouterr().err
+    # a mask that collapses to nothing is named, with what to change
+    with pytest.warns(UserWarning, match="collapsed to nothing.*localiser.area_weight=333"):
+        assert cli("localise", tmp_path / "empty", settings + ["localiser.area_weight=1000",
+                                                              "localiser.lr=0.1"]) == 0
     # each method's fills; the shuffle fill needs two tiles per batch
     bad = tmp_path / "bad"
     assert cli("localise", bad, settings + ["localiser.fill=median"]) == 2

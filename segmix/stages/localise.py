@@ -29,11 +29,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from pseudo_masks import tissue_background
-from pseudo_masks.evidence import EVIDENCE_FILLS, EvidenceMask, blur_fill, evidence_loss, shuffle_fill
+from pseudo_masks.evidence import EVIDENCE_FILLS, EvidenceMask
 from pseudo_masks.prototypes import (
     FEATURE_NAMES,
     FILLS,
@@ -69,6 +67,7 @@ from ..data import (
     validate_data,
     write_rgb,
 )
+from ..evidence_localiser import EvidenceLocaliser, train_evidence, warn_if_collapsed
 from ..io import write_csv, write_json
 from ..models import load_classifier
 from ..runtime import atomic_torch_save, setup_runtime
@@ -350,9 +349,9 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         return summary
     classes = dataset_classes(data)
     if settings["method"] == "evidence":
-        localiser = _load_or_train_evidence(config, classes, output_dir, overwrite)
+        localiser, final_losses = _load_or_train_evidence(config, classes, output_dir, overwrite)
         written = _write_maps(config, output_dir, overwrite, localiser.maps)
-        extra: Dict[str, Any] = {"fill": _fill(settings), "final_losses": localiser.final_losses}
+        extra: Dict[str, Any] = {"fill": _fill(settings), "final_losses": final_losses}
     else:
         prototypes, fitted = _load_or_build(config, classes, output_dir, overwrite)
 
@@ -389,36 +388,11 @@ def _write_maps(config: Dict[str, Any], output_dir: Path, overwrite: bool,
 
 
 # -- evidence removal -----------------------------------------------------------------------------
-class _EvidenceLocaliser:
-    """The trained mask head with the classifier's input transform: ``maps(samples)`` gives each
-    tile's foreground map at its own size, gated by the tissue prior."""
-
-    def __init__(self, head: EvidenceMask, info: Dict[str, Any], device: torch.device,
-                 final_losses: Dict[str, float]) -> None:
-        self.head, self.device, self.final_losses = head.eval(), device, final_losses
-        self.transform = build_transform([], image_size_of(info["image_size"]), info["mean"],
-                                         info["std"])
-
-    def tensors(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        return torch.stack([self.transform(image=image)["image"] for image in images])
-
-    @torch.no_grad()
-    def maps(self, samples: List[Sample]) -> List[np.ndarray]:
-        images = [read_rgb(sample.image) for sample in samples]
-        masks = self.head(self.tensors(images).to(self.device)).float().cpu()
-        out = []
-        for image, mask in zip(images, masks):
-            size = image.shape[:2]
-            mask = F.interpolate(mask[None], size=size, mode="bilinear", align_corners=False)[0, 0]
-            tissue = ~tissue_background(torch.from_numpy(image)[None])[0]
-            out.append((mask * tissue).numpy())
-        return out
-
-
 def _load_or_train_evidence(config: Dict[str, Any], classes: List[str], output_dir: Path,
-                            overwrite: bool) -> _EvidenceLocaliser:
+                            overwrite: bool) -> Tuple[EvidenceLocaliser, Dict[str, float]]:
     """The mask head of ``output_dir`` if trained with the same classes and settings, else a new
-    one trained on the train tiles (with ``evidence.csv`` and ``evidence.png``)."""
+    one trained on the train tiles (with ``evidence.csv`` and ``evidence.png``); and the losses
+    of its last training epoch."""
     settings = config["localiser"]
     classifier, info, device = _classifier(config, classes)
     height, width = image_size_of(info["image_size"])
@@ -427,17 +401,18 @@ def _load_or_train_evidence(config: Dict[str, Any], classes: List[str], output_d
         raise ConfigError(f"localiser.patch_size {patch} must divide the classifier's input size"
                           f" {height}x{width} ({config['classifier']})")
     head = EvidenceMask(classifier).to(device)
-    localiser = _EvidenceLocaliser(head, info, device, {})
+    localiser = EvidenceLocaliser(head, info, device)
     path, built_with = output_dir / EVIDENCE_FILE, _built_with(settings)
     saved = _saved(path, classes, built_with, overwrite)
     if saved is not None:
         head.load_state_dict(saved["head"])
-        localiser.final_losses = saved["history"][-1]
-        return localiser
+        return localiser, saved["history"][-1]
     samples = fit_sample(read_split(config["data"], "train"), settings["fit_tiles"],
                          int(settings["seed"]))
-    history = _train_evidence(localiser, samples, settings, info, len(classes))
+    history = train_evidence(localiser, samples, {**settings, "fill": _fill(settings)}, info,
+                             len(classes))
     head.eval()
+    warn_if_collapsed(history[-1]["area"], float(settings["area_weight"]))
     write_csv(output_dir / "evidence.csv", history)
     shown = samples[:4]
     _write_rows(output_dir / "evidence.png", [
@@ -446,55 +421,4 @@ def _load_or_train_evidence(config: Dict[str, Any], classes: List[str], output_d
     # written last: its presence means the training finished (a re-run reuses it)
     atomic_torch_save(path, {"head": head.state_dict(), "classes": classes,
                              "settings": built_with, "history": history})
-    localiser.final_losses = history[-1]
-    return localiser
-
-
-def _train_evidence(localiser: _EvidenceLocaliser, samples: List[Sample], settings: Dict[str, Any],
-                    info: Dict[str, Any], num_classes: int) -> List[Dict[str, float]]:
-    """Train the mask head on ``samples``; returns the mean losses of every epoch."""
-    head, device = localiser.head, localiser.device
-    images = localiser.tensors([read_rgb(s.image) for s in tqdm(samples, desc="evidence tiles",
-                                                                  unit="tile")])
-    mean = torch.tensor(info["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(info["std"]).view(1, 3, 1, 1)
-    rgb = ((images * std + mean) * 255).round().clamp(0, 255).to(torch.uint8)
-    tissue = (~tissue_background(rgb))[:, None].float()
-    targets = torch.zeros(len(samples), num_classes)
-    for row, sample in enumerate(samples):
-        targets[row, list(sample.labels)] = 1
-    prior = targets.mean(dim=0)
-    fill, batch_size = _fill(settings), int(settings["batch_size"])
-    generator = torch.Generator().manual_seed(int(settings["seed"]))
-    torch.manual_seed(int(settings["seed"]))
-    head.train()
-    optimizer = torch.optim.Adam(head.parameters(), lr=float(settings["lr"]))
-    softmax, history = info.get("loss") == "ce", []
-    for epoch in range(int(settings["epochs"])):
-        order = torch.randperm(len(samples), generator=generator)
-        sums: Dict[str, float] = {"keep": 0.0, "remove": 0.0, "area": 0.0}
-        seen = 0
-        bar = tqdm(range(0, len(samples), batch_size), unit="batch",
-                   desc=f"evidence epoch {epoch + 1}/{settings['epochs']}")
-        for start in bar:
-            index = order[start:start + batch_size]
-            if fill == "shuffle" and len(index) < 2:
-                continue
-            x = images[index].to(device)
-            filled = (shuffle_fill(x, int(settings["patch_size"]), generator) if fill == "shuffle"
-                      else blur_fill(x, float(settings["blur_sigma"])))
-            loss, parts = evidence_loss(head, x, targets[index].to(device),
-                                        tissue[index].to(device), filled, prior=prior,
-                                        softmax=softmax, area_weight=float(settings["area_weight"]))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for key, value in parts.items():
-                sums[key] += value * len(index)
-            seen += len(index)
-            bar.set_postfix({key: f"{value:.3f}" for key, value in parts.items()})
-        row = {"epoch": epoch, **{key: value / max(seen, 1) for key, value in sums.items()}}
-        history.append(row)
-        print(f"evidence epoch {epoch + 1}: keep {row['keep']:.4f}, remove {row['remove']:.4f},"
-              f" area {row['area']:.3f}", flush=True)
-    return history
+    return localiser, history[-1]
