@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import platform
 import statistics
 from pathlib import Path
@@ -32,9 +31,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from segmix.config import apply_overrides, config_differences, load_config
+from ebhi_wsss import run_folder
+from segmix.config import apply_overrides, load_config
 from segmix.io import atomic_path, atomic_write_text
-from segmix.stages import prepare_output_dir
 from segmix.stages import run as pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,24 +50,6 @@ def arm_config(args: argparse.Namespace, arm: str, seed: int,
     if args.seg_epochs:
         overrides.append(f"seg_train.epochs={args.seg_epochs}")
     return apply_overrides(config, overrides + list(args.set) + list(variant))
-
-
-def run_folder(config: Dict[str, Any], folder: Path, stages: List[str],
-               borrow: Dict[str, Path]) -> Dict[str, Any]:
-    """Run (or continue) ``stages`` in ``folder``; ``borrow`` links stage folders of another run."""
-    if (folder / pipeline.DONE_FILE).exists():
-        changed = config_differences(load_config(folder / "config.yaml", pipeline.DEFAULTS), config,
-                                     {"output_dir", *pipeline.RESUMABLE_CHANGES})
-        if changed:
-            raise SystemExit(f"{folder} holds a finished run with other settings ({changed});"
-                             " pass another --out")
-        return json.loads((folder / pipeline.DONE_FILE).read_text())
-    print(f"== {folder}", flush=True)
-    prepare_output_dir(pipeline, config, folder, overwrite=False)
-    for name, source in borrow.items():
-        if not (folder / name).exists():
-            os.symlink(os.path.relpath(source, folder), folder / name)
-    return pipeline.run_pipeline(config, folder, only=stages)
 
 
 def train_arms(args: argparse.Namespace) -> None:

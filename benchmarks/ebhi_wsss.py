@@ -97,23 +97,29 @@ def arm_config(arm: str, data_csv: Path, args: argparse.Namespace) -> Dict[str, 
     return config
 
 
-def run_arm(arm: str, config: Dict[str, Any], out: Path) -> Dict[str, Any]:
-    folder = out / arm
+def run_folder(config: Dict[str, Any], folder: Path, stages: Optional[List[str]] = None,
+               borrow: Optional[Dict[str, Path]] = None) -> Dict[str, Any]:
+    """Run (or continue) the pipeline's ``stages`` (all by default) in ``folder``, or read its
+    summary if finished with the same settings; ``borrow`` links stage folders of another run."""
     if (folder / pipeline.DONE_FILE).exists():
         changed = config_differences(load_config(folder / "config.yaml", pipeline.DEFAULTS), config,
                                      {"output_dir", *pipeline.RESUMABLE_CHANGES})
         if changed:
             raise SystemExit(f"{folder} holds a finished run with other settings ({changed});"
                              " pass another --out")
-        print(f"== {arm}: done, reading {folder / pipeline.DONE_FILE}", flush=True)
+        print(f"== {folder}: done, reading {folder / pipeline.DONE_FILE}", flush=True)
         return json.loads((folder / pipeline.DONE_FILE).read_text())
-    print(f"== {arm} -> {folder}", flush=True)
+    print(f"== {folder}", flush=True)
     prepare_output_dir(pipeline, config, folder, overwrite=False)
-    for stage_folder, source in BORROWS.get(arm, {}).items():
-        link = folder / stage_folder
-        if not link.exists():
-            os.symlink(Path("..") / source / stage_folder, link)
-    return pipeline.run_pipeline(config, folder, only=ONLY.get(arm))
+    for name, source in (borrow or {}).items():
+        if not (folder / name).exists():
+            os.symlink(os.path.relpath(source, folder), folder / name)
+    return pipeline.run_pipeline(config, folder, only=stages)
+
+
+def run_arm(arm: str, config: Dict[str, Any], out: Path) -> Dict[str, Any]:
+    borrow = {stage: out / source / stage for stage, source in BORROWS.get(arm, {}).items()}
+    return run_folder(config, out / arm, ONLY.get(arm), borrow)
 
 
 def references(data: Dict[str, Any]) -> Dict[str, Any]:
