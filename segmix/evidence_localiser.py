@@ -85,16 +85,22 @@ def train_evidence(localiser: EvidenceLocaliser, samples: List[Sample], settings
     prior = targets.mean(dim=0)
     fill, batch_size = settings["fill"], int(settings["batch_size"])
     generator = torch.Generator().manual_seed(int(settings["seed"]))
-    torch.manual_seed(int(settings["seed"]))
     head.train()
     optimizer = torch.optim.Adam(head.parameters(), lr=float(settings["lr"]))
     softmax, history = info.get("loss") == "ce", []
-    for epoch in range(int(settings["epochs"])):
+    epochs = int(settings["epochs"])
+
+    def area_weight(epoch: int) -> float:
+        """Ramped up over the first half of the epochs: the mask first learns to keep the
+        evidence, then to leave what it does not need (a full-strength price from the first step
+        can empty it before it has found anything)."""
+        return float(settings["area_weight"]) * min(1.0, (epoch + 1) / max(1, epochs // 2))
+    for epoch in range(epochs):
         order = torch.randperm(len(samples), generator=generator)
         sums: Dict[str, float] = {"keep": 0.0, "remove": 0.0, "area": 0.0}
         seen = 0
         bar = tqdm(range(0, len(samples), batch_size), unit="batch",
-                   desc=f"evidence epoch {epoch + 1}/{settings['epochs']}")
+                   desc=f"evidence epoch {epoch + 1}/{epochs}")
         for start in bar:
             index = order[start:start + batch_size]
             if fill == "shuffle" and len(index) < 2:
@@ -104,7 +110,7 @@ def train_evidence(localiser: EvidenceLocaliser, samples: List[Sample], settings
                       else blur_fill(x, float(settings["blur_sigma"])))
             loss, parts = evidence_loss(head, x, targets[index].to(device),
                                         tissue[index].to(device), filled, prior=prior,
-                                        softmax=softmax, area_weight=float(settings["area_weight"]))
+                                        softmax=softmax, area_weight=area_weight(epoch))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -106,7 +106,7 @@ DEFAULTS: Dict[str, Any] = {
         "patch_size": 32,        # evidence, fill shuffle: patch size (px at the classifier's size)
         "epochs": 3,             # evidence: passes over the fit tiles
         "lr": 0.001,             # evidence: Adam learning rate of the mask head
-        "area_weight": 1.0,      # evidence: price of the mask's share of the tissue
+        "area_weight": 20.0,     # evidence: price of the mask's share of the tissue (ramped up)
         "fit_tiles": 500,        # train tiles (a seeded sample) to fit the localiser on
         "seed": 0,
         "batch_size": 32,
@@ -400,7 +400,9 @@ def _load_or_train_evidence(config: Dict[str, Any], classes: List[str], output_d
     if _fill(settings) == "shuffle" and (height % patch or width % patch):
         raise ConfigError(f"localiser.patch_size {patch} must divide the classifier's input size"
                           f" {height}x{width} ({config['classifier']})")
-    head = EvidenceMask(classifier).to(device)
+    with torch.random.fork_rng(devices=[]):  # the head's start depends on the seed alone
+        torch.manual_seed(int(settings["seed"]))
+        head = EvidenceMask(classifier).to(device)
     localiser = EvidenceLocaliser(head, info, device)
     path, built_with = output_dir / EVIDENCE_FILE, _built_with(settings)
     saved = _saved(path, classes, built_with, overwrite)
