@@ -95,6 +95,7 @@ def train_evidence(localiser: EvidenceLocaliser, samples: List[Sample], settings
         evidence, then to leave what it does not need (a full-strength price from the first step
         can empty it before it has found anything)."""
         return float(settings["area_weight"]) * min(1.0, (epoch + 1) / max(1, epochs // 2))
+
     for epoch in range(epochs):
         order = torch.randperm(len(samples), generator=generator)
         sums: Dict[str, float] = {"keep": 0.0, "remove": 0.0, "area": 0.0}
