@@ -118,10 +118,9 @@ def aggregate(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 def _cell(value: Optional[float], percent: bool = True, sd: Optional[float] = None) -> str:
     if value is None:
         return ""
-    scale = 100 if percent else 1
-    text = f"{scale * value:.1f}" if percent else f"{value:.3f}"
-    return text if sd is None else f"{text} ± {scale * sd:.1f}" if percent else \
-        f"{text} ± {sd:.3f}"
+    scale, digits = (100, ".1f") if percent else (1, ".3f")
+    text = f"{scale * value:{digits}}"
+    return text if sd is None else f"{text} ± {scale * sd:{digits}}"
 
 
 def markdown(rows: List[Dict[str, Any]], summary: List[Dict[str, Any]], header: str) -> str:
@@ -182,7 +181,8 @@ def report(args: argparse.Namespace) -> None:
     summary = aggregate(rows)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     header = (f"{args.config}: {max(r['epochs'] for r in rows)} classifier epochs, arms over seeds"
-              f" (mean ± sd); {platform.node()}, {device}, torch {torch.__version__}")
+              f" (mean ± sd); report written on {platform.node()}, {device}, torch"
+              f" {torch.__version__}")
     atomic_write_text(args.out / "results.md", markdown(rows, summary, header))
     atomic_write_text(args.out / "results.json", json.dumps(
         {"header": header, "runs": rows, "arms": summary}, indent=2))

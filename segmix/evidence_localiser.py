@@ -16,6 +16,7 @@ from pseudo_masks import tissue_background
 from pseudo_masks.evidence import EvidenceMask, blur_fill, evidence_loss, shuffle_fill
 
 from .data import Sample, build_transform, image_size_of, read_rgb
+from .models import uses_softmax
 
 __all__ = ["COLLAPSED_AREA", "EvidenceLocaliser", "train_evidence", "warn_if_collapsed"]
 
@@ -87,7 +88,7 @@ def train_evidence(localiser: EvidenceLocaliser, samples: List[Sample], settings
     generator = torch.Generator().manual_seed(int(settings["seed"]))
     head.train()
     optimizer = torch.optim.Adam(head.parameters(), lr=float(settings["lr"]))
-    softmax, history = info.get("loss") == "ce", []
+    softmax, history = uses_softmax(info), []
     epochs = int(settings["epochs"])
 
     def area_weight(epoch: int) -> float:

@@ -32,6 +32,8 @@ __all__ = [
     "normalization_of",
     "save_classifier",
     "load_classifier",
+    "uses_softmax",
+    "class_probabilities",
     "segmenter_normalization",
     "save_segmenter",
     "load_segmenter",
@@ -246,6 +248,17 @@ def load_classifier(path: Path, map_location: str = "cpu") -> Tuple[nn.Module, D
     model.load_state_dict(payload["state_dict"])
     info = {k: v for k, v in payload.items() if k != "state_dict"}
     return model.eval(), info
+
+
+def uses_softmax(info: Dict[str, Any]) -> bool:
+    """Whether the classifier of ``info`` (:func:`load_classifier`) was trained with softmax
+    cross-entropy (``loss: ce``: one class per tile) rather than a sigmoid per class."""
+    return info.get("loss") == "ce"
+
+
+def class_probabilities(logits: torch.Tensor, info: Dict[str, Any]) -> torch.Tensor:
+    """The classifier's class probabilities from its ``logits``, as it was trained to give them."""
+    return torch.softmax(logits, dim=1) if uses_softmax(info) else torch.sigmoid(logits)
 
 
 def segmenter_normalization(encoder: str) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:

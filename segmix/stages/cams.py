@@ -38,7 +38,7 @@ from ..data import (
     unique_names,
     validate_data,
 )
-from ..models import load_classifier
+from ..models import class_probabilities, load_classifier
 from ..runtime import setup_runtime
 from ..shuffle import patch_grid
 
@@ -168,8 +168,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
             maps = cams_with_tta(cam, images, generator=generator, **tta)
             with torch.no_grad():
                 logits = model(images)
-                probabilities = (torch.softmax(logits, dim=1) if info.get("loss") == "ce"
-                                 else torch.sigmoid(logits)).cpu().numpy()
+                probabilities = class_probabilities(logits, info).cpu().numpy()
             for j, index in enumerate(batch["index"].tolist()):
                 write_cam_file(cam_file_path(output_dir, split, names[index]),
                                maps[j].cpu().numpy(), batch["target"][j].numpy(), probabilities[j])

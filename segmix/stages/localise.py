@@ -69,7 +69,7 @@ from ..data import (
 )
 from ..evidence_localiser import EvidenceLocaliser, train_evidence, warn_if_collapsed
 from ..io import write_csv, write_json
-from ..models import load_classifier
+from ..models import class_probabilities, load_classifier
 from ..runtime import atomic_torch_save, setup_runtime
 
 __all__ = ["DEFAULTS", "DONE_FILE", "METHODS", "NAMINGS", "RESUMABLE_CHANGES", "build_prototypes",
@@ -174,10 +174,9 @@ class _ClassProbability:
 
     def __init__(self, model: torch.nn.Module, info: Dict[str, Any], device: torch.device,
                  batch_size: int) -> None:
-        self.model, self.device, self.batch_size = model, device, batch_size
+        self.model, self.info, self.device, self.batch_size = model, info, device, batch_size
         self.transform = build_transform([], image_size_of(info["image_size"]), info["mean"],
                                          info["std"])
-        self.softmax = info.get("loss") == "ce"
 
     @torch.inference_mode()
     def __call__(self, images: Sequence[np.ndarray], labels: Sequence[int]) -> np.ndarray:
@@ -185,8 +184,7 @@ class _ClassProbability:
         for start in range(0, len(images), self.batch_size):
             batch = torch.stack([self.transform(image=image)["image"]
                                  for image in images[start:start + self.batch_size]])
-            logits = self.model(batch.to(self.device)).float()
-            scores = torch.softmax(logits, dim=1) if self.softmax else torch.sigmoid(logits)
+            scores = class_probabilities(self.model(batch.to(self.device)).float(), self.info)
             out.append(scores[:, list(labels)].mean(dim=1).cpu())
         return torch.cat(out).numpy()
 
