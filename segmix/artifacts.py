@@ -7,7 +7,8 @@ A pipeline run (``segmix run``) keeps each stage in a subfolder of its output fo
 inside a stage folder are named here and nowhere else:
 
 * train-cls / train-seg: ``classifier.pt`` / ``segmenter.pt`` (final model, marks the run
-  finished; the format is :mod:`segmix.models`'), ``*_best.pt``, ``metrics.csv`` (one row per
+  finished; the format is :mod:`segmix.models`'), ``model/`` (the same model as a model folder,
+  :mod:`segmix.model_folder`), ``*_best.pt``, ``metrics.csv`` (one row per
   epoch), ``curriculum.csv``, ``checkpoints/last.pt``;
 * cams: ``<split>/<tile stem>.npz`` (``cams`` float16 ``[K, h, w]``, raw; ``labels`` multi-hot;
   ``probabilities``) and ``index.csv`` (one row per tile, marks the run finished);
@@ -33,7 +34,8 @@ from .io import atomic_write_npz, read_csv_rows, read_json, write_csv, write_jso
 
 __all__ = [
     "CONFIG_FILE", "TIMING_FILE", "SUMMARY_FILE", "CLASSIFIER_FILE", "SEGMENTER_FILE",
-    "CAM_INDEX_FILE", "LOCALISER_FILE", "EVIDENCE_FILE", "METRICS_FILE", "EPOCHS_FILE", "CURRICULUM_FILE", "MASKS_FOLDER",
+    "CAM_INDEX_FILE", "LOCALISER_FILE", "EVIDENCE_FILE", "METRICS_FILE", "EPOCHS_FILE",
+    "CURRICULUM_FILE", "MASKS_FOLDER", "MODEL_FOLDER",
     "RunLayout", "CamRecord", "checkpoint_path", "best_model_name", "last_epoch",
     "cam_file_path", "write_cam_file", "read_cam_file", "read_cam_labels", "top_classes",
     "cam_index_row", "write_cam_index", "read_cam_index", "foreground_map_path",
@@ -53,6 +55,7 @@ METRICS_FILE = "metrics.json"    # pseudo-masks (per split) and evaluate
 EPOCHS_FILE = "metrics.csv"      # a training stage's per-epoch metrics
 CURRICULUM_FILE = "curriculum.csv"
 MASKS_FOLDER = "masks"
+MODEL_FOLDER = "model"           # a training stage's final model as a model folder (to hand on)
 
 
 @dataclass(frozen=True)

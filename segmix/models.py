@@ -11,13 +11,15 @@ from __future__ import annotations
 import difflib
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import timm
 import torch
 from torch import nn
 
+from .data.palette import palette_colors
 from .errors import SegmixError
+from .model_folder import folder_kind, read_model_folder, write_model_folder
 from .runtime import atomic_torch_save
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "segmenter_normalization",
     "save_segmenter",
     "load_segmenter",
+    "save_pretrained",
 ]
 
 OFFLINE_LITE0 = "efficientnet-lite0-wheel"
@@ -221,15 +224,47 @@ def normalization_of(model: nn.Module) -> Tuple[Tuple[float, ...], Tuple[float, 
     return mean, std
 
 
-def _read_model_file(path: Path, kind: str, required: set, map_location: str) -> Dict[str, Any]:
+KIND_NAMES = {"classifier": "classifier", "segmenter": "segmentation model"}
+
+
+def _read_model_file(path: Path, kind: str, required: set, map_location: str,
+                     classes: Optional[Sequence[str]]) -> Dict[str, Any]:
+    """The payload of a model file (``.pt``) or model folder of ``kind``, checked for the keys in
+    ``required`` and, when ``classes`` is given, for that class list."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{kind} file {path} not found")
-    payload = torch.load(path, map_location=map_location, weights_only=True)
+    if path.is_dir():
+        payload = read_model_folder(path, kind, map_location)
+    elif not path.is_file():
+        raise FileNotFoundError(f"{KIND_NAMES[kind]} file or folder {path} not found")
+    else:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
     missing = required - set(payload) if isinstance(payload, dict) else required
     if missing:
-        raise ModelError(f"{path} is not a segmix {kind} file (lacks {sorted(missing)})")
+        raise ModelError(f"{path} is not a segmix {KIND_NAMES[kind]} (lacks {sorted(missing)})")
+    if classes is not None and list(payload["classes"]) != list(classes):
+        raise ModelError(f"the {KIND_NAMES[kind]} {path} was trained on classes"
+                         f" {list(payload['classes'])}, not {list(classes)}")
     return payload
+
+
+def save_pretrained(directory: Path, model_file: Path) -> Path:
+    """Write the model of a segmix model file (``.pt``) or folder as a model folder
+    (:mod:`segmix.model_folder`); a segmentation model's folder names its palette too."""
+    model_file = Path(model_file)
+    if model_file.is_dir():
+        payload = read_model_folder(model_file, folder_kind(model_file))
+    elif model_file.is_file():
+        payload = torch.load(model_file, map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"model file or folder {model_file} not found")
+    if not isinstance(payload, dict) or not {"arch", "classes", "state_dict"} <= set(payload):
+        raise ModelError(f"{model_file} is not a segmix classifier or segmentation model")
+    kind = "segmenter" if "encoder" in payload else "classifier"
+    info = {key: value for key, value in payload.items() if key != "state_dict"}
+    if kind == "segmenter":
+        names = ["background", *info["classes"]]
+        info["palette"] = {name: list(rgb) for name, rgb in zip(names, palette_colors(len(names) - 1))}
+    return write_model_folder(directory, kind, info, payload["state_dict"])
 
 
 def save_classifier(path: Path, model: nn.Module, *, name: str, classes: list,
@@ -241,9 +276,13 @@ def save_classifier(path: Path, model: nn.Module, *, name: str, classes: list,
                              **(extra or {})})
 
 
-def load_classifier(path: Path, map_location: str = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
-    """Rebuild a classifier saved by :func:`save_classifier`, in eval mode; returns ``(model, info)``."""
-    payload = _read_model_file(path, "classifier", {"arch", "classes", "state_dict"}, map_location)
+def load_classifier(path: Path, map_location: str = "cpu", *,
+                    classes: Optional[Sequence[str]] = None) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Rebuild a classifier saved by :func:`save_classifier` (a ``.pt`` file) or
+    :func:`save_pretrained` (a folder), in eval mode; returns ``(model, info)``. With ``classes``,
+    a model trained on another class list is refused, naming both."""
+    payload = _read_model_file(path, "classifier", {"arch", "classes", "state_dict"}, map_location,
+                               classes)
     model = timm.create_model(payload["arch"], pretrained=False, num_classes=len(payload["classes"]))
     model.load_state_dict(payload["state_dict"])
     info = {k: v for k, v in payload.items() if k != "state_dict"}
@@ -280,10 +319,13 @@ def save_segmenter(path: Path, model: nn.Module, *, arch: str, encoder: str, cla
                              "state_dict": model.state_dict(), **(extra or {})})
 
 
-def load_segmenter(path: Path, map_location: str = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
-    """Rebuild a model saved by :func:`save_segmenter`, in eval mode; returns ``(model, info)``."""
-    payload = _read_model_file(path, "segmentation model", {"arch", "encoder", "classes",
-                                                            "state_dict"}, map_location)
+def load_segmenter(path: Path, map_location: str = "cpu", *,
+                   classes: Optional[Sequence[str]] = None) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Rebuild a model saved by :func:`save_segmenter` (a ``.pt`` file) or :func:`save_pretrained`
+    (a folder), in eval mode; returns ``(model, info)``. With ``classes``, a model trained on
+    another class list is refused, naming both."""
+    payload = _read_model_file(path, "segmenter", {"arch", "encoder", "classes", "state_dict"},
+                               map_location, classes)
     model = create_segmenter(payload["arch"], payload["encoder"], len(payload["classes"]) + 1)
     model.load_state_dict(payload["state_dict"])
     return model.eval(), {k: v for k, v in payload.items() if k != "state_dict"}

@@ -21,13 +21,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from .artifacts import CURRICULUM_FILE, EPOCHS_FILE, best_model_name, checkpoint_path
+from .artifacts import (
+    CURRICULUM_FILE,
+    EPOCHS_FILE,
+    MODEL_FOLDER,
+    best_model_name,
+    checkpoint_path,
+)
 from .config import ConfigError, check_number, config_differences, merge
 from .curriculum import ShuffleCurriculum
 from .data import build_transform
 from .errors import SegmixError
 from .io import write_csv
 from .mixing import MIXERS, BatchMixer, CutMix, MixUp, NoMixing, ShuffleMixing
+from .models import save_pretrained
 from .precision import autocast_dtype, depthwise_convs_in_float32
 from .runtime import (
     Runtime,
@@ -185,6 +192,11 @@ class EpochTrainer:
     def describe(self) -> str:
         return f"training for {self.epochs} epochs"
 
+    @property
+    def model_extra(self) -> Dict[str, Any]:
+        """What every saved model records beside its weights: the tiles' resolution."""
+        return {"mpp": self.config["data"]["mpp"]}
+
     # -- set-up ----------------------------------------------------------------------------------
     def setup(self, model: nn.Module, mixer: BatchMixer, train_set: Dataset,
               val_set: Optional[Dataset]) -> None:
@@ -337,8 +349,10 @@ class EpochTrainer:
                 self._write_epoch(epoch, row)
             self.runtime.barrier()
         if main:
-            self.save_model(self.output_dir / self.final_file, {"epochs": self.epochs})
-            print(f"wrote {self.output_dir / self.final_file}", flush=True)
+            final = self.output_dir / self.final_file
+            self.save_model(final, {"epochs": self.epochs, **self.model_extra})
+            save_pretrained(self.output_dir / MODEL_FOLDER, final)
+            print(f"wrote {final} and the model folder {self.output_dir / MODEL_FOLDER}", flush=True)
         return self.rows
 
     def _write_epoch(self, epoch: int, row: Dict[str, Any]) -> None:
@@ -349,7 +363,7 @@ class EpochTrainer:
         if score is not None and score > self.best:
             self.best = score
             self.save_model(self.output_dir / best_model_name(self.final_file),
-                            {"epoch": epoch, self.best_metric: score})
+                            {"epoch": epoch, self.best_metric: score, **self.model_extra})
         self._save(epoch)
         summary = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                             for k, v in row.items() if k != "epoch")

@@ -13,7 +13,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import Dataset
 
-from ..config import ConfigError
+from ..config import ConfigError, check_number
 from ..labels import MaskConvention
 from ..shuffle import size_pair
 from .images import read_label_mask, read_rgb
@@ -36,6 +36,7 @@ DATA_DEFAULTS: Dict[str, Any] = {
     "format": "csv",
     "classes": [],
     "image_size": 224,
+    "mpp": None,  # microns per pixel of the tiles (kept with trained models; optional)
     "train": {"path": None, "split": "train", "masks": None},
     "val": {"path": None, "split": "val", "masks": None},
     "mask": {"convention": "binary", "background_value": 0, "first_class_value": 1,
@@ -166,6 +167,8 @@ def validate_data(data: Mapping[str, Any], required: Sequence[str] = ()) -> None
         raise ConfigError(f"data.format must be one of {', '.join(FORMATS)}, got {data['format']!r}")
     dataset_classes(data)
     image_size_of(data["image_size"])
+    if data["mpp"] is not None:
+        check_number("data.mpp", data["mpp"])
     mask_convention(data)
     if data["on_bad_file"] not in ("raise", "skip"):
         raise ConfigError(f"data.on_bad_file must be 'raise' or 'skip', got {data['on_bad_file']!r}")

@@ -135,11 +135,8 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     validate(config)
     cam_cfg, data = config["cam"], config["data"]
     runtime = setup_runtime(cam_cfg["device"])
-    model, info = load_classifier(Path(config["classifier"]), map_location="cpu")
     classes = dataset_classes(data)
-    if list(info["classes"]) != classes:
-        raise ConfigError(f"the classifier {config['classifier']} was trained on classes"
-                          f" {info['classes']}, data.classes is {classes}")
+    model, info = load_classifier(Path(config["classifier"]), map_location="cpu", classes=classes)
     model.to(runtime.device)
     image_size = image_size_of(info["image_size"])
     try:

@@ -201,10 +201,7 @@ def _classifier(config: Dict[str, Any], classes: List[str]
     """The classifier of ``config['classifier']`` on the localiser's device, checked against
     ``classes``; its file's info; the device."""
     runtime = setup_runtime(config["localiser"]["device"])
-    model, info = load_classifier(Path(config["classifier"]), map_location="cpu")
-    if list(info["classes"]) != classes:
-        raise ConfigError(f"the classifier {config['classifier']} was trained on classes"
-                          f" {info['classes']}, data.classes is {classes}")
+    model, info = load_classifier(Path(config["classifier"]), map_location="cpu", classes=classes)
     return model.to(runtime.device), info, runtime.device
 
 
