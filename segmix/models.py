@@ -39,7 +39,8 @@ __all__ = [
     "segmenter_normalization",
     "save_segmenter",
     "load_segmenter",
-    "save_pretrained",
+    "save_model_folder",
+    "model_file_to_folder",
 ]
 
 OFFLINE_LITE0 = "efficientnet-lite0-wheel"
@@ -240,16 +241,28 @@ def _read_model_file(path: Path, kind: str, required: set, map_location: str,
         payload = torch.load(path, map_location=map_location, weights_only=True)
     missing = required - set(payload) if isinstance(payload, dict) else required
     if missing:
-        raise ModelError(f"{path} is not a segmix {KIND_NAMES[kind]} (lacks {sorted(missing)})")
+        raise ModelError(f"{path} is not a segmix {KIND_NAMES[kind]} file or folder (lacks"
+                         f" {sorted(missing)})")
     if classes is not None and list(payload["classes"]) != list(classes):
         raise ModelError(f"the {KIND_NAMES[kind]} {path} was trained on classes"
                          f" {list(payload['classes'])}, not {list(classes)}")
     return payload
 
 
-def save_pretrained(directory: Path, model_file: Path) -> Path:
-    """Write the model of a segmix model file (``.pt``) or folder as a model folder
+def save_model_folder(directory: Path, info: Dict[str, Any],
+                      state_dict: Dict[str, torch.Tensor]) -> Path:
+    """Write a model (its file's ``info`` and weights) as a model folder
     (:mod:`segmix.model_folder`); a segmentation model's folder names its palette too."""
+    kind = "segmenter" if "encoder" in info else "classifier"
+    info = dict(info)
+    if kind == "segmenter":
+        names = ["background", *info["classes"]]
+        info["palette"] = {name: list(rgb) for name, rgb in zip(names, palette_colors(len(names) - 1))}
+    return write_model_folder(directory, kind, info, state_dict)
+
+
+def model_file_to_folder(model_file: Path, directory: Path) -> Path:
+    """Write the model of a segmix model file (``.pt``) or folder as a model folder."""
     model_file = Path(model_file)
     if model_file.is_dir():
         payload = read_model_folder(model_file, folder_kind(model_file))
@@ -259,12 +272,8 @@ def save_pretrained(directory: Path, model_file: Path) -> Path:
         raise FileNotFoundError(f"model file or folder {model_file} not found")
     if not isinstance(payload, dict) or not {"arch", "classes", "state_dict"} <= set(payload):
         raise ModelError(f"{model_file} is not a segmix classifier or segmentation model")
-    kind = "segmenter" if "encoder" in payload else "classifier"
-    info = {key: value for key, value in payload.items() if key != "state_dict"}
-    if kind == "segmenter":
-        names = ["background", *info["classes"]]
-        info["palette"] = {name: list(rgb) for name, rgb in zip(names, palette_colors(len(names) - 1))}
-    return write_model_folder(directory, kind, info, payload["state_dict"])
+    return save_model_folder(directory, {k: v for k, v in payload.items() if k != "state_dict"},
+                             payload["state_dict"])
 
 
 def save_classifier(path: Path, model: nn.Module, *, name: str, classes: list,

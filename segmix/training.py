@@ -34,7 +34,7 @@ from .data import build_transform
 from .errors import SegmixError
 from .io import write_csv
 from .mixing import MIXERS, BatchMixer, CutMix, MixUp, NoMixing, ShuffleMixing
-from .models import save_pretrained
+from .models import model_file_to_folder
 from .precision import autocast_dtype, depthwise_convs_in_float32
 from .runtime import (
     Runtime,
@@ -351,7 +351,7 @@ class EpochTrainer:
         if main:
             final = self.output_dir / self.final_file
             self.save_model(final, {"epochs": self.epochs, **self.model_extra})
-            save_pretrained(self.output_dir / MODEL_FOLDER, final)
+            model_file_to_folder(final, self.output_dir / MODEL_FOLDER)
             print(f"wrote {final} and the model folder {self.output_dir / MODEL_FOLDER}", flush=True)
         return self.rows
 

@@ -209,4 +209,4 @@ def test_predict_input_errors(segmenter_file, tmp_path, capsys):
     assert predict(tmp_path / "e", model, f"input={tmp_path / 'imgs'}", "predict.overlap=1.5") == 2
     assert "overlap must be in [0, 1)" in capsys.readouterr().err
     assert predict(tmp_path / "f", "segmenter_path=nothing.pt", f"input={tmp_path / 'imgs'}") == 1
-    assert "segmentation model file nothing.pt not found" in capsys.readouterr().err
+    assert "segmentation model file or folder nothing.pt not found" in capsys.readouterr().err

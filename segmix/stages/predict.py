@@ -22,7 +22,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -44,10 +43,9 @@ from ..data import (
 )
 from ..data.readers import IMAGE_SUFFIXES
 from ..io import atomic_write_npz, write_csv, write_json
-from ..models import load_segmenter
-from ..runtime import setup_runtime
+from ..pretrained import Segmenter
 from ..shuffle import size_pair
-from ..sliding_window import BLENDS, FLIPS, sliding_window_predict
+from ..sliding_window import BLENDS, FLIPS
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "Predictor", "run", "list_inputs",
            "validate"]
@@ -141,44 +139,20 @@ def list_inputs(config: Dict[str, Any]) -> List[Path]:
     return images
 
 
-def _resized(array: np.ndarray, size: Tuple[int, int], nearest: bool = False) -> np.ndarray:
-    """``array`` (``H x W [x C]``) resized to ``size`` = (height, width)."""
-    if nearest:
-        interpolation = cv2.INTER_NEAREST
-    else:
-        interpolation = cv2.INTER_AREA if size[0] < array.shape[0] else cv2.INTER_LINEAR
-    return cv2.resize(array, (size[1], size[0]), interpolation=interpolation)
-
-
 class Predictor:
-    """A loaded segmentation model and the settings to predict one image."""
+    """A loaded segmentation model and the ``predict`` settings to segment one image with."""
 
     def __init__(self, segmenter_path: Path, config: Dict[str, Any]) -> None:
-        runtime = setup_runtime(config["device"])
-        self.device = runtime.device
-        self.model, info = load_segmenter(Path(segmenter_path), map_location="cpu")
-        self.model.to(self.device)
-        self.classes: List[str] = list(info["classes"])
-        self.mean, self.std = info["mean"], info["std"]
-        self.window = config["window"] if config["window"] is not None else list(info["image_size"])
-        self.scale = float(config["scale"])
-        self.settings = {"overlap": float(config["overlap"]), "blend": config["blend"],
-                         "flips": list(config["flips"]), "batch_size": int(config["batch_size"])}
+        self.segmenter = Segmenter.from_pretrained(Path(segmenter_path), device=config["device"])
+        self.classes: List[str] = self.segmenter.classes
+        self.settings = {"window": config["window"], "overlap": float(config["overlap"]),
+                         "blend": config["blend"], "flips": list(config["flips"]),
+                         "batch_size": int(config["batch_size"]), "scale": float(config["scale"])}
 
     def __call__(self, image: np.ndarray, probabilities: bool,
                  on_row=None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        size = image.shape[:2]
-        if self.scale != 1.0:
-            image = _resized(image, (max(1, round(size[0] * self.scale)),
-                                     max(1, round(size[1] * self.scale))))
-        mask, probs = sliding_window_predict(
-            self.model, image, window=self.window, mean=self.mean, std=self.std,
-            probabilities=probabilities, device=self.device, on_row=on_row, **self.settings)
-        if self.scale != 1.0:
-            mask = _resized(mask, size, nearest=True)
-            if probs is not None:
-                probs = np.stack([_resized(p.astype(np.float32), size) for p in probs]).astype(np.float16)
-        return mask, probs
+        return self.segmenter.predict(image, probabilities=probabilities, on_row=on_row,
+                                      **self.settings)
 
 
 def _outputs(output_dir: Path, name: str, settings: Dict[str, Any]) -> Dict[str, Path]:

@@ -1,0 +1,142 @@
+"""Trained models to use from Python and hand on: :class:`Classifier` and :class:`Segmenter`.
+
+Each wraps a network and what it needs to be used (classes, input size, normalisation, training
+resolution), loads from a model folder or an older ``.pt`` file with ``from_pretrained`` and writes
+a model folder (``config.json`` + ``model.safetensors``, :mod:`segmix.model_folder`) with
+``save_pretrained``::
+
+    segmenter = Segmenter.from_pretrained("runs/demo/segmenter/model")
+    mask = segmenter.predict(rgb).mask          # H x W class indices, 0 = background
+    segmenter.save_pretrained("to-share/segmenter")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from .models import class_probabilities, load_classifier, load_segmenter, save_model_folder
+from .runtime import setup_runtime
+from .sliding_window import sliding_window_predict
+
+__all__ = ["Classifier", "Segmenter", "Prediction", "resized"]
+
+
+def resized(array: np.ndarray, size: Tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """``array`` (``H x W [x C]``) resized to ``size`` = (height, width): area averaging to shrink,
+    bilinear to enlarge, nearest neighbour for label maps."""
+    if nearest:
+        interpolation = cv2.INTER_NEAREST
+    else:
+        interpolation = cv2.INTER_AREA if size[0] < array.shape[0] else cv2.INTER_LINEAR
+    return cv2.resize(array, (size[1], size[0]), interpolation=interpolation)
+
+
+class _Pretrained:
+    """A network in eval mode with the ``info`` of its model file or folder."""
+
+    kind: ClassVar[str]
+    _load: ClassVar[Callable[..., Tuple[nn.Module, Dict[str, Any]]]]
+
+    def __init__(self, network: nn.Module, info: Dict[str, Any],
+                 device: torch.device = torch.device("cpu")) -> None:
+        self.network, self.info, self.device = network.eval().to(device), dict(info), device
+
+    @classmethod
+    def from_pretrained(cls, path: Path, *, classes: Optional[Sequence[str]] = None,
+                        device: str = "cpu"):
+        """Load a model folder (or a ``.pt`` model file) offline. ``classes``: refuse a model of
+        another class list; ``device``: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``."""
+        network, info = cls._load(Path(path), map_location="cpu", classes=classes)
+        return cls(network, info, setup_runtime(device).device)
+
+    def save_pretrained(self, directory: Path) -> Path:
+        """Write this model as a model folder; returns ``directory``."""
+        return save_model_folder(directory, self.info, self.network.state_dict())
+
+    @property
+    def classes(self) -> List[str]:
+        return list(self.info["classes"])
+
+    @property
+    def image_size(self) -> Tuple[int, int]:
+        """The (height, width) the model was trained on."""
+        height, width = self.info["image_size"]
+        return int(height), int(width)
+
+    @property
+    def mean(self) -> Tuple[float, ...]:
+        """Per-channel mean of RGB in [0, 1] that inputs are normalised with."""
+        return tuple(self.info["mean"])
+
+    @property
+    def std(self) -> Tuple[float, ...]:
+        return tuple(self.info["std"])
+
+    @property
+    def mpp(self) -> Optional[float]:
+        """Microns per pixel of the training tiles, where the training config gave it."""
+        return self.info.get("mpp")
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.info['arch']}, classes={self.classes},"
+                f" image_size={self.image_size}, device={self.device})")
+
+
+class Classifier(_Pretrained):
+    """A tile classifier trained by ``segmix train-cls``."""
+
+    kind = "classifier"
+    _load = staticmethod(load_classifier)
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Class probabilities ``[N, K]`` of RGB uint8 tiles (each resized to the training size),
+        softmax or sigmoid as the model was trained."""
+        size = self.image_size
+        batch = np.stack([resized(np.asarray(image), size) for image in images]).astype(np.float32)
+        tensor = torch.from_numpy(batch / 255).permute(0, 3, 1, 2)
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        logits = self.network(((tensor - mean) / std).to(self.device)).float().cpu()
+        return class_probabilities(logits, self.info).numpy()
+
+
+class Prediction(NamedTuple):
+    """A segmentation of one image: ``mask`` ``H x W`` uint8 (0 background, 1..K the classes) and,
+    if asked for, ``probabilities`` float16 ``[K + 1, H, W]``."""
+
+    mask: np.ndarray
+    probabilities: Optional[np.ndarray]
+
+
+class Segmenter(_Pretrained):
+    """A segmentation model trained by ``segmix train-seg`` (0 = background, 1..K = classes)."""
+
+    kind = "segmenter"
+    _load = staticmethod(load_segmenter)
+
+    def predict(self, image: np.ndarray, *, window: Optional[Any] = None, overlap: float = 0.25,
+                blend: str = "gaussian", flips: Sequence[str] = (), batch_size: int = 8,
+                scale: float = 1.0, probabilities: bool = False,
+                on_row: Optional[Callable[[int, int], None]] = None) -> Prediction:
+        """Segment an RGB uint8 image of any size with a sliding window (:mod:`segmix.sliding_window`)
+        of the training size (or ``window``), after resizing by ``scale``; the mask comes back at
+        the image's size."""
+        size = image.shape[:2]
+        if scale != 1.0:
+            image = resized(image, (max(1, round(size[0] * scale)), max(1, round(size[1] * scale))))
+        mask, probs = sliding_window_predict(
+            self.network, image, window=window if window is not None else list(self.image_size),
+            mean=self.mean, std=self.std, overlap=overlap, blend=blend, flips=flips,
+            batch_size=batch_size, probabilities=probabilities, device=self.device, on_row=on_row)
+        if scale != 1.0:
+            mask = resized(mask, size, nearest=True)
+            if probs is not None:
+                probs = np.stack([resized(p.astype(np.float32), size) for p in probs]).astype(np.float16)
+        return Prediction(mask, probs)
