@@ -24,7 +24,7 @@ test: install
 	$(BIN)/python -m pytest
 
 benchmark: install
-	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
 	$(BIN)/python benchmarks/shuffle_speed.py
 
 clean:

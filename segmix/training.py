@@ -36,6 +36,7 @@ from .io import write_csv
 from .mixing import MIXERS, BatchMixer, CutMix, MixUp, NoMixing, ShuffleMixing
 from .models import model_file_to_folder
 from .precision import autocast_dtype, depthwise_convs_in_float32
+from .training_log import EpochLog, check_logger
 from .runtime import (
     Runtime,
     atomic_torch_save,
@@ -73,7 +74,7 @@ AUGMENT_DEFAULTS: Dict[str, Any] = {
 # and cuDNN convolve fastest, `compile` torch.compile (30-90 s of compiling at each start here).
 TRAIN_DEFAULTS: Dict[str, Any] = {"epochs": 10, "lr": 1e-3, "weight_decay": 1e-4, "amp": True,
                                   "channels_last": True, "compile": False, "num_workers": 2,
-                                  "device": "auto"}
+                                  "device": "auto", "logger": "none"}
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>")
 
 
@@ -122,6 +123,7 @@ def validate_training(config: Mapping[str, Any], *, train_section: str, augment_
                                                       and device[5:].isdigit()):
         raise ConfigError(f"{train_section}.device must be one of {', '.join(DEVICES)}, got"
                           f" {device!r}")
+    check_logger(f"{train_section}.logger", train["logger"])
     for split in ("train", "eval"):
         build_transform(config["augmentations"][split], image_size, (0.5,) * 3, (0.5,) * 3)
     try:
@@ -137,7 +139,7 @@ def resumable_changes(train_section: str) -> set:
     with other epochs would not continue the same run (start a new run from the saved model).
     """
     return {f"{train_section}.{key}" for key in ("num_workers", "device", "eval_batch_size",
-                                                 "compile")} | {"output_dir"}
+                                                 "compile", "logger")} | {"output_dir"}
 
 
 class StageError(SegmixError, ValueError):
@@ -331,6 +333,21 @@ class EpochTrainer:
             compiled = ", compiled" if self.train_cfg["compile"] else ""
             print(f"{self.describe()} on {self.runtime.device} ({self.precision}{layout}{compiled});"
                   f" augment: {self.mixer.name}", flush=True)
+        self.log = EpochLog(self.output_dir, self.train_cfg["logger"], self.describe(),
+                            self.start_epoch) if main else None
+        try:
+            self._epochs(main)
+        finally:
+            if self.log is not None:
+                self.log.close()
+        if main:
+            final = self.output_dir / self.final_file
+            self.save_model(final, {"epochs": self.epochs, **self.model_extra})
+            model_file_to_folder(final, self.output_dir / MODEL_FOLDER)
+            print(f"wrote {final} and the model folder {self.output_dir / MODEL_FOLDER}", flush=True)
+        return self.rows
+
+    def _epochs(self, main: bool) -> None:
         for epoch in range(self.start_epoch, self.epochs):
             settings = self.mixer.start_epoch(epoch)
             lr = self.optimizer.param_groups[0]["lr"]
@@ -348,15 +365,10 @@ class EpochTrainer:
             if main:
                 self._write_epoch(epoch, row)
             self.runtime.barrier()
-        if main:
-            final = self.output_dir / self.final_file
-            self.save_model(final, {"epochs": self.epochs, **self.model_extra})
-            model_file_to_folder(final, self.output_dir / MODEL_FOLDER)
-            print(f"wrote {final} and the model folder {self.output_dir / MODEL_FOLDER}", flush=True)
-        return self.rows
 
     def _write_epoch(self, epoch: int, row: Dict[str, Any]) -> None:
         write_csv(self.output_dir / EPOCHS_FILE, self.rows)
+        self.log.log(self.rows)
         if self.mixer.history:
             write_csv(self.output_dir / CURRICULUM_FILE, self.mixer.history)
         score = row.get(self.best_metric)
