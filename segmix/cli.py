@@ -1,4 +1,5 @@
-"""The ``segmix`` command: one subcommand per stage, ``--config file.yaml`` plus ``--set`` overrides.
+"""The ``segmix`` command: one subcommand per stage, ``--config file.yaml`` plus ``--set`` overrides;
+a thin layer over :mod:`segmix.api`.
 
 Every subcommand resolves its config (defaults <- files <- overrides), validates all of it, saves
 it as ``config.yaml`` in its output folder, and refuses to overwrite finished outputs unless
@@ -16,9 +17,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import __version__
-from .config import apply_overrides, load_config
 from .errors import SegmixError
-from .stages import STAGES, Stage, get_stage, prepare_output_dir
+from .stages import STAGES, Stage, get_stage
 
 __all__ = ["build_parser", "main"]
 
@@ -44,24 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
         if stage.resumable:
             p.add_argument("--resume", action="store_true",
                            help="continue an interrupted run from its last checkpoint")
+        if stage.model_key:
+            p.add_argument("--model", type=Path, help="a model folder or .pt model file (sets"
+                           f" {stage.model_key})")
     return parser
-
-
-def _resolve(stage: Stage, args: argparse.Namespace) -> dict:
-    """Defaults <- config files <- overrides <- --output-dir, validated."""
-    module = stage.load()
-    # One file may hold every stage's settings: keys of the other stages are skipped here.
-    foreign = set()
-    if args.config:
-        foreign = {key for other in STAGES for key in other.load().DEFAULTS} - set(module.DEFAULTS)
-    config = module.DEFAULTS
-    for path in args.config:
-        config = load_config(path, config, foreign)
-    config = apply_overrides(config, args.overrides)
-    if args.output_dir is not None:
-        config["output_dir"] = str(args.output_dir)
-    module.validate(config)
-    return config
 
 
 def _fail(stage: Stage, error: Exception, status: int) -> int:
@@ -84,18 +70,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from .api import resolve_config, run_resolved  # imports torch: not for --help
+
     stage = get_stage(args.command)
-    if getattr(args, "resume", False) and args.overwrite:
+    resume = bool(getattr(args, "resume", False))
+    if resume and args.overwrite:
         return _fail(stage, SegmixError("--resume and --overwrite exclude each other"), 2)
     try:
-        config = _resolve(stage, args)
+        config = resolve_config(stage, args.config, output_dir=args.output_dir,
+                                overrides=args.overrides, model=getattr(args, "model", None))
     except (SegmixError, OSError) as error:  # refused before anything ran, as a bad command line
         return _fail(stage, error, 2)
-    module, output_dir = stage.load(), Path(config["output_dir"])
     try:
-        prepare_output_dir(module, config, output_dir, overwrite=args.overwrite)
-        module.run(config, output_dir, resume=bool(getattr(args, "resume", False)),
-                   overwrite=args.overwrite)
+        run_resolved(stage, config, overwrite=args.overwrite, resume=resume)
     except (SegmixError, OSError) as error:  # OSError: a file missing, denied, a full disk...
         return _fail(stage, error, 1)
     except KeyboardInterrupt:

@@ -41,6 +41,7 @@ __all__ = [
     "load_segmenter",
     "save_model_folder",
     "model_file_to_folder",
+    "model_kind",
 ]
 
 OFFLINE_LITE0 = "efficientnet-lite0-wheel"
@@ -259,6 +260,19 @@ def save_model_folder(directory: Path, info: Dict[str, Any],
         names = ["background", *info["classes"]]
         info["palette"] = {name: list(rgb) for name, rgb in zip(names, palette_colors(len(names) - 1))}
     return write_model_folder(directory, kind, info, state_dict)
+
+
+def model_kind(path: Path) -> str:
+    """``classifier`` or ``segmenter``: what a segmix model file (``.pt``) or folder holds."""
+    path = Path(path)
+    if path.is_dir():
+        return folder_kind(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file or folder {path} not found")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or not {"arch", "classes", "state_dict"} <= set(payload):
+        raise ModelError(f"{path} is not a segmix classifier or segmentation model")
+    return "segmenter" if "encoder" in payload else "classifier"
 
 
 def model_file_to_folder(model_file: Path, directory: Path) -> Path:

@@ -13,18 +13,24 @@ a model folder (``config.json`` + ``model.safetensors``, :mod:`segmix.model_fold
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from .models import class_probabilities, load_classifier, load_segmenter, save_model_folder
+from .models import (
+    class_probabilities,
+    load_classifier,
+    load_segmenter,
+    model_kind,
+    save_model_folder,
+)
 from .runtime import setup_runtime
 from .sliding_window import sliding_window_predict
 
-__all__ = ["Classifier", "Segmenter", "Prediction", "resized"]
+__all__ = ["Classifier", "Segmenter", "Prediction", "load_pretrained", "resized"]
 
 
 def resized(array: np.ndarray, size: Tuple[int, int], nearest: bool = False) -> np.ndarray:
@@ -140,3 +146,11 @@ class Segmenter(_Pretrained):
             if probs is not None:
                 probs = np.stack([resized(p.astype(np.float32), size) for p in probs]).astype(np.float16)
         return Prediction(mask, probs)
+
+
+def load_pretrained(path: Path, *, classes: Optional[Sequence[str]] = None,
+                    device: str = "cpu") -> Union[Classifier, Segmenter]:
+    """The :class:`Classifier` or :class:`Segmenter` of a model folder or ``.pt`` file, whichever
+    it holds."""
+    kind = Classifier if model_kind(Path(path)) == "classifier" else Segmenter
+    return kind.from_pretrained(path, classes=classes, device=device)

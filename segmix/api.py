@@ -1,0 +1,170 @@
+"""segmix from Python: every stage of the CLI as a function, and the trained models as objects.
+
+Each stage is a function named after its subcommand (``train-cls`` -> :func:`train_cls`) that takes
+what the command line takes::
+
+    from segmix import api
+
+    result = api.train_cls("configs/ebhi.yaml", output_dir="runs/cls", train={"epochs": 3})
+    result.metrics["val_accuracy"], result.files["classifier.pt"]
+
+* ``config``: a YAML file, a dict (a partial config: missing keys take the stage's defaults), or a
+  list of them layered in order; keys that belong to other stages are skipped, as on the command
+  line, so one config serves every stage;
+* keyword overrides: a section as a dict (``train={"epochs": 3}``, merged into the section) or one
+  dotted key (``**{"train.epochs": 3}``), applied after ``config``; ``overrides`` takes
+  ``--set``-style strings;
+* ``output_dir``, ``overwrite`` and ``resume`` as the flags of the same names.
+
+The config is validated before anything runs (a :class:`segmix.config.ConfigError` names the key)
+and saved as ``config.yaml`` in the output folder. A call returns a :class:`StageResult`. The CLI is
+a thin layer over :func:`resolve_config` and :func:`run_resolved`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+from .config import ConfigError, apply_overrides, load_config, merge
+from .pretrained import Classifier, Prediction, Segmenter, load_pretrained
+from .stages import STAGES, Stage, get_stage, prepare_output_dir
+
+ConfigSource = Union[None, str, Path, Mapping[str, Any]]
+
+__all__ = ["StageResult", "resolve_config", "run_resolved", "run_stage", "Classifier", "Segmenter",
+           "Prediction", "load_pretrained", "train_cls", "cams", "localise", "pseudo_masks",
+           "train_seg", "predict", "evaluate", "run", "demo", "shuffle_demo", "export"]
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage call did: its folder, resolved config, headline metrics and output paths.
+
+    ``metrics``: a training stage's last epoch (``metrics.csv``'s last row); otherwise the summary
+    or metrics the stage wrote (``summary.json``, ``metrics.json``, ``export.json``), or the number
+    of tiles it wrote. ``files``: the entries of the output folder by name (``classifier.pt``,
+    ``model``, ``metrics.csv``, ...)."""
+
+    stage: str
+    output_dir: Path
+    config: Dict[str, Any]
+    metrics: Dict[str, Any]
+    files: Dict[str, Path]
+
+
+def _stage(stage: Union[str, Stage]) -> Stage:
+    if isinstance(stage, Stage):
+        return stage
+    try:
+        return get_stage(stage)
+    except KeyError as error:
+        raise ConfigError(str(error.args[0])) from error
+
+
+def _sources(config: Union[ConfigSource, Sequence[ConfigSource]]) -> List[ConfigSource]:
+    if config is None:
+        return []
+    if isinstance(config, (str, Path, Mapping)):
+        return [config]
+    return list(config)
+
+
+def _nested(key: str, value: Any) -> Dict[str, Any]:
+    nested: Any = value
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    return nested
+
+
+def resolve_config(stage: Union[str, Stage],
+                   config: Union[ConfigSource, Sequence[ConfigSource]] = None, *,
+                   output_dir: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (),
+                   model: Optional[Union[str, Path]] = None, **sections: Any) -> Dict[str, Any]:
+    """The validated config of ``stage``: defaults <- ``config`` (files and dicts, in order) <-
+    keyword ``sections`` <- ``overrides`` strings <- ``model`` (the stage's model path, for the
+    stages that take one) <- ``output_dir``."""
+    stage = _stage(stage)
+    module = stage.load()
+    sources = _sources(config)
+    foreign = set()
+    if sources:  # one config may hold every stage's settings: the others' keys are skipped here
+        foreign = {key for other in STAGES for key in other.load().DEFAULTS} - set(module.DEFAULTS)
+    resolved = module.DEFAULTS
+    for source in sources:
+        if isinstance(source, Mapping):
+            resolved = merge(resolved, {k: v for k, v in source.items()
+                                        if k in module.DEFAULTS or k not in foreign})
+        else:
+            resolved = load_config(Path(source), resolved, foreign)
+    for key, value in sections.items():
+        resolved = merge(resolved, _nested(key, value))
+    resolved = apply_overrides(resolved, overrides)
+    if model is not None:
+        if stage.model_key is None:
+            raise ConfigError(f"segmix {stage.name} takes no model; stages that do:"
+                              f" {[s.name for s in STAGES if s.model_key]}")
+        resolved[stage.model_key] = str(model)
+    if output_dir is not None:
+        resolved["output_dir"] = str(output_dir)
+    module.validate(resolved)
+    return resolved
+
+
+def _metrics(stage: Stage, value: Any) -> Dict[str, Any]:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if stage.resumable and value:  # a training stage's rows, one per epoch
+        return dict(value[-1])
+    return {"tiles": len(value or [])}
+
+
+def run_resolved(stage: Union[str, Stage], config: Dict[str, Any], *, overwrite: bool = False,
+                 resume: bool = False) -> StageResult:
+    """Run ``stage`` on a config from :func:`resolve_config`: refuse a folder holding a finished run
+    or other settings (unless ``overwrite``), save ``config.yaml``, run, collect the result."""
+    stage = _stage(stage)
+    if resume and overwrite:
+        raise ConfigError("resume and overwrite exclude each other")
+    module, output_dir = stage.load(), Path(config["output_dir"])
+    prepare_output_dir(module, config, output_dir, overwrite=overwrite)
+    options = {"resume": resume} if stage.resumable else {}
+    value = module.run(config, output_dir, overwrite=overwrite, **options)
+    files = {path.name: path for path in sorted(output_dir.iterdir())} if output_dir.is_dir() else {}
+    return StageResult(stage.name, output_dir, config, _metrics(stage, value), files)
+
+
+def run_stage(stage: Union[str, Stage], config: Union[ConfigSource, Sequence[ConfigSource]] = None,
+              *, output_dir: Optional[Union[str, Path]] = None, overwrite: bool = False,
+              resume: bool = False, overrides: Sequence[str] = (),
+              model: Optional[Union[str, Path]] = None, **sections: Any) -> StageResult:
+    """Resolve the config of ``stage`` (see :func:`resolve_config`) and run it."""
+    resolved = resolve_config(stage, config, output_dir=output_dir, overrides=overrides,
+                              model=model, **sections)
+    return run_resolved(stage, resolved, overwrite=overwrite, resume=resume)
+
+
+def _stage_function(stage: Stage) -> Callable[..., StageResult]:
+    def call(config: Union[ConfigSource, Sequence[ConfigSource]] = None, **options: Any) -> StageResult:
+        return run_stage(stage, config, **options)
+
+    call.__name__ = call.__qualname__ = stage.name.replace("-", "_")
+    call.__doc__ = (f"``segmix {stage.name}``: {stage.help}.\n\nArguments as :func:`run_stage`"
+                    f" (config, output_dir, overwrite, resume, overrides, keyword sections);"
+                    f" returns a :class:`StageResult`.")
+    return call
+
+
+# One function per stage of segmix.stages.STAGES (tests/test_api.py checks that none is missing).
+train_cls = _stage_function(get_stage("train-cls"))
+cams = _stage_function(get_stage("cams"))
+localise = _stage_function(get_stage("localise"))
+pseudo_masks = _stage_function(get_stage("pseudo-masks"))
+train_seg = _stage_function(get_stage("train-seg"))
+predict = _stage_function(get_stage("predict"))
+evaluate = _stage_function(get_stage("evaluate"))
+run = _stage_function(get_stage("run"))
+demo = _stage_function(get_stage("demo"))
+shuffle_demo = _stage_function(get_stage("shuffle-demo"))
+export = _stage_function(get_stage("export"))
