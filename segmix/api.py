@@ -14,7 +14,8 @@ what the command line takes::
 * keyword overrides: a section as a dict (``train={"epochs": 3}``, merged into the section) or one
   dotted key (``**{"train.epochs": 3}``), applied after ``config``; ``overrides`` takes
   ``--set``-style strings;
-* ``output_dir``, ``overwrite`` and ``resume`` as the flags of the same names.
+* ``output_dir``, ``overwrite`` and ``resume`` as the flags of the same names (``--model`` is
+  the stage's model key: ``api.predict(segmenter_path=...)``, ``api.export(model=...)``).
 
 The config is validated before anything runs (a :class:`segmix.config.ConfigError` names the key)
 and saved as ``config.yaml`` in the output folder. A call returns a :class:`StageResult`. The CLI is
@@ -71,8 +72,19 @@ def _sources(config: Union[ConfigSource, Sequence[ConfigSource]]) -> List[Config
     return list(config)
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with paths as strings (a config holds YAML types only)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
 def _nested(key: str, value: Any) -> Dict[str, Any]:
-    nested: Any = value
+    nested: Any = _plain(value)
     for part in reversed(key.split(".")):
         nested = {part: nested}
     return nested
@@ -81,10 +93,9 @@ def _nested(key: str, value: Any) -> Dict[str, Any]:
 def resolve_config(stage: Union[str, Stage],
                    config: Union[ConfigSource, Sequence[ConfigSource]] = None, *,
                    output_dir: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (),
-                   model: Optional[Union[str, Path]] = None, **sections: Any) -> Dict[str, Any]:
+                   **sections: Any) -> Dict[str, Any]:
     """The validated config of ``stage``: defaults <- ``config`` (files and dicts, in order) <-
-    keyword ``sections`` <- ``overrides`` strings <- ``model`` (the stage's model path, for the
-    stages that take one) <- ``output_dir``."""
+    keyword ``sections`` <- ``overrides`` strings <- ``output_dir``."""
     stage = _stage(stage)
     module = stage.load()
     sources = _sources(config)
@@ -94,18 +105,13 @@ def resolve_config(stage: Union[str, Stage],
     resolved = module.DEFAULTS
     for source in sources:
         if isinstance(source, Mapping):
-            resolved = merge(resolved, {k: v for k, v in source.items()
+            resolved = merge(resolved, {k: _plain(v) for k, v in source.items()
                                         if k in module.DEFAULTS or k not in foreign})
         else:
             resolved = load_config(Path(source), resolved, foreign)
     for key, value in sections.items():
         resolved = merge(resolved, _nested(key, value))
     resolved = apply_overrides(resolved, overrides)
-    if model is not None:
-        if stage.model_key is None:
-            raise ConfigError(f"segmix {stage.name} takes no model; stages that do:"
-                              f" {[s.name for s in STAGES if s.model_key]}")
-        resolved[stage.model_key] = str(model)
     if output_dir is not None:
         resolved["output_dir"] = str(output_dir)
     module.validate(resolved)
@@ -137,11 +143,10 @@ def run_resolved(stage: Union[str, Stage], config: Dict[str, Any], *, overwrite:
 
 def run_stage(stage: Union[str, Stage], config: Union[ConfigSource, Sequence[ConfigSource]] = None,
               *, output_dir: Optional[Union[str, Path]] = None, overwrite: bool = False,
-              resume: bool = False, overrides: Sequence[str] = (),
-              model: Optional[Union[str, Path]] = None, **sections: Any) -> StageResult:
+              resume: bool = False, overrides: Sequence[str] = (), **sections: Any) -> StageResult:
     """Resolve the config of ``stage`` (see :func:`resolve_config`) and run it."""
     resolved = resolve_config(stage, config, output_dir=output_dir, overrides=overrides,
-                              model=model, **sections)
+                              **sections)
     return run_resolved(stage, resolved, overwrite=overwrite, resume=resume)
 
 

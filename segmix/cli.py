@@ -77,8 +77,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if resume and args.overwrite:
         return _fail(stage, SegmixError("--resume and --overwrite exclude each other"), 2)
     try:
+        model = {stage.model_key: str(args.model)} if getattr(args, "model", None) else {}
         config = resolve_config(stage, args.config, output_dir=args.output_dir,
-                                overrides=args.overrides, model=getattr(args, "model", None))
+                                overrides=args.overrides, **model)
     except (SegmixError, OSError) as error:  # refused before anything ran, as a bad command line
         return _fail(stage, error, 2)
     try:

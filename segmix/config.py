@@ -9,6 +9,7 @@ by each stage's ``validate`` when the config is resolved.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
 
@@ -21,6 +22,24 @@ __all__ = ["ConfigError", "load_config", "apply_overrides", "merge", "save_confi
            "config_differences", "check_number"]
 
 Config = Dict[str, Any]
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as PyYAML reads it, except that ``1e-4`` is a number (YAML 1.2), not text."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigError(SegmixError, ValueError):
@@ -87,7 +106,7 @@ def load_config(path: Optional[Path], defaults: Mapping[str, Any],
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
     if data is None:
@@ -109,7 +128,7 @@ def apply_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> Conf
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         try:
-            value = yaml.safe_load(raw)
+            value = _load_yaml(raw)
         except yaml.YAMLError as error:
             raise ConfigError(f"override {item!r}: value is not valid YAML: {error}") from error
         nested: Any = value

@@ -157,3 +157,11 @@ def test_config_files_layer_in_order(tmp_path):
                  str(tmp_path / "b.yaml"), "--output-dir", str(out), "--set", "shuffle.patch_size=16"]) == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["tile_size"] == 64 and saved["seed"] == 5 and saved["shuffle"]["patch_size"] == 16
+
+
+def test_scientific_notation_is_a_number_in_files_and_overrides(tmp_path):
+    defaults = {"train": {"lr": 0.001, "name": "x"}}
+    assert apply_overrides(defaults, ["train.lr=1e-4"])["train"]["lr"] == 1e-4
+    assert apply_overrides(defaults, ["train.name=1e5x"])["train"]["name"] == "1e5x"
+    (tmp_path / "c.yaml").write_text("train:\n  lr: 3E-5\n")
+    assert load_config(tmp_path / "c.yaml", defaults)["train"]["lr"] == 3e-5

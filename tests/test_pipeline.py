@@ -70,6 +70,11 @@ def test_demo_runs_every_stage_resumes_and_skips_finished_stages(tmp_path, monke
     for folder in STAGE_FOLDERS:
         assert (out / folder / "config.yaml").is_file(), folder
     assert (out / "segmenter" / "segmenter.pt").is_file()
+    for stage in ("classifier", "segmenter"):  # training curves and a model folder to hand on
+        curves = np.asarray(Image.open(out / stage / "metrics.png").convert("L"))
+        assert curves.shape == (380, 1000) and curves.std() > 10
+        folder = json.loads((out / stage / "model" / "config.json").read_text())
+        assert folder["segmix_model"] == stage and folder["classes"] == list(TISSUES)
     predictions = sorted((out / "predictions" / "masks").glob("tile_*.png"))
     assert len(predictions) == 8 and read_mask_png(predictions[0]).shape == (32, 32)
     evaluation = json.loads((out / "evaluation" / "metrics.json").read_text())
