@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import Callable, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from .errors import SegmixError
 from .pretrained import resized
 
 __all__ = ["FORMATS", "ExportError", "NormalisedModel", "check_format", "export_model",
-           "run_exported", "reference_tiles"]
+           "load_exported", "reference_tiles"]
 
 FORMATS = ("torchscript", "onnx")
 SUFFIXES = {"torchscript": ".torchscript.pt", "onnx": ".onnx"}
@@ -83,15 +83,20 @@ def export_model(model: NormalisedModel, example: torch.Tensor, fmt: str, path: 
     return Path(path)
 
 
-def run_exported(path: Path, fmt: str, images: torch.Tensor) -> torch.Tensor:
-    """The logits an exported model at ``path`` gives for ``images`` (on the CPU)."""
+def load_exported(path: Path, fmt: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The exported model at ``path`` as a function from images to logits (on the CPU)."""
     if fmt == "torchscript":
-        with torch.no_grad():
-            return torch.jit.load(str(path), map_location="cpu")(images)
+        module = torch.jit.load(str(path), map_location="cpu")
+
+        def run(images: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return module(images)
+
+        return run
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+    return lambda images: torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
 
 
 def reference_tiles(size: Tuple[int, int], count: int = 8) -> np.ndarray:

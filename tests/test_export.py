@@ -10,7 +10,7 @@ import torch
 from segmix.api import Classifier, Segmenter, export
 from segmix.cli import main
 from segmix.config import ConfigError
-from segmix.export import ExportError, NormalisedModel, reference_tiles, run_exported
+from segmix.export import ExportError, NormalisedModel, load_exported, reference_tiles
 from segmix.models import OFFLINE_LITE0, create_classifier, create_segmenter, save_classifier
 from segmix.models import save_segmenter
 
@@ -50,7 +50,7 @@ def test_export_matches_the_eager_model_on_real_tiles(model_folders, tmp_path, k
     images = torch.from_numpy(tiles).permute(0, 3, 1, 2).float().div(255).contiguous()
     with torch.no_grad():
         eager = NormalisedModel(model.network, model.mean, model.std)(images)
-    exported = run_exported(result.files[summary["file"]], fmt, images)
+    exported = load_exported(result.files[summary["file"]], fmt)(images)
     assert exported.shape == eager.shape == ((3, 3) if kind == "classifier" else (3, 4, 96, 96))
     assert float((exported - eager).abs().max()) <= 1e-4
     if kind == "classifier":  # the normalisation is inside: same probabilities as the API's

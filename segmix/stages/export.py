@@ -23,8 +23,16 @@ import torch
 from ..config import ConfigError, check_number
 from ..data import read_rgb
 from ..data.readers import IMAGE_SUFFIXES
-from ..export import FORMATS, SUFFIXES, ExportError, NormalisedModel, check_format, export_model
-from ..export import reference_tiles, run_exported
+from ..export import (
+    FORMATS,
+    SUFFIXES,
+    ExportError,
+    NormalisedModel,
+    check_format,
+    export_model,
+    load_exported,
+    reference_tiles,
+)
 from ..io import write_json
 from ..pretrained import load_pretrained, resized
 
@@ -91,7 +99,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     with torch.no_grad():
         eager = wrapped(images)
     path = export_model(wrapped, images[:1], fmt, Path(output_dir) / f"model{SUFFIXES[fmt]}")
-    exported = run_exported(path, fmt, images)
+    exported = load_exported(path, fmt)(images)
     difference = float((exported.float() - eager).abs().max())
     scale = float(eager.abs().max())
     print(f"{fmt} export of the {model.kind} {config['model']}: max |exported - eager| ="
