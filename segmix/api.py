@@ -14,8 +14,9 @@ what the command line takes::
 * keyword overrides: a section as a dict (``train={"epochs": 3}``, merged into the section) or one
   dotted key (``**{"train.epochs": 3}``), applied after ``config``; ``overrides`` takes
   ``--set``-style strings;
-* ``output_dir``, ``overwrite`` and ``resume`` as the flags of the same names (``--model`` is
-  the stage's model key: ``api.predict(segmenter_path=...)``, ``api.export(model=...)``).
+* ``output_dir``, ``overwrite`` and ``resume`` as the flags of the same names (the shortcut
+  flags are config keys: ``--model`` is ``api.predict(segmenter_path=...)`` and
+  ``api.export(model=...)``, ``--format`` is ``api.export(export={"format": ...})``).
 
 The config is validated before anything runs (a :class:`segmix.config.ConfigError` names the key)
 and saved as ``config.yaml`` in the output folder. A call returns a :class:`StageResult`. The CLI is

@@ -44,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         if stage.resumable:
             p.add_argument("--resume", action="store_true",
                            help="continue an interrupted run from its last checkpoint")
-        if stage.model_key:
-            p.add_argument("--model", type=Path, help="a model folder or .pt model file (sets"
-                           f" {stage.model_key})")
+        for flag, key, text in stage.flags:
+            p.add_argument(flag, dest=f"flag:{key}", metavar=flag[2:].upper(),
+                           help=f"{text} (sets {key})")
     return parser
 
 
@@ -77,9 +77,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if resume and args.overwrite:
         return _fail(stage, SegmixError("--resume and --overwrite exclude each other"), 2)
     try:
-        model = {stage.model_key: str(args.model)} if getattr(args, "model", None) else {}
+        flags = {key: getattr(args, f"flag:{key}") for _, key, _ in stage.flags
+                 if getattr(args, f"flag:{key}") is not None}
         config = resolve_config(stage, args.config, output_dir=args.output_dir,
-                                overrides=args.overrides, **model)
+                                overrides=args.overrides, **flags)
     except (SegmixError, OSError) as error:  # refused before anything ran, as a bad command line
         return _fail(stage, error, 2)
     try:

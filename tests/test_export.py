@@ -59,7 +59,7 @@ def test_export_matches_the_eager_model_on_real_tiles(model_folders, tmp_path, k
 
 def test_an_export_above_the_tolerance_is_removed(model_folders, tmp_path, capsys):
     status = main(["export", "--model", str(model_folders["segmenter"]), "--output-dir",
-                   str(tmp_path / "out"), "--set", "export.format=onnx",
+                   str(tmp_path / "out"), "--format", "onnx",
                    "--set", "export.tolerance=1e-12", "--set", "export.check_count=2"])
     assert status == 1
     error = capsys.readouterr().err
@@ -72,7 +72,7 @@ def test_export_refusals_name_the_fix(model_folders, tmp_path, monkeypatch, caps
     assert main(["export", "--output-dir", str(tmp_path / "a")]) == 2
     assert "model is not set" in capsys.readouterr().err
     assert main(["export", "--model", str(model_folders["classifier"]), "--output-dir",
-                 str(tmp_path / "b"), "--set", "export.format=tflite"]) == 2
+                 str(tmp_path / "b"), "--format", "tflite"]) == 2
     assert "export.format must be one of torchscript, onnx, got 'tflite'" in capsys.readouterr().err
     assert main(["export", "--model", str(tmp_path / "nothing"), "--output-dir",
                  str(tmp_path / "c")]) == 1

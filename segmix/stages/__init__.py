@@ -44,7 +44,8 @@ class Stage:
     folder: Optional[Callable[[Any], Path]] = None  # its folder in a run layout (pipeline stages)
     wiring: Optional[Wiring] = None
     needs_val: bool = False  # predicts or scores the validation split
-    model_key: Optional[str] = None  # the config key that `--model PATH` sets (a model to use)
+    # Shortcut flags: (flag, the config key it sets, help), e.g. ("--model", "segmenter_path", ...).
+    flags: Tuple[Tuple[str, str, str], ...] = ()
     example: str = "data.image_size=224"  # a --set example for its --help
 
     @property
@@ -86,7 +87,8 @@ STAGES: Tuple[Stage, ...] = (
           folder=lambda layout: layout.predictions_dir,
           wiring=lambda layout, splits: {"segmenter_path": str(layout.segmenter), "split": "val",
                                          "input": None, "input_split": None},
-          needs_val=True, model_key="segmenter_path", example="predict.overlap=0.5"),
+          needs_val=True, example="predict.overlap=0.5",
+          flags=(("--model", "segmenter_path", "a model folder or .pt model file"),)),
     Stage("evaluate", "score predicted masks against the ground truth of any labelled split"
           " (mIoU, FwIoU, Dice; with and without background)",
           folder=lambda layout: layout.evaluation_dir,
@@ -102,8 +104,9 @@ STAGES: Tuple[Stage, ...] = (
     Stage("shuffle-demo", "shuffle tiles of a real IHC image with every mode and draw the result"
           " (no data needed)", example="shuffle.patch_size=16"),
     Stage("export", "a trained classifier or segmenter (model folder or .pt) as TorchScript or"
-          " ONNX, checked against the eager model on real tiles", model_key="model",
-          example="export.format=torchscript"),
+          " ONNX, checked against the eager model on real tiles", example="export.tolerance=1e-3",
+          flags=(("--model", "model", "a model folder or .pt model file"),
+                 ("--format", "export.format", "onnx or torchscript"))),
 )
 
 
