@@ -124,3 +124,55 @@ def test_run_on_a_csv_dataset_whose_val_split_has_no_masks(tmp_path, capsys):
     assert "train" in summary["metrics"]["pseudo_masks"]
     mask = np.asarray(Image.open(out / "pseudo-masks" / "masks" / "train" / "A_0.png"))
     assert mask.shape == (32, 32)
+
+
+def test_pseudo_masks_for_new_tiles_from_a_finished_run(tmp_path, capsys):
+    csv_path = write_csv_dataset(tmp_path / "tiles", per_class=8, size=32)
+    run = tmp_path / "run"
+    settings = ["data.classes=[A, B, C]", f"data.train.path={csv_path}",
+                f"data.val.path={csv_path}", *TINY_MODELS, "localiser.method=prototypes",
+                "localiser.prototypes=3", "localiser.segments=40", "masks.foreground_weight=1.0",
+                "sweep.enabled=true", "sweep.values=[0.2, 0.5]"]
+    assert cli("run", run, settings) == 0
+    # the val tiles again, as a user's labelled CSV without a split column
+    val_rows = [line.split(",") for line in csv_path.read_text().splitlines()[1:]
+                if line.endswith(",val")]
+    new = csv_path.parent / "new.csv"
+    new.write_text("image,label,mask\n" + "".join(f"{r[0]},{r[2]},{r[1]}\n" for r in val_rows))
+    out = tmp_path / "new-masks"
+    assert main(["pseudo-masks", "--from-run", str(run), "--input", str(new),
+                 "--output-dir", str(out)]) == 0
+
+    summary = json.loads((out / "summary.json").read_text())
+    chosen = json.loads((run / "pseudo-masks" / "summary.json").read_text())
+    assert summary["settings"] == chosen["settings"] and summary["from_run"] == str(run)
+    assert chosen["localiser_dir"]  # the run's masks used its foreground maps...
+    assert (out / "localiser" / "prototypes.pt").read_bytes() == \
+        (run / "localiser" / "prototypes.pt").read_bytes()  # ...and its fitted prototypes are reused
+    for row in val_rows:  # the same tiles get the masks the run made for them
+        name = row[0].split("/")[-1].removesuffix(".png")
+        np.testing.assert_array_equal(
+            read_mask_png(out / "masks" / "val" / f"{name}.png"),
+            read_mask_png(run / "pseudo-masks" / "masks" / "val" / f"{name}.png"))
+    metrics = json.loads((out / "metrics.json").read_text())["val"]
+    theirs = json.loads((run / "pseudo-masks" / "metrics.json").read_text())["val"]
+    assert metrics["tiles_scored"] == 6
+    assert metrics["with_background"] == theirs["with_background"]  # same masks, same scores
+
+    # bad input names the problem
+    capsys.readouterr()
+    wrong = csv_path.parent / "wrong.csv"
+    wrong.write_text(f"image,label\n{val_rows[0][0]},A\n{val_rows[1][0]},Lymphocytes\n")
+    assert main(["pseudo-masks", "--from-run", str(run), "--input", str(wrong),
+                 "--output-dir", str(tmp_path / "wrong")]) == 1
+    error = capsys.readouterr().err
+    assert "wrong.csv line 3" in error and "unknown class name(s) ['Lymphocytes']" in error
+    assert main(["pseudo-masks", "--from-run", str(run), "--input", str(new), "--output-dir",
+                 str(tmp_path / "other"), "--set", "data.classes=[A, B]"]) == 1
+    assert "was built for classes ['A', 'B', 'C'] at image_size 32; this config has classes" \
+           " ['A', 'B']" in capsys.readouterr().err
+    assert main(["pseudo-masks", "--from-run", str(tmp_path / "tiles"), "--input", str(new),
+                 "--output-dir", str(tmp_path / "x")]) == 2
+    assert "is not a finished `segmix run` folder" in capsys.readouterr().err
+    assert main(["pseudo-masks", "--input", str(new), "--output-dir", str(tmp_path / "y")]) == 2
+    assert "from_run and input go together" in capsys.readouterr().err

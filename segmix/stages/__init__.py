@@ -76,8 +76,11 @@ STAGES: Tuple[Stage, ...] = (
           folder=lambda layout: layout.pseudo_masks_dir,
           wiring=lambda layout, splits: {"cams_dir": str(layout.cams_dir),
                                          "localiser_dir": str(layout.localiser_dir),
-                                         "splits": splits},
-          example="masks.threshold=0.2"),
+                                         "splits": splits, "from_run": None, "input": None},
+          example="masks.threshold=0.2",
+          flags=(("--from-run", "from_run", "a finished `segmix run` folder: make masks for new"
+                  " tiles with its models and chosen settings"),
+                 ("--input", "input", "with --from-run: a labelled CSV (image,label[,mask])"))),
     Stage("train-seg", "stage 5: train a segmentation model on the pseudo masks, image and mask"
           " shuffled together", resumable=True, folder=lambda layout: layout.segmenter_dir,
           wiring=lambda layout, splits: {"pseudo_masks_dir": str(layout.pseudo_masks_dir)},

@@ -10,6 +10,13 @@ choice; marks the run finished). A re-run writes only missing masks.
 
 The sweep (``sweep.enabled``) tries each value of one setting (e.g. ``threshold``) on a split with
 ground truth (the validation split: never the data you report on) and keeps the best.
+
+**Pseudo masks for new tiles without retraining** (``from_run`` + ``input``, or ``segmix
+pseudo-masks --from-run RUN --input CSV``): every row of a labelled CSV (``image,label[,mask]``,
+labels from the run's classes) gets a mask made as the run made its own: the run's CAM settings and
+classifier (``cams/`` under the output folder), its localiser's fitted prototypes or mask head
+(``localiser/``, where its masks used one) and the mask settings its sweep chose; masks are read
+as the ``val`` split (``masks/val/<stem>.png``); with masks in the CSV, ``metrics.json`` scores them.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
+
+import shutil
 
 import numpy as np
 import torch
@@ -27,9 +36,13 @@ from pseudo_masks import PROTOCOLS, ConfusionMatrix, PseudoMaskConfig, cams_to_m
 from pseudo_masks.crf import require_crf
 
 from ..artifacts import (
+    CONFIG_FILE,
+    EVIDENCE_FILE,
+    LOCALISER_FILE,
     MASKS_FOLDER,
     SUMMARY_FILE,
     CamRecord,
+    RunLayout,
     pseudo_mask_path,
     read_cam_file,
     read_cam_index,
@@ -37,7 +50,7 @@ from ..artifacts import (
     read_foreground_map,
     write_metrics,
 )
-from ..config import ConfigError
+from ..config import ConfigError, load_config
 from ..data import (
     DATA_DEFAULTS,
     dataset_classes,
@@ -51,7 +64,8 @@ from ..data import (
     write_mask_png,
     write_rgb,
 )
-from ..io import write_csv, write_json
+from ..io import read_json, write_csv, write_json
+from . import get_stage, prepare_output_dir
 
 __all__ = ["DEFAULTS", "DONE_FILE", "run", "sweep", "validate"]
 
@@ -69,6 +83,8 @@ DEFAULTS: Dict[str, Any] = {
               "values": [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5],
               "split": "val", "protocol": "with_background", "metric": "mIoU"},
     "overlays": False,
+    "from_run": None,  # a `segmix run` folder whose models and chosen settings make the masks
+    "input": None,     # with from_run: a labelled CSV (image,label[,mask]) of the tiles to mask
 }
 
 
@@ -81,6 +97,9 @@ def _mask_settings(values: Dict[str, Any], where: str) -> PseudoMaskConfig:
 
 def validate(config: Dict[str, Any]) -> None:
     """Check every value this stage reads (see :mod:`segmix.stages`)."""
+    if config["from_run"] or config["input"]:
+        _validate_from_run(config)
+        return
     splits = config["splits"]
     if not splits or any(split not in ("train", "val") for split in splits):
         raise ConfigError(f"splits must list train and/or val, got {splits!r}")
@@ -110,6 +129,78 @@ def validate(config: Dict[str, Any]) -> None:
         if sweep_cfg[key] not in valid:
             raise ConfigError(f"sweep.{key} must be one of {', '.join(valid)}, got"
                               f" {sweep_cfg[key]!r}")
+
+
+# -- pseudo masks for new tiles with a finished run's models and settings --------------------------
+FROM_RUN_STAGES = ("cams", "localise", "pseudo-masks")  # the run's stages whose work is reused
+
+
+def _validate_from_run(config: Dict[str, Any]) -> None:
+    if not (config["from_run"] and config["input"]):
+        raise ConfigError("from_run and input go together: --from-run RUN_DIR (a finished `segmix"
+                          " run` folder) --input CSV (image,label[,mask])")
+    layout, csv_path = RunLayout(Path(config["from_run"])), Path(config["input"])
+    needed = [layout.classifier] + [_run_folder(layout, name) / CONFIG_FILE
+                                    for name in FROM_RUN_STAGES]
+    needed.append(layout.pseudo_masks_dir / SUMMARY_FILE)
+    missing = [str(path) for path in needed if not path.is_file()]
+    if missing:
+        raise ConfigError(f"from_run: {layout.root} is not a finished `segmix run` folder up to its"
+                          f" pseudo masks (missing {missing})")
+    if not csv_path.is_file() or csv_path.suffix.lower() != ".csv":
+        raise ConfigError(f"input: {csv_path} is not a CSV file (columns image,label[,mask])")
+
+
+def _run_folder(layout: RunLayout, stage: str) -> Path:
+    return get_stage(stage).folder(layout)
+
+
+def _run_stage(name: str, config: Dict[str, Any], overwrite: bool) -> None:
+    """Run one stage of the reuse (as `segmix run` runs its stages): skipped when finished."""
+    module, folder = get_stage(name).load(), Path(config["output_dir"])
+    if (folder / module.DONE_FILE).exists() and not overwrite:
+        print(f"{name}: done ({folder / module.DONE_FILE} exists)", flush=True)
+        return
+    prepare_output_dir(module, config, folder, overwrite=overwrite)
+    module.run(config, folder, overwrite=overwrite)
+
+
+def _from_run(config: Dict[str, Any], output_dir: Path, overwrite: bool) -> Dict[str, Any]:
+    """Compute the CAMs (and foreground maps) of ``config['input']`` with the run's classifier,
+    settings and fitted localiser, under ``output_dir``; return the pseudo-mask config that makes
+    their masks with the settings the run's sweep chose."""
+    layout = RunLayout(Path(config["from_run"]))
+    saved = {name: load_config(_run_folder(layout, name) / CONFIG_FILE, get_stage(name).load().DEFAULTS)
+             for name in FROM_RUN_STAGES}
+    run_data = saved["pseudo-masks"]["data"]
+    given = config["data"]
+    if given["classes"] and (list(given["classes"]) != list(run_data["classes"])
+                             or given["image_size"] != run_data["image_size"]):
+        raise ConfigError(f"the run {layout.root} was built for classes {run_data['classes']} at"
+                          f" image_size {run_data['image_size']}; this config has classes"
+                          f" {given['classes']} at image_size {given['image_size']}")
+    data = {**run_data, "format": "csv",
+            "val": {"path": str(config["input"]), "split": None, "masks": None}}
+    print(f"pseudo masks for {config['input']} with the run {layout.root}", flush=True)
+    _run_stage("cams", {**saved["cams"], "classifier": str(layout.classifier), "data": data,
+                        "splits": ["val"], "output_dir": str(output_dir / "cams")}, overwrite)
+    chosen = read_json(layout.pseudo_masks_dir / SUMMARY_FILE)
+    localiser_dir = None
+    if chosen.get("localiser_dir"):
+        localiser_dir = output_dir / "localiser"
+        for name in (LOCALISER_FILE, EVIDENCE_FILE):  # the fitted localiser, reused as it is
+            fitted = layout.localiser_dir / name
+            if fitted.is_file() and (overwrite or not (localiser_dir / name).is_file()):
+                localiser_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(fitted, localiser_dir / name)
+        _run_stage("localise", {**saved["localise"], "classifier": str(layout.classifier),
+                                "data": {**data, "train": run_data["train"]}, "splits": ["val"],
+                                "output_dir": str(localiser_dir)}, False)
+    return {**saved["pseudo-masks"], "output_dir": str(output_dir), "data": data,
+            "cams_dir": str(output_dir / "cams"),
+            "localiser_dir": str(localiser_dir) if localiser_dir else None, "splits": ["val"],
+            "masks": chosen["settings"], "sweep": {**saved["pseudo-masks"]["sweep"], "enabled": False},
+            "overlays": config["overlays"], "from_run": None, "input": None}
 
 
 def uses_foreground(config: Dict[str, Any]) -> bool:
@@ -192,13 +283,18 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     """Write the pseudo masks of every tile of ``config['splits']`` (after the sweep, if any);
     returns the summary written to ``summary.json``."""
     validate(config)
+    source = None
+    if config["from_run"]:
+        source = {"from_run": str(config["from_run"]), "input": str(config["input"])}
+        config = _from_run(config, output_dir, overwrite)
     data = config["data"]
     classes = dataset_classes(data)
     tiles = read_cam_index(Path(config["cams_dir"]))
     settings = PseudoMaskConfig.from_dict(dict(config["masks"]))
     localiser_dir = Path(config["localiser_dir"]) if uses_foreground(config) else None
     summary: Dict[str, Any] = {"cams_dir": str(config["cams_dir"]),
-                               "localiser_dir": str(localiser_dir) if localiser_dir else None}
+                               "localiser_dir": str(localiser_dir) if localiser_dir else None,
+                               **(source or {})}
     sweep_cfg = config["sweep"]
     if sweep_cfg["enabled"]:
         chosen, table = sweep([t for t in tiles if t.split == sweep_cfg["split"]], data, settings,
