@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .errors import SegmixError
-from .pretrained import resized
+from .data import resized
 
 __all__ = ["FORMATS", "ExportError", "NormalisedModel", "check_format", "export_model",
            "load_exported", "reference_tiles"]

@@ -15,11 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
+from .data import resized
 from .models import (
     class_probabilities,
     load_classifier,
@@ -30,17 +30,7 @@ from .models import (
 from .runtime import setup_runtime
 from .sliding_window import sliding_window_predict
 
-__all__ = ["Classifier", "Segmenter", "Prediction", "load_pretrained", "resized"]
-
-
-def resized(array: np.ndarray, size: Tuple[int, int], nearest: bool = False) -> np.ndarray:
-    """``array`` (``H x W [x C]``) resized to ``size`` = (height, width): area averaging to shrink,
-    bilinear to enlarge, nearest neighbour for label maps."""
-    if nearest:
-        interpolation = cv2.INTER_NEAREST
-    else:
-        interpolation = cv2.INTER_AREA if size[0] < array.shape[0] else cv2.INTER_LINEAR
-    return cv2.resize(array, (size[1], size[0]), interpolation=interpolation)
+__all__ = ["Classifier", "Segmenter", "Prediction", "load_pretrained"]
 
 
 class _Pretrained:

@@ -13,7 +13,7 @@ from .dataset import (
     unique_stems,
     validate_data,
 )
-from .images import ImageReadError, read_label_mask, read_mask, read_rgb, write_rgb
+from .images import ImageReadError, read_label_mask, read_mask, read_rgb, resized, write_rgb
 from .palette import overlay, palette_colors, read_mask_png, write_legend, write_mask_png
 from .readers import (
     BCSS_CLASSES,
@@ -34,5 +34,5 @@ __all__ = [
     "overlay", "palette_colors", "parse_filename_label", "read_class_folders", "read_csv",
     "read_filename_labels", "read_label_mask", "read_mask", "read_mask_png", "read_rgb",
     "read_split", "resolve_problems", "verify_files", "write_legend", "write_mask_png",
-    "validate_data", "write_rgb",
+    "validate_data", "write_rgb", "resized",
 ]

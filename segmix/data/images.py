@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -19,7 +20,7 @@ from ..labels import MaskConvention, decode_mask
 from .samples import DatasetError
 
 __all__ = ["ImageReadError", "MAX_PIXELS", "read_rgb", "read_mask", "read_label_mask",
-           "check_image", "write_rgb"]
+           "check_image", "write_rgb", "resized"]
 
 # Pillow's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS); callers may allow more.
 MAX_PIXELS = 2 * 89_478_485
@@ -104,3 +105,13 @@ def read_label_mask(path: Path, labels: Sequence[int], num_classes: int,
         raise DatasetError(f"{path}: mask size {mask.shape} differs from its image's size"
                            f" {tuple(shape[:2])}")
     return mask
+
+
+def resized(array: np.ndarray, size: Tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """``array`` (``H x W [x C]``) resized to ``size`` = (height, width): area averaging to shrink,
+    bilinear to enlarge, nearest neighbour for label maps."""
+    if nearest:
+        interpolation = cv2.INTER_NEAREST
+    else:
+        interpolation = cv2.INTER_AREA if size[0] < array.shape[0] else cv2.INTER_LINEAR
+    return cv2.resize(array, (size[1], size[0]), interpolation=interpolation)

@@ -34,7 +34,8 @@ from ..export import (
     reference_tiles,
 )
 from ..io import write_json
-from ..pretrained import load_pretrained, resized
+from ..data import resized
+from ..pretrained import load_pretrained
 
 __all__ = ["DEFAULTS", "DONE_FILE", "run", "validate"]
 
