@@ -37,7 +37,8 @@ ConfigSource = Union[None, str, Path, Mapping[str, Any]]
 
 __all__ = ["StageResult", "resolve_config", "run_resolved", "run_stage", "Classifier", "Segmenter",
            "Prediction", "load_pretrained", "train_cls", "cams", "localise", "pseudo_masks",
-           "train_seg", "predict", "evaluate", "run", "demo", "shuffle_demo", "export"]
+           "train_seg", "predict", "evaluate", "run", "demo", "shuffle_demo", "export", "tile",
+           "export_geojson"]
 
 
 @dataclass(frozen=True)
@@ -174,3 +175,5 @@ run = _stage_function(get_stage("run"))
 demo = _stage_function(get_stage("demo"))
 shuffle_demo = _stage_function(get_stage("shuffle-demo"))
 export = _stage_function(get_stage("export"))
+tile = _stage_function(get_stage("tile"))
+export_geojson = _stage_function(get_stage("export-geojson"))

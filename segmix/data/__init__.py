@@ -14,7 +14,14 @@ from .dataset import (
     validate_data,
 )
 from .images import ImageReadError, read_label_mask, read_mask, read_rgb, resized, write_rgb
-from .palette import overlay, palette_colors, read_mask_png, write_legend, write_mask_png
+from .palette import (
+    overlay,
+    palette_colors,
+    read_legend,
+    read_mask_png,
+    write_legend,
+    write_mask_png,
+)
 from .readers import (
     BCSS_CLASSES,
     FORMATS,
@@ -34,5 +41,5 @@ __all__ = [
     "overlay", "palette_colors", "parse_filename_label", "read_class_folders", "read_csv",
     "read_filename_labels", "read_label_mask", "read_mask", "read_mask_png", "read_rgb",
     "read_split", "resolve_problems", "verify_files", "write_legend", "write_mask_png",
-    "validate_data", "write_rgb", "resized",
+    "validate_data", "write_rgb", "resized", "read_legend",
 ]

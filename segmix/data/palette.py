@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -13,7 +13,8 @@ from ..io import atomic_path, atomic_write_text
 from ..labels import IGNORE_INDEX
 from .images import ImageReadError
 
-__all__ = ["palette_colors", "write_mask_png", "read_mask_png", "write_legend", "overlay"]
+__all__ = ["palette_colors", "write_mask_png", "read_mask_png", "write_legend", "read_legend",
+           "overlay"]
 
 IGNORE_COLOR = (128, 128, 128)
 # Background black, then well-separated colours for classes 1..K (cycled past 12).
@@ -65,6 +66,19 @@ def write_legend(folder: Path, classes: Sequence[str]) -> Dict[str, Dict[str, ob
     legend[str(IGNORE_INDEX)] = {"name": "ignore", "color": list(IGNORE_COLOR)}
     atomic_write_text(Path(folder) / "legend.json", json.dumps(legend, indent=2))
     return legend
+
+
+def read_legend(folder: Path) -> Tuple[List[str], List[List[int]]]:
+    """The classes (background excluded) and colours (background first) of a ``legend.json``."""
+    path = Path(folder) / "legend.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: a mask folder written by segmix holds one")
+    legend = json.loads(path.read_text())
+    indices = sorted(int(k) for k in legend if int(k) != IGNORE_INDEX)
+    if indices != list(range(len(indices))):
+        raise ValueError(f"{path}: class indices {indices} are not 0..K")
+    return ([legend[str(i)]["name"] for i in indices[1:]],
+            [list(legend[str(i)]["color"]) for i in indices])
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float = 0.45) -> np.ndarray:

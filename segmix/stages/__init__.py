@@ -106,6 +106,13 @@ STAGES: Tuple[Stage, ...] = (
           " internet; a few minutes on a CPU)", example="synthetic.train_tiles=480"),
     Stage("shuffle-demo", "shuffle tiles of a real IHC image with every mode and draw the result"
           " (no data needed)", example="shuffle.patch_size=16"),
+    Stage("tile", "whole-slide images (OpenSlide: SVS, NDPI, MRXS, pyramidal TIFF) -> tissue tiles"
+          " at a chosen mpp and the CSV `segmix run` trains on, split by slide",
+          example="tile.mpp=0.5", flags=(("--mpp", "slide_mpp", "microns per pixel of slides"
+                                          " whose metadata lacks it"),)),
+    Stage("export-geojson", "class masks (slide masks or PNG mask folders) as QuPath GeoJSON"
+          " annotations: polygons with holes per class, in level-0 slide coordinates",
+          example="masks=runs/slides/masks"),
     Stage("export", "a trained classifier or segmenter (model folder or .pt) as TorchScript or"
           " ONNX, checked against the eager model on real tiles", example="export.tolerance=1e-3",
           flags=(("--model", "model", "a model folder or .pt model file"),

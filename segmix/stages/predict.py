@@ -42,8 +42,10 @@ from ..data import (
     write_rgb,
 )
 from ..data.readers import IMAGE_SUFFIXES
-from ..io import atomic_write_npz, write_csv, write_json
+from ..io import atomic_write_npz, read_json, write_csv, write_json
 from ..pretrained import Segmenter
+from ..slide_prediction import predict_slide
+from ..slides import SLIDE_SUFFIXES, Slide, require_openslide
 from ..shuffle import size_pair
 from ..sliding_window import BLENDS, FLIPS
 
@@ -72,6 +74,12 @@ DEFAULTS: Dict[str, Any] = {
         "overlays": True,
         "on_bad_file": "raise",  # or skip: leave unreadable images out with a warning and a count
         "max_megapixels": 1000,  # larger images are refused by name (about 3 bytes a pixel to hold)
+        # whole-slide images (the extra wsi): input is a slide, a folder or a CSV of slides
+        "slides": False,
+        "slide_mpp": None,       # level-0 microns per pixel of slides whose metadata lacks it
+        "model_mpp": None,       # the model's training mpp, if its file does not record it
+        "block": 2048,           # columns predicted at once (memory: one band of 512 rows)
+        "thumbnail_mpp": 16.0,   # resolution of the tissue detection and the overlay picture
     },
 }
 
@@ -95,8 +103,16 @@ def validate(config: Dict[str, Any]) -> None:
         if settings[key] not in valid:
             raise ConfigError(f"predict.{key} must be one of {', '.join(valid)}, got"
                               f" {settings[key]!r}")
-    for key in ("scale", "batch_size", "max_megapixels"):
+    for key in ("scale", "batch_size", "max_megapixels", "block", "thumbnail_mpp"):
         check_number(f"predict.{key}", settings[key])
+    for key in ("slide_mpp", "model_mpp"):
+        if settings[key] is not None:
+            check_number(f"predict.{key}", settings[key])
+    if settings["slides"]:
+        if config["split"]:
+            raise ConfigError("predict.slides: give the slides as input (a slide, a folder of"
+                              " slides or a CSV with an `image` column), not split")
+        require_openslide()
     if settings["window"] is not None:
         try:
             size_pair(settings["window"], "predict.window")
@@ -164,10 +180,77 @@ def _outputs(output_dir: Path, name: str, settings: Dict[str, Any]) -> Dict[str,
     return paths
 
 
+def _slide_paths(config: Dict[str, Any]) -> List[Path]:
+    source = Path(config["input"])
+    if source.is_file() and source.suffix.lower() != ".csv":
+        return [source]
+    if source.is_dir():
+        slides = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
+        if not slides:
+            raise DatasetError(f"input {source} holds no slides ({', '.join(SLIDE_SUFFIXES)})")
+        return slides
+    return list_inputs(config)
+
+
+def _run_slides(config: Dict[str, Any], output_dir: Path, overwrite: bool) -> Dict[str, Any]:
+    """Predict whole slides: ``masks/<slide>.tiff`` (pyramidal), ``overlays/<slide>.jpg``,
+    ``tissue/<slide>.png`` and class areas in mm^2 per slide in ``predictions.csv``."""
+    settings = config["predict"]
+    slides = _slide_paths(config)
+    names = unique_stems(slides)
+    segmenter = Segmenter.from_pretrained(Path(config["segmenter_path"]), device=settings["device"])
+    mpp = settings["model_mpp"] or segmenter.mpp
+    if not mpp:
+        raise ConfigError(f"the segmenter {config['segmenter_path']} does not record the mpp it was"
+                          " trained at (data.mpp was not set): set predict.model_mpp")
+    window_settings = {"window": settings["window"], "overlap": float(settings["overlap"]),
+                       "blend": settings["blend"], "flips": list(settings["flips"]),
+                       "batch_size": int(settings["batch_size"])}
+    write_legend(output_dir / MASKS_FOLDER, segmenter.classes)
+    rows, predicted, megapixels, seconds = [], 0, 0.0, 0.0
+    for path, name in zip(slides, names):
+        target = output_dir / MASKS_FOLDER / f"{name}.tiff"
+        row_file = output_dir / "slides" / f"{name}.json"
+        if target.exists() and row_file.exists() and not overwrite:
+            rows.append(read_json(row_file))
+            continue
+        with Slide(path, settings["slide_mpp"]) as slide:
+            bar = tqdm(total=slide.size_at(mpp)[1], desc=f"slide {name}", unit="row")
+            result = predict_slide(
+                segmenter, slide, target, mpp=float(mpp), settings=window_settings,
+                block=int(settings["block"]), thumbnail_mpp=float(settings["thumbnail_mpp"]),
+                on_band=lambda done, total: bar.update(done - bar.n))
+            bar.close()
+        write_rgb(output_dir / "tissue" / f"{name}.png",
+                  overlay(result.thumbnail, result.tissue.astype(np.uint8), 1, alpha=0.35))
+        if settings["overlays"]:
+            write_rgb(output_dir / "overlays" / f"{name}.jpg",
+                      overlay(result.thumbnail, result.preview, len(segmenter.classes)))
+        row = {"image": str(path), "mask": str(target.relative_to(output_dir)),
+               "width": result.width, "height": result.height, "mpp": result.mpp,
+               "blocks_predicted": result.blocks_predicted, "seconds": result.seconds,
+               **{f"{k}_mm2": v for k, v in result.areas_mm2.items()}}
+        write_json(row_file, row)
+        rows.append(row)
+        predicted += 1
+        megapixels += result.width * result.height / 1e6
+        seconds += result.seconds
+    write_csv(output_dir / "predictions.csv", rows)
+    summary = {"segmenter": str(config["segmenter_path"]), "slides": len(rows),
+               "predicted_now": predicted, "mpp": mpp, "seconds": seconds,
+               "megapixels_per_s": megapixels / seconds if predicted else None}
+    write_json(output_dir / DONE_FILE, summary)
+    print(f"predicted {predicted} slide(s) ({len(rows) - predicted} already done) into"
+          f" {output_dir / MASKS_FOLDER}", flush=True)
+    return summary
+
+
 def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         overwrite: bool = False) -> Dict[str, Any]:
-    """Predict every input image; returns the summary written to ``summary.json``."""
+    """Predict every input image (or slide); returns the summary written to ``summary.json``."""
     validate(config)
+    if config["predict"]["slides"]:
+        return _run_slides(config, output_dir, overwrite)
     settings = config["predict"]
     max_pixels = int(settings["max_megapixels"] * 1e6)
     images = list_inputs(config)
