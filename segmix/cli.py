@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         if stage.resumable:
             p.add_argument("--resume", action="store_true",
                            help="continue an interrupted run from its last checkpoint")
-        for flag, key, text in stage.flags:
-            p.add_argument(flag, dest=f"flag:{key}", metavar=flag[2:].upper(),
+        for flag, key, text, kind in stage.flags:
+            p.add_argument(flag, dest=f"flag:{key}", metavar=flag[2:].upper(), type=kind,
                            help=f"{text} (sets {key})")
     return parser
 
@@ -77,7 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if resume and args.overwrite:
         return _fail(stage, SegmixError("--resume and --overwrite exclude each other"), 2)
     try:
-        flags = {key: getattr(args, f"flag:{key}") for _, key, _ in stage.flags
+        flags = {key: getattr(args, f"flag:{key}") for _, key, _, _ in stage.flags
                  if getattr(args, f"flag:{key}") is not None}
         config = resolve_config(stage, args.config, output_dir=args.output_dir,
                                 overrides=args.overrides, **flags)

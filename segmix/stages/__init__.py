@@ -44,8 +44,9 @@ class Stage:
     folder: Optional[Callable[[Any], Path]] = None  # its folder in a run layout (pipeline stages)
     wiring: Optional[Wiring] = None
     needs_val: bool = False  # predicts or scores the validation split
-    # Shortcut flags: (flag, the config key it sets, help), e.g. ("--model", "segmenter_path", ...).
-    flags: Tuple[Tuple[str, str, str], ...] = ()
+    # Shortcut flags: (flag, the config key it sets, help, value type), e.g.
+    # ("--model", "segmenter_path", "a model folder or .pt model file", str).
+    flags: Tuple[Tuple[str, str, str, type], ...] = ()
     example: str = "data.image_size=224"  # a --set example for its --help
 
     @property
@@ -79,8 +80,9 @@ STAGES: Tuple[Stage, ...] = (
                                          "splits": splits, "from_run": None, "input": None},
           example="masks.threshold=0.2",
           flags=(("--from-run", "from_run", "a finished `segmix run` folder: make masks for new"
-                  " tiles with its models and chosen settings"),
-                 ("--input", "input", "with --from-run: a labelled CSV (image,label[,mask])"))),
+                  " tiles with its models and chosen settings", str),
+                 ("--input", "input", "with --from-run: a labelled CSV (image,label[,mask])",
+                  str))),
     Stage("train-seg", "stage 5: train a segmentation model on the pseudo masks, image and mask"
           " shuffled together", resumable=True, folder=lambda layout: layout.segmenter_dir,
           wiring=lambda layout, splits: {"pseudo_masks_dir": str(layout.pseudo_masks_dir)},
@@ -91,7 +93,9 @@ STAGES: Tuple[Stage, ...] = (
           wiring=lambda layout, splits: {"segmenter_path": str(layout.segmenter), "split": "val",
                                          "input": None, "input_split": None},
           needs_val=True, example="predict.overlap=0.5",
-          flags=(("--model", "segmenter_path", "a model folder or .pt model file"),)),
+          flags=(("--model", "segmenter_path", "a model folder or .pt model file", str),
+                 ("--mpp", "predict.slide_mpp", "microns per pixel of slides whose metadata"
+                  " lacks it (with predict.slides)", float))),
     Stage("evaluate", "score predicted masks against the ground truth of any labelled split"
           " (mIoU, FwIoU, Dice; with and without background)",
           folder=lambda layout: layout.evaluation_dir,
@@ -109,14 +113,14 @@ STAGES: Tuple[Stage, ...] = (
     Stage("tile", "whole-slide images (OpenSlide: SVS, NDPI, MRXS, pyramidal TIFF) -> tissue tiles"
           " at a chosen mpp and the CSV `segmix run` trains on, split by slide",
           example="tile.mpp=0.5", flags=(("--mpp", "slide_mpp", "microns per pixel of slides"
-                                          " whose metadata lacks it"),)),
+                                          " whose metadata lacks it", float),)),
     Stage("export-geojson", "class masks (slide masks or PNG mask folders) as QuPath GeoJSON"
           " annotations: polygons with holes per class, in level-0 slide coordinates",
           example="masks=runs/slides/masks"),
     Stage("export", "a trained classifier or segmenter (model folder or .pt) as TorchScript or"
           " ONNX, checked against the eager model on real tiles", example="export.tolerance=1e-3",
-          flags=(("--model", "model", "a model folder or .pt model file"),
-                 ("--format", "export.format", "onnx or torchscript"))),
+          flags=(("--model", "model", "a model folder or .pt model file", str),
+                 ("--format", "export.format", "onnx or torchscript", str))),
 )
 
 
