@@ -13,6 +13,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from segmix.cli import main
+from segmix.data import read_mask_png
 from segmix.geojson import geojson_to_mask, mask_to_geojson
 from segmix.slide_masks import read_mask_pyramid, write_mask_pyramid
 from segmix.slides import Slide, SlideError
@@ -175,6 +176,14 @@ def test_tile_train_predict_and_geojson_on_slides(tmp_path, capsys):
         inter = np.logical_and(back == index, mask == index).sum()
         union = np.logical_or(back == index, mask == index).sum()
         assert inter / union >= 0.99
+
+    tile_masks = tmp_path / "tile-geojson"  # PNG masks of tiles, legend one folder up
+    assert cli("export-geojson", tile_masks, [f"masks={run / 'pseudo-masks' / 'masks' / 'train'}"]) == 0
+    exported = sorted(tile_masks.glob("*.geojson"))
+    assert len(exported) == len(list((run / "pseudo-masks" / "masks" / "train").glob("*.png")))
+    first = read_mask_png(run / "pseudo-masks" / "masks" / "train" / f"{exported[0].stem}.png")
+    back = geojson_to_mask(json.loads(exported[0].read_text()), first.shape, ["Other", "Tissue"])
+    np.testing.assert_array_equal(back, np.where(first == 255, 0, first))
 
     glass = tmp_path / "glass-pred"
     assert cli("predict", glass, ["input=" + str(slides / "Other" / "glass.tif"),

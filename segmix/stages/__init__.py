@@ -88,7 +88,8 @@ STAGES: Tuple[Stage, ...] = (
           wiring=lambda layout, splits: {"pseudo_masks_dir": str(layout.pseudo_masks_dir)},
           example="seg_train.epochs=20"),
     Stage("predict", "masks for new images of any size with a trained segmentation model"
-          " (sliding window, blended logits, flip TTA)",
+          " (sliding window, blended logits, flip TTA); whole slides with predict.slides=true"
+          " (pyramidal TIFF masks, class areas)",
           folder=lambda layout: layout.predictions_dir,
           wiring=lambda layout, splits: {"segmenter_path": str(layout.segmenter), "split": "val",
                                          "input": None, "input_split": None},

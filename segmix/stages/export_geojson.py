@@ -62,8 +62,9 @@ def _collection(path: Path) -> Tuple[Dict[str, Any], int]:
         except ValueError as error:
             raise ConfigError(str(error)) from error
         classes, colors, scale = meta["classes"], meta["colors"], float(meta.get("slide_scale", 1.0))
-    else:
-        classes, colors = read_legend(path.parent)
+    else:  # predict keeps legend.json beside its masks, pseudo-masks one folder up
+        folder = path.parent if (path.parent / "legend.json").is_file() else path.parent.parent
+        classes, colors = read_legend(folder)
         mask, scale = read_mask_png(path), 1.0
     collection = mask_to_geojson(mask, classes, colors, scale=scale)
     polygons = sum(len(f["geometry"]["coordinates"]) for f in collection["features"])

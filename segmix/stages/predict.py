@@ -12,6 +12,12 @@ optional ``probabilities/<stem>.npz`` (float16 ``[K+1, H, W]`` softmax) and
 ``summary.json`` (marks the run finished). Writes are atomic; a re-run predicts only the images
 whose outputs are missing. An unreadable image is an error naming it, or is skipped and counted
 with ``predict.on_bad_file: skip``. Settings live in the ``predict`` section.
+
+With ``predict.slides: true`` the inputs are whole-slide images (a slide, a folder or a CSV of
+slides; the extra ``wsi``), read at the model's training mpp, tissue blocks only, in memory bounded
+by one band (:mod:`segmix.slide_prediction`): ``masks/<slide>.tiff`` (pyramidal, palette),
+``overlays/<slide>.jpg``, ``tissue/<slide>.png``, ``slides/<slide>.json`` and ``predictions.csv``
+(class areas in mm^2). See docs/slides.md.
 """
 
 from __future__ import annotations
