@@ -139,7 +139,8 @@ def run_resolved(stage: Union[str, Stage], config: Dict[str, Any], *, overwrite:
     prepare_output_dir(module, config, output_dir, overwrite=overwrite)
     options = {"resume": resume} if stage.resumable else {}
     value = module.run(config, output_dir, overwrite=overwrite, **options)
-    files = {path.name: path for path in sorted(output_dir.iterdir())} if output_dir.is_dir() else {}
+    files = ({path.name: path for path in sorted(output_dir.iterdir())}
+             if output_dir.is_dir() else {})
     return StageResult(stage.name, output_dir, config, _metrics(stage, value), files)
 
 
@@ -153,7 +154,8 @@ def run_stage(stage: Union[str, Stage], config: Union[ConfigSource, Sequence[Con
 
 
 def _stage_function(stage: Stage) -> Callable[..., StageResult]:
-    def call(config: Union[ConfigSource, Sequence[ConfigSource]] = None, **options: Any) -> StageResult:
+    def call(config: Union[ConfigSource, Sequence[ConfigSource]] = None,
+             **options: Any) -> StageResult:
         return run_stage(stage, config, **options)
 
     call.__name__ = call.__qualname__ = stage.name.replace("-", "_")
@@ -164,16 +166,8 @@ def _stage_function(stage: Stage) -> Callable[..., StageResult]:
 
 
 # One function per stage of segmix.stages.STAGES (tests/test_api.py checks that none is missing).
-train_cls = _stage_function(get_stage("train-cls"))
-cams = _stage_function(get_stage("cams"))
-localise = _stage_function(get_stage("localise"))
-pseudo_masks = _stage_function(get_stage("pseudo-masks"))
-train_seg = _stage_function(get_stage("train-seg"))
-predict = _stage_function(get_stage("predict"))
-evaluate = _stage_function(get_stage("evaluate"))
-run = _stage_function(get_stage("run"))
-demo = _stage_function(get_stage("demo"))
-shuffle_demo = _stage_function(get_stage("shuffle-demo"))
-export = _stage_function(get_stage("export"))
-tile = _stage_function(get_stage("tile"))
-export_geojson = _stage_function(get_stage("export-geojson"))
+(train_cls, cams, localise, pseudo_masks, train_seg, predict, evaluate, run, demo, shuffle_demo,
+ export, tile, export_geojson) = (
+    _stage_function(get_stage(name)) for name in (
+        "train-cls", "cams", "localise", "pseudo-masks", "train-seg", "predict", "evaluate", "run",
+        "demo", "shuffle-demo", "export", "tile", "export-geojson"))

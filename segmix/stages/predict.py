@@ -191,7 +191,8 @@ def _slide_paths(config: Dict[str, Any]) -> List[Path]:
     if source.is_file() and source.suffix.lower() != ".csv":
         return [source]
     if source.is_dir():
-        slides = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
+        slides = sorted(p for p in source.iterdir()
+                        if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
         if not slides:
             raise DatasetError(f"input {source} holds no slides ({', '.join(SLIDE_SUFFIXES)})")
         return slides

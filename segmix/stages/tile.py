@@ -63,11 +63,13 @@ def validate(config: Dict[str, Any]) -> None:
     check_number("tile.size", tile["size"], integer=True)
     check_number("tile.overlap", tile["overlap"], integer=True, positive=False)
     if tile["overlap"] >= tile["size"]:
-        raise ConfigError(f"tile.overlap must be below tile.size ({tile['size']}), got {tile['overlap']}")
+        raise ConfigError(f"tile.overlap must be below tile.size ({tile['size']}), got"
+                          f" {tile['overlap']}")
     if not 0 <= tile["min_tissue"] <= 1:
         raise ConfigError(f"tile.min_tissue must be in [0, 1], got {tile['min_tissue']!r}")
     if not 0 <= config["split"]["val_fraction"] < 1:
-        raise ConfigError(f"split.val_fraction must be in [0, 1), got {config['split']['val_fraction']!r}")
+        raise ConfigError(f"split.val_fraction must be in [0, 1), got"
+                          f" {config['split']['val_fraction']!r}")
     check_number("tissue.thumbnail_mpp", config["tissue"]["thumbnail_mpp"])
     if config["slide_mpp"] is not None:
         check_number("slide_mpp", config["slide_mpp"])
