@@ -165,7 +165,7 @@ def test_tile_train_predict_and_geojson_on_slides(tmp_path, capsys):
         row = next(csv.DictReader(handle))
     total = sum(float(row[f"{name}_mm2"]) for name in ("background", "Other", "Tissue"))
     assert total == pytest.approx(3072 * 2048 * (MPP / 1000) ** 2, rel=1e-6)
-    assert (predictions / "overlays" / "p1.jpg").is_file()
+    assert (predictions / "overlays" / "p1.png").is_file()
 
     geojson = tmp_path / "geojson"
     assert cli("export-geojson", geojson, [f"masks={predictions / 'masks'}"]) == 0

@@ -16,7 +16,7 @@ with ``predict.on_bad_file: skip``. Settings live in the ``predict`` section.
 With ``predict.slides: true`` the inputs are whole-slide images (a slide, a folder or a CSV of
 slides; the extra ``wsi``), read at the model's training mpp, tissue blocks only, in memory bounded
 by one band (:mod:`segmix.slide_prediction`): ``masks/<slide>.tiff`` (pyramidal, palette),
-``overlays/<slide>.jpg``, ``tissue/<slide>.png``, ``slides/<slide>.json`` and ``predictions.csv``
+``overlays/<slide>.png``, ``tissue/<slide>.png``, ``slides/<slide>.json`` and ``predictions.csv``
 (class areas in mm^2). See docs/slides.md.
 """
 
@@ -200,7 +200,7 @@ def _slide_paths(config: Dict[str, Any]) -> List[Path]:
 
 
 def _run_slides(config: Dict[str, Any], output_dir: Path, overwrite: bool) -> Dict[str, Any]:
-    """Predict whole slides: ``masks/<slide>.tiff`` (pyramidal), ``overlays/<slide>.jpg``,
+    """Predict whole slides: ``masks/<slide>.tiff`` (pyramidal), ``overlays/<slide>.png``,
     ``tissue/<slide>.png`` and class areas in mm^2 per slide in ``predictions.csv``."""
     settings = config["predict"]
     slides = _slide_paths(config)
@@ -231,7 +231,7 @@ def _run_slides(config: Dict[str, Any], output_dir: Path, overwrite: bool) -> Di
         write_rgb(output_dir / "tissue" / f"{name}.png",
                   overlay(result.thumbnail, result.tissue.astype(np.uint8), 1, alpha=0.35))
         if settings["overlays"]:
-            write_rgb(output_dir / "overlays" / f"{name}.jpg",
+            write_rgb(output_dir / "overlays" / f"{name}.png",
                       overlay(result.thumbnail, result.preview, len(segmenter.classes)))
         row = {"image": str(path), "mask": str(target.relative_to(output_dir)),
                "width": result.width, "height": result.height, "mpp": result.mpp,
