@@ -26,7 +26,7 @@ from typing import Callable, Dict, List
 
 import torch
 
-from segmix.shuffle import apply_params, sample_params
+from segmix.shuffle import _row_index, apply_params, sample_params
 
 CASES = [(64, 3, 224, 16), (64, 3, 224, 32), (16, 3, 384, 16)]
 GROUP_SIZE = 4  # for mode "group"
@@ -125,6 +125,9 @@ def run_cuda(repeats: int, modes: List[str]) -> List[dict]:
             params = sample_params(batch, size, size, patch_size=patch, fix_ratio=0.5, mode=mode,
                                    group_size=GROUP_SIZE, generator=generator)
             functions[f"apply {mode}"] = lambda params=params: apply_params(x, params, out=out)
+            # the baseline: the CPU path's row gather (the CUDA path before the patch gather)
+            functions[f"rows {mode}"] = lambda params=params: torch.index_select(
+                x.view(-1, patch), 0, _row_index(params, channels, x.device), out=out.view(-1, patch))
         medians = time_interleaved(functions, repeats, torch.cuda.synchronize)
         bytes_moved = 2 * x.numel() * x.element_size()
         for mode in modes:
@@ -133,6 +136,7 @@ def run_cuda(repeats: int, modes: List[str]) -> List[dict]:
                 "mode": mode,
                 "shuffle_ms": medians[f"shuffle {mode}"],
                 "apply_ms": medians[f"apply {mode}"],
+                "row_gather_ms": medians[f"rows {mode}"],
                 "copy_ms": medians["copy"],
                 "copy_GBps": bytes_moved / medians["copy"] / 1e6,
                 "apply_GBps": bytes_moved / medians[f"apply {mode}"] / 1e6,
@@ -161,9 +165,10 @@ def print_cpu(rows: List[dict]) -> None:
 
 def print_cuda(rows: List[dict]) -> None:
     print_table(
-        ["case", "mode", "shuffle ms (sample+apply)", "apply ms", "copy ms", "apply GB/s",
-         "copy GB/s", "apply / copy bandwidth"],
+        ["case", "mode", "shuffle ms (sample+apply)", "apply ms", "row gather ms (baseline)",
+         "apply speed-up", "copy ms", "apply GB/s", "copy GB/s", "apply / copy bandwidth"],
         [[r["case"], r["mode"], f"{r['shuffle_ms']:.3f}", f"{r['apply_ms']:.3f}",
+          f"{r['row_gather_ms']:.3f}", f"{r['row_gather_ms'] / r['apply_ms']:.1f}x",
           f"{r['copy_ms']:.3f}", f"{r['apply_GBps']:.0f}", f"{r['copy_GBps']:.0f}",
           f"{r['apply_GBps'] / r['copy_GBps']:.0%}"] for r in rows])
 

@@ -320,6 +320,24 @@ def _row_index(params: ShuffleParams, channels: int, device: torch.device) -> Te
     return ((base + channel_offset) + row_offset).reshape(-1)
 
 
+def _patch_view(x: Tensor, params: ShuffleParams, channels: int) -> Tensor:
+    """The shuffled batch as a ``[B, C, gh, ph, gw, pw]`` view of whole gathered patches.
+
+    The batch is laid out as a matrix of whole patches (``[B * N, C * ph * pw]``, one copy), whose
+    rows ``params.source`` picks with one ``index_select`` (one index entry per patch, no index
+    arithmetic); the permuted view lays them back. On CUDA this is 4-5x faster than the row gather,
+    whose index has one entry per patch row (docs/benchmarks.md).
+    """
+    params = params.to(x.device)
+    batch, n = params.batch_size, params.num_patches
+    ph, pw = params.patch_size
+    gh, gw = params.grid
+    patches = (x.contiguous().view(batch, channels, gh, ph, gw, pw)
+               .permute(0, 2, 4, 1, 3, 5).reshape(batch * n, channels * ph * pw))
+    picked = patches.index_select(0, params.source.reshape(-1))
+    return picked.view(batch, gh, gw, channels, ph, pw).permute(0, 3, 1, 4, 2, 5)
+
+
 def apply_params(x: Tensor, params: ShuffleParams, *, out: Optional[Tensor] = None) -> Tensor:
     """Apply a drawn shuffle to ``x`` of shape ``[B, ..., H, W]`` (any dtype, any channel count).
 
@@ -330,17 +348,24 @@ def apply_params(x: Tensor, params: ShuffleParams, *, out: Optional[Tensor] = No
     _check_tensor(x, params)
     pw = params.patch_size[1]
     channels = math.prod(x.shape[1:-2])
-    rows = x.contiguous().view(-1, pw)
+    if out is not None:
+        if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+            raise ValueError(
+                f"out must match x (shape {tuple(x.shape)}, {x.dtype}, {x.device}); got"
+                f" {tuple(out.shape)}, {out.dtype}, {out.device}"
+            )
+        if not out.is_contiguous():
+            raise ValueError("out must be contiguous")
+    if x.is_cuda:  # whole patches: one index entry per patch
+        shuffled = _patch_view(x, params, channels)
+        if out is None:
+            return shuffled.reshape(x.shape)
+        out.view(shuffled.shape).copy_(shuffled)
+        return out
+    rows = x.contiguous().view(-1, pw)  # CPU: one gather of patch rows, near the copy floor
     index = _row_index(params, channels, x.device)
     if out is None:
         return rows.index_select(0, index).view(x.shape)
-    if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
-        raise ValueError(
-            f"out must match x (shape {tuple(x.shape)}, {x.dtype}, {x.device}); got"
-            f" {tuple(out.shape)}, {out.dtype}, {out.device}"
-        )
-    if not out.is_contiguous():
-        raise ValueError("out must be contiguous")
     torch.index_select(rows, 0, index, out=out.view(-1, pw))
     return out
 

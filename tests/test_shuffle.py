@@ -334,3 +334,14 @@ def test_cuda_matches_cpu(mode):
     op = PatchShuffle(16, 0.5, mode, num_classes=3, group_size=2)
     result = op(x.cuda(), labels, torch.zeros(8, 64, 96, device="cuda"))
     assert result.params.device.type == "cuda" and result.labels.device.type == "cuda"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_patch_gather_equals_row_gather(mode):
+    """The whole-patch gather CUDA uses gives the CPU's row gather, value for value."""
+    from segmix.shuffle import _patch_view
+
+    x = torch.randn(4, 2, 3, 32, 48)
+    params = sample_params(4, 32, 48, patch_size=(8, 16), fix_ratio=0.25, mode=mode,
+                           group_size=2, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(_patch_view(x, params, 6).reshape(x.shape), apply_params(x, params))
