@@ -13,8 +13,9 @@ Sampling is separate from applying:
 * :func:`mix_labels` gives the area-weighted targets of the shuffled batch;
 * :class:`PatchShuffle` does images, labels and masks in one call for training loops.
 
-The op is a single gather of contiguous patch rows: no Python loop over images, patches or groups.
-It depends on torch only and runs unchanged on CUDA tensors.
+The op is one gather, with no Python loop over images, patches or groups: of contiguous patch
+rows on the CPU (near the copy floor), of whole patches on CUDA (one index entry per patch; same
+output bit for bit). It depends on torch only.
 """
 
 from __future__ import annotations
