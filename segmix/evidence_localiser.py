@@ -15,7 +15,7 @@ from tqdm import tqdm
 from pseudo_masks import tissue_background
 from pseudo_masks.evidence import EvidenceMask, blur_fill, evidence_loss, shuffle_fill
 
-from .data import Sample, build_transform, image_size_of, read_rgb
+from .data import Sample, model_transform, read_rgb
 from .models import uses_softmax
 
 __all__ = ["COLLAPSED_AREA", "EvidenceLocaliser", "train_evidence", "warn_if_collapsed"]
@@ -29,8 +29,7 @@ class EvidenceLocaliser:
 
     def __init__(self, head: EvidenceMask, info: Dict[str, Any], device: torch.device) -> None:
         self.head, self.device = head.eval(), device
-        self.transform = build_transform([], image_size_of(info["image_size"]), info["mean"],
-                                         info["std"])
+        self.transform = model_transform(info)
 
     def tensors(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """RGB tiles resized and normalised as the classifier was trained, stacked."""

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import resized
+from .data import model_transform, resized
 from .models import (
     class_probabilities,
     load_classifier,
@@ -94,12 +94,9 @@ class Classifier(_Pretrained):
     def predict(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Class probabilities ``[N, K]`` of RGB uint8 tiles (each resized to the training size),
         softmax or sigmoid as the model was trained."""
-        size = self.image_size
-        batch = np.stack([resized(np.asarray(image), size) for image in images]).astype(np.float32)
-        tensor = torch.from_numpy(batch / 255).permute(0, 3, 1, 2)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        logits = self.network(((tensor - mean) / std).to(self.device)).float().cpu()
+        transform = model_transform(self.info)  # as the stages read tiles for this model
+        batch = torch.stack([transform(image=np.asarray(image))["image"] for image in images])
+        logits = self.network(batch.to(self.device)).float().cpu()
         return class_probabilities(logits, self.info).numpy()
 
 

@@ -8,6 +8,7 @@ from .dataset import (
     dataset_classes,
     image_size_of,
     mask_convention,
+    model_transform,
     read_split,
     unique_names,
     unique_stems,
@@ -41,5 +42,5 @@ __all__ = [
     "overlay", "palette_colors", "parse_filename_label", "read_class_folders", "read_csv",
     "read_filename_labels", "read_label_mask", "read_mask", "read_mask_png", "read_rgb",
     "read_split", "resolve_problems", "verify_files", "write_legend", "write_mask_png",
-    "validate_data", "write_rgb", "resized", "read_legend",
+    "validate_data", "write_rgb", "resized", "read_legend", "model_transform",
 ]

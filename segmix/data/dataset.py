@@ -29,7 +29,8 @@ from .readers import (
 from .samples import DatasetError, ReadResult, Sample, resolve_problems
 
 __all__ = ["DATA_DEFAULTS", "TileDataset", "build_transform", "read_split", "dataset_classes",
-           "image_size_of", "mask_convention", "unique_names", "unique_stems", "validate_data"]
+           "image_size_of", "mask_convention", "model_transform", "unique_names", "unique_stems",
+           "validate_data"]
 
 # The ``data`` config section every stage shares (see docs/classification.md).
 DATA_DEFAULTS: Dict[str, Any] = {
@@ -157,6 +158,12 @@ def read_split(data: Mapping[str, Any], split: str, *, progress: bool = True) ->
         result = verify_files(result, progress=progress)
     where = f"data.{split} ({path}{', split ' + spec['split'] if spec.get('split') else ''})"
     return resolve_problems(result, where, data.get("on_bad_file", "raise"))
+
+
+def model_transform(info: Mapping[str, Any]) -> A.Compose:
+    """The eval transform of a saved model (its file's ``info``): resize to the size it was trained
+    at and normalise with its mean and std."""
+    return build_transform([], image_size_of(info["image_size"]), info["mean"], info["std"])
 
 
 def validate_data(data: Mapping[str, Any], required: Sequence[str] = ()) -> None:

@@ -31,7 +31,7 @@ from ..config import ConfigError, check_number
 from ..data import (
     DATA_DEFAULTS,
     TileDataset,
-    build_transform,
+    model_transform,
     dataset_classes,
     image_size_of,
     read_split,
@@ -152,7 +152,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         samples = read_split(data, split)
         names = unique_names(samples)
         dataset = TileDataset(samples, len(classes),
-                              build_transform([], image_size, info["mean"], info["std"]))
+                              model_transform(info))
         todo = [i for i, name in enumerate(names)
                 if overwrite or not cam_file_path(output_dir, split, name).exists()]
         print(f"{split}: {len(samples)} tiles, {len(samples) - len(todo)} already done", flush=True)

@@ -57,7 +57,7 @@ from ..config import ConfigError, check_number
 from ..data import (
     DATA_DEFAULTS,
     Sample,
-    build_transform,
+    model_transform,
     dataset_classes,
     image_size_of,
     overlay,
@@ -175,8 +175,7 @@ class _ClassProbability:
     def __init__(self, model: torch.nn.Module, info: Dict[str, Any], device: torch.device,
                  batch_size: int) -> None:
         self.model, self.info, self.device, self.batch_size = model, info, device, batch_size
-        self.transform = build_transform([], image_size_of(info["image_size"]), info["mean"],
-                                         info["std"])
+        self.transform = model_transform(info)
 
     @torch.inference_mode()
     def __call__(self, images: Sequence[np.ndarray], labels: Sequence[int]) -> np.ndarray:
