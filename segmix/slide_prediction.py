@@ -11,9 +11,11 @@ overlay picture are gathered on the way.
 from __future__ import annotations
 
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -45,9 +47,11 @@ class SlidePrediction:
 
 def predict_slide(segmenter: Segmenter, slide: Slide, path: Path, *, mpp: float,
                   settings: Dict[str, Any], block: int = 2048, thumbnail_mpp: float = 16.0,
-                  min_saturation: float = 0.05, on_band: Optional[Any] = None) -> SlidePrediction:
+                  min_saturation: float = 0.05, readers: int = 2,
+                  on_band: Optional[Any] = None) -> SlidePrediction:
     """Segment ``slide`` at ``mpp`` with ``segmenter`` (``settings``: the keyword arguments of
-    :meth:`Segmenter.predict`) and write the class mask as a pyramidal TIFF at ``path``."""
+    :meth:`Segmenter.predict`) and write the class mask as a pyramidal TIFF at ``path``;
+    ``readers`` threads read blocks ahead of the model."""
     start = time.perf_counter()
     width, height = slide.size_at(mpp)
     scale = mpp / slide.mpp  # level-0 px per mask px
@@ -79,30 +83,59 @@ def predict_slide(segmenter: Segmenter, slide: Slide, path: Path, *, mpp: float,
         part[:piece.shape[0], :piece.shape[1]] = piece
         return part
 
-    def bands() -> Iterator[np.ndarray]:
+    def blocks() -> Iterator[Tuple[int, int, int, int, np.ndarray]]:
+        """Every block, band by band: (top, left, rows, cols, its tissue gate)."""
         for top in range(0, height, TILE):
-            rows = min(TILE, height - top)
-            band = np.zeros((rows, width), dtype=np.uint8)
             for left in range(0, width, block):
-                cols = min(block, width - left)
+                rows, cols = min(TILE, height - top), min(block, width - left)
+                yield top, left, rows, cols, gate_of(left, top, cols, rows)
+
+    def read(job: Tuple[int, int, int, int, np.ndarray]) -> Optional[np.ndarray]:
+        """A block's pixels with their context margin (``None`` for a block without tissue)."""
+        top, left, rows, cols, inside = job
+        if not inside.any():
+            return None
+        size = (rows + 2 * margin, cols + 2 * margin)
+        image = slide.read(round((left - margin) * scale), round((top - margin) * scale),
+                           round(size[1] * scale), round(size[0] * scale), mpp)
+        return image if image.shape[:2] == size else resized(image, size)
+
+    def bands() -> Iterator[np.ndarray]:
+        # Blocks are read ahead by `readers` threads (OpenSlide and OpenCV release the GIL) while
+        # the model predicts: at most `readers + 1` blocks wait in memory.
+        with ThreadPoolExecutor(max_workers=readers) as pool:
+            jobs, pending = blocks(), deque()
+
+            def refill() -> None:
+                while len(pending) < readers + 1:
+                    job = next(jobs, None)
+                    if job is None:
+                        return
+                    pending.append((job, pool.submit(read, job)))
+
+            refill()
+            band = None
+            while pending:
+                (top, left, rows, cols, inside), future = pending.popleft()
+                refill()
+                if band is None:
+                    band = np.zeros((rows, width), dtype=np.uint8)
                 done["blocks"] += 1
-                inside = gate_of(left, top, cols, rows)
-                if not inside.any():
+                image = future.result()
+                if image is not None:
+                    done["predicted"] += 1
+                    mask = segmenter.predict(image, **settings).mask
+                    band[:, left:left + cols] = \
+                        mask[margin:margin + rows, margin:margin + cols] * inside
+                if left + cols < width:
                     continue
-                done["predicted"] += 1
-                size = (rows + 2 * margin, cols + 2 * margin)
-                image = slide.read(round((left - margin) * scale), round((top - margin) * scale),
-                                   round(size[1] * scale), round(size[0] * scale), mpp)
-                if image.shape[:2] != size:
-                    image = resized(image, size)
-                mask = segmenter.predict(image, **settings).mask
-                band[:, left:left + cols] = mask[margin:margin + rows, margin:margin + cols] * inside
-            counts[:] += np.bincount(band.ravel(), minlength=len(classes) + 1)[:len(classes) + 1]
-            picked = (preview_rows >= top) & (preview_rows < top + rows)
-            preview[picked] = band[preview_rows[picked] - top][:, preview_cols]
-            if on_band is not None:
-                on_band(top + rows, height)
-            yield band
+                counts[:] += np.bincount(band.ravel(), minlength=len(classes) + 1)[:len(classes) + 1]
+                picked = (preview_rows >= top) & (preview_rows < top + rows)
+                preview[picked] = band[preview_rows[picked] - top][:, preview_cols]
+                if on_band is not None:
+                    on_band(top + rows, height)
+                yield band
+                band = None
 
     write_mask_pyramid(path, bands(), width, height, classes=classes, mpp=mpp,
                        extra={"slide": str(slide.path), "slide_mpp": slide.mpp,

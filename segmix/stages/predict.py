@@ -59,7 +59,8 @@ __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "Predictor", "run", "li
            "validate"]
 
 DONE_FILE = SUMMARY_FILE
-RESUMABLE_CHANGES = {"predict.batch_size", "predict.device", "predict.max_megapixels"}
+RESUMABLE_CHANGES = {"predict.batch_size", "predict.device", "predict.max_megapixels",
+                     "predict.readers"}
 
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/predict",
@@ -85,6 +86,7 @@ DEFAULTS: Dict[str, Any] = {
         "slide_mpp": None,       # level-0 microns per pixel of slides whose metadata lacks it
         "model_mpp": None,       # the model's training mpp, if its file does not record it
         "block": 2048,           # columns predicted at once (memory: one band of 512 rows)
+        "readers": 2,            # threads reading slide blocks ahead of the model
         "thumbnail_mpp": 16.0,   # resolution of the tissue detection and the overlay picture
     },
 }
@@ -111,6 +113,7 @@ def validate(config: Dict[str, Any]) -> None:
                               f" {settings[key]!r}")
     for key in ("scale", "batch_size", "max_megapixels", "block", "thumbnail_mpp"):
         check_number(f"predict.{key}", settings[key])
+    check_number("predict.readers", settings["readers"], integer=True)
     for key in ("slide_mpp", "model_mpp"):
         if settings[key] is not None:
             check_number(f"predict.{key}", settings[key])
@@ -226,6 +229,7 @@ def _run_slides(config: Dict[str, Any], output_dir: Path, overwrite: bool) -> Di
             result = predict_slide(
                 segmenter, slide, target, mpp=float(mpp), settings=window_settings,
                 block=int(settings["block"]), thumbnail_mpp=float(settings["thumbnail_mpp"]),
+                readers=int(settings["readers"]),
                 on_band=lambda done, total: bar.update(done - bar.n))
             bar.close()
         write_rgb(output_dir / "tissue" / f"{name}.png",
