@@ -69,20 +69,30 @@ def child(code: str) -> dict:
     return json.loads(output.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def slide_arguments(description: str, out: str) -> argparse.ArgumentParser:
+    """The arguments both slide benchmarks take: real tiles, a segmenter, its mpp, an output."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--tiles", type=Path, required=True, help="a folder of real tiles")
     parser.add_argument("--model", type=Path, required=True, help="a segmenter model folder")
     parser.add_argument("--model-mpp", type=float, default=2.0)
-    parser.add_argument("--slide-mpp", type=float, default=0.5)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 20000, 40000])
-    parser.add_argument("--out", type=Path, default=Path("runs/slide-bench"))
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=Path(out))
+    return parser
+
+
+def real_tiles(folder: Path, count: int = 64) -> list:
+    """Up to ``count`` tiles of ``folder`` as 224 px RGB images."""
     from PIL import Image
 
-    paths = sorted(args.tiles.glob("*.jpg"))[:64] or sorted(args.tiles.glob("*.png"))[:64]
-    side = 224
-    tiles = [Image.open(p).convert("RGB").resize((side, side)) for p in paths]
+    paths = sorted(folder.glob("*.jpg"))[:count] or sorted(folder.glob("*.png"))[:count]
+    return [Image.open(p).convert("RGB").resize((224, 224)) for p in paths]
+
+
+def main() -> None:
+    parser = slide_arguments(__doc__.splitlines()[0], "runs/slide-bench")
+    parser.add_argument("--slide-mpp", type=float, default=0.5)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 20000, 40000])
+    args = parser.parse_args()
+    tiles = real_tiles(args.tiles)
     args.out.mkdir(parents=True, exist_ok=True)
     floor = child(f"""
 from segmix.api import Segmenter

@@ -11,15 +11,12 @@ where reading the slide is what the model waits for.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from slide_predict import write_mosaic_slide  # noqa: E402
+from slide_predict import real_tiles, slide_arguments, write_mosaic_slide  # noqa: E402
 
 from segmix import api  # noqa: E402
 
@@ -27,19 +24,13 @@ SETTINGS = [(2048, 8, 1), (2048, 8, 4), (8192, 64, 1), (8192, 64, 4)]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiles", type=Path, required=True, help="a folder of real tiles")
-    parser.add_argument("--model", type=Path, required=True, help="a segmenter model folder")
-    parser.add_argument("--model-mpp", type=float, default=2.0)
+    parser = slide_arguments(__doc__.splitlines()[0], "runs/slide-readers")
     parser.add_argument("--size", type=int, default=40000)
-    parser.add_argument("--out", type=Path, default=Path("runs/slide-readers"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     slide = args.out / f"slide{args.size}.tif"
     if not slide.exists():
-        paths = sorted(args.tiles.glob("*.jpg"))[:64] or sorted(args.tiles.glob("*.png"))[:64]
-        tiles = [Image.open(p).convert("RGB").resize((224, 224)) for p in paths]
-        write_mosaic_slide(slide, args.size, tiles, 0.5)
+        write_mosaic_slide(slide, args.size, real_tiles(args.tiles), 0.5)
     rows = []
     for block, batch, readers in SETTINGS:
         start = time.perf_counter()
