@@ -90,14 +90,18 @@ class Classifier(_Pretrained):
     kind = "classifier"
     _load = staticmethod(load_classifier)
 
-    @torch.no_grad()
-    def predict(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    @torch.inference_mode()
+    def predict(self, images: Sequence[np.ndarray], batch_size: int = 64) -> np.ndarray:
         """Class probabilities ``[N, K]`` of RGB uint8 tiles (each resized to the training size),
-        softmax or sigmoid as the model was trained."""
+        softmax or sigmoid as the model was trained; ``batch_size`` tiles at a time."""
         transform = model_transform(self.info)  # as the stages read tiles for this model
-        batch = torch.stack([transform(image=np.asarray(image))["image"] for image in images])
-        logits = self.network(batch.to(self.device)).float().cpu()
-        return class_probabilities(logits, self.info).numpy()
+        out = []
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([transform(image=np.asarray(image))["image"]
+                                 for image in images[start:start + batch_size]])
+            logits = self.network(batch.to(self.device)).float()
+            out.append(class_probabilities(logits, self.info).cpu())
+        return torch.cat(out).numpy()
 
 
 class Prediction(NamedTuple):

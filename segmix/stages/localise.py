@@ -57,9 +57,7 @@ from ..config import ConfigError, check_number
 from ..data import (
     DATA_DEFAULTS,
     Sample,
-    model_transform,
     dataset_classes,
-    image_size_of,
     overlay,
     read_rgb,
     read_split,
@@ -69,8 +67,8 @@ from ..data import (
 )
 from ..evidence_localiser import EvidenceLocaliser, train_evidence, warn_if_collapsed
 from ..io import write_csv, write_json
-from ..models import class_probabilities, load_classifier
-from ..runtime import atomic_torch_save, setup_runtime
+from ..pretrained import Classifier
+from ..runtime import atomic_torch_save
 
 __all__ = ["DEFAULTS", "DONE_FILE", "METHODS", "NAMINGS", "RESUMABLE_CHANGES", "build_prototypes",
            "class_probability_of", "describe", "fit_sample", "run", "validate"]
@@ -170,38 +168,27 @@ def _built_with(settings: Dict[str, Any]) -> Dict[str, Any]:
 
 class _ClassProbability:
     """``(images, labels) -> [N]``: the classifier's mean probability of ``labels`` for uint8 RGB
-    images, each resized and normalised as the classifier was trained."""
+    images (:meth:`Classifier.predict`)."""
 
-    def __init__(self, model: torch.nn.Module, info: Dict[str, Any], device: torch.device,
-                 batch_size: int) -> None:
-        self.model, self.info, self.device, self.batch_size = model, info, device, batch_size
-        self.transform = model_transform(info)
+    def __init__(self, classifier: Classifier, batch_size: int) -> None:
+        self.classifier, self.batch_size = classifier, batch_size
 
-    @torch.inference_mode()
     def __call__(self, images: Sequence[np.ndarray], labels: Sequence[int]) -> np.ndarray:
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            batch = torch.stack([self.transform(image=image)["image"]
-                                 for image in images[start:start + self.batch_size]])
-            scores = class_probabilities(self.model(batch.to(self.device)).float(), self.info)
-            out.append(scores[:, list(labels)].mean(dim=1).cpu())
-        return torch.cat(out).numpy()
+        probabilities = torch.from_numpy(self.classifier.predict(images, self.batch_size))
+        return probabilities[:, list(labels)].mean(dim=1).numpy()
 
 
 def class_probability_of(config: Dict[str, Any], classes: List[str]) -> _ClassProbability:
     """The probability function of the classifier ``config['classifier']`` (checked against
     ``classes``) for naming by class evidence."""
-    model, info, device = _classifier(config, classes)
-    return _ClassProbability(model, info, device, int(config["localiser"]["batch_size"]))
+    return _ClassProbability(_classifier(config, classes), int(config["localiser"]["batch_size"]))
 
 
-def _classifier(config: Dict[str, Any], classes: List[str]
-                ) -> Tuple[torch.nn.Module, Dict[str, Any], torch.device]:
+def _classifier(config: Dict[str, Any], classes: List[str]) -> Classifier:
     """The classifier of ``config['classifier']`` on the localiser's device, checked against
-    ``classes``; its file's info; the device."""
-    runtime = setup_runtime(config["localiser"]["device"])
-    model, info = load_classifier(Path(config["classifier"]), map_location="cpu", classes=classes)
-    return model.to(runtime.device), info, runtime.device
+    ``classes``."""
+    return Classifier.from_pretrained(Path(config["classifier"]), classes=classes,
+                                      device=config["localiser"]["device"])
 
 
 def fit_sample(samples: List[Sample], count: Any, seed: int) -> List[Sample]:
@@ -388,15 +375,16 @@ def _load_or_train_evidence(config: Dict[str, Any], classes: List[str], output_d
     one trained on the train tiles (with ``evidence.csv`` and ``evidence.png``); and the losses
     of its last training epoch."""
     settings = config["localiser"]
-    classifier, info, device = _classifier(config, classes)
-    height, width = image_size_of(info["image_size"])
+    classifier = _classifier(config, classes)
+    info, device = classifier.info, classifier.device
+    height, width = classifier.image_size
     patch = int(settings["patch_size"])
     if _fill(settings) == "shuffle" and (height % patch or width % patch):
         raise ConfigError(f"localiser.patch_size {patch} must divide the classifier's input size"
                           f" {height}x{width} ({config['classifier']})")
     with torch.random.fork_rng(devices=[]):  # the head's start depends on the seed alone
         torch.manual_seed(int(settings["seed"]))
-        head = EvidenceMask(classifier).to(device)
+        head = EvidenceMask(classifier.network).to(device)
     localiser = EvidenceLocaliser(head, info, device)
     path, built_with = output_dir / EVIDENCE_FILE, _built_with(settings)
     saved = _saved(path, classes, built_with, overwrite)
