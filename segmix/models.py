@@ -40,7 +40,6 @@ __all__ = [
     "save_segmenter",
     "load_segmenter",
     "save_model_folder",
-    "model_file_to_folder",
     "model_kind",
 ]
 
@@ -250,12 +249,17 @@ def _read_model_file(path: Path, kind: str, required: set, map_location: str,
     return payload
 
 
+def _kind_of(info: Dict[str, Any]) -> str:
+    """``segmenter`` for a segmentation model's file (it names an encoder), else ``classifier``."""
+    return "segmenter" if "encoder" in info else "classifier"
+
+
 def save_model_folder(directory: Path, info: Dict[str, Any],
                       state_dict: Dict[str, torch.Tensor]) -> Path:
     """Write a model (its file's ``info`` and weights) as a model folder
     (:mod:`segmix.model_folder`); a segmentation model's folder names its palette too."""
-    kind = "segmenter" if "encoder" in info else "classifier"
-    info = dict(info)
+    kind = _kind_of(info)
+    info = {key: value for key, value in info.items() if key != "state_dict"}
     if kind == "segmenter":
         names = ["background", *info["classes"]]
         info["palette"] = {name: list(rgb) for name, rgb in zip(names, palette_colors(len(names) - 1))}
@@ -272,37 +276,26 @@ def model_kind(path: Path) -> str:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or not {"arch", "classes", "state_dict"} <= set(payload):
         raise ModelError(f"{path} is not a segmix classifier or segmentation model")
-    return "segmenter" if "encoder" in payload else "classifier"
-
-
-def model_file_to_folder(model_file: Path, directory: Path) -> Path:
-    """Write the model of a segmix model file (``.pt``) or folder as a model folder."""
-    model_file = Path(model_file)
-    if model_file.is_dir():
-        payload = read_model_folder(model_file, folder_kind(model_file))
-    elif model_file.is_file():
-        payload = torch.load(model_file, map_location="cpu", weights_only=True)
-    else:
-        raise FileNotFoundError(f"model file or folder {model_file} not found")
-    if not isinstance(payload, dict) or not {"arch", "classes", "state_dict"} <= set(payload):
-        raise ModelError(f"{model_file} is not a segmix classifier or segmentation model")
-    return save_model_folder(directory, {k: v for k, v in payload.items() if k != "state_dict"},
-                             payload["state_dict"])
+    return _kind_of(payload)
 
 
 def save_classifier(path: Path, model: nn.Module, *, name: str, classes: list,
-                    image_size: Tuple[int, int], extra: Optional[Dict[str, Any]] = None) -> None:
-    """Write a self-describing classifier file (architecture, classes, input size, weights)."""
+                    image_size: Tuple[int, int],
+                    extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Write a self-describing classifier file (architecture, classes, input size, weights);
+    returns what it wrote."""
     mean, std = normalization_of(model)
-    atomic_torch_save(path, {"arch": name, "classes": list(classes), "image_size": list(image_size),
-                             "mean": list(mean), "std": list(std), "state_dict": model.state_dict(),
-                             **(extra or {})})
+    payload = {"arch": name, "classes": list(classes), "image_size": list(image_size),
+               "mean": list(mean), "std": list(std), "state_dict": model.state_dict(),
+               **(extra or {})}
+    atomic_torch_save(path, payload)
+    return payload
 
 
 def load_classifier(path: Path, map_location: str = "cpu", *,
                     classes: Optional[Sequence[str]] = None) -> Tuple[nn.Module, Dict[str, Any]]:
     """Rebuild a classifier saved by :func:`save_classifier` (a ``.pt`` file) or
-    :func:`save_pretrained` (a folder), in eval mode; returns ``(model, info)``. With ``classes``,
+    :func:`save_model_folder` (a folder), in eval mode; returns ``(model, info)``. With ``classes``,
     a model trained on another class list is refused, naming both."""
     payload = _read_model_file(path, "classifier", {"arch", "classes", "state_dict"}, map_location,
                                classes)
@@ -334,18 +327,22 @@ def segmenter_normalization(encoder: str) -> Tuple[Tuple[float, ...], Tuple[floa
 
 
 def save_segmenter(path: Path, model: nn.Module, *, arch: str, encoder: str, classes: list,
-                   image_size: Tuple[int, int], extra: Optional[Dict[str, Any]] = None) -> None:
-    """Write a self-describing segmentation model file (0 = background, 1..K = ``classes``)."""
+                   image_size: Tuple[int, int],
+                   extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Write a self-describing segmentation model file (0 = background, 1..K = ``classes``);
+    returns what it wrote."""
     mean, std = segmenter_normalization(encoder)
-    atomic_torch_save(path, {"arch": arch, "encoder": encoder, "classes": list(classes),
-                             "image_size": list(image_size), "mean": list(mean), "std": list(std),
-                             "state_dict": model.state_dict(), **(extra or {})})
+    payload = {"arch": arch, "encoder": encoder, "classes": list(classes),
+               "image_size": list(image_size), "mean": list(mean), "std": list(std),
+               "state_dict": model.state_dict(), **(extra or {})}
+    atomic_torch_save(path, payload)
+    return payload
 
 
 def load_segmenter(path: Path, map_location: str = "cpu", *,
                    classes: Optional[Sequence[str]] = None) -> Tuple[nn.Module, Dict[str, Any]]:
-    """Rebuild a model saved by :func:`save_segmenter` (a ``.pt`` file) or :func:`save_pretrained`
-    (a folder), in eval mode; returns ``(model, info)``. With ``classes``, a model trained on
+    """Rebuild a model saved by :func:`save_segmenter` (a ``.pt`` file) or
+    :func:`save_model_folder` (a folder), in eval mode; returns ``(model, info)``. With ``classes``, a model trained on
     another class list is refused, naming both."""
     payload = _read_model_file(path, "segmenter", {"arch", "encoder", "classes", "state_dict"},
                                map_location, classes)

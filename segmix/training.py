@@ -34,7 +34,7 @@ from .data import build_transform
 from .errors import SegmixError
 from .io import write_csv
 from .mixing import MIXERS, BatchMixer, CutMix, MixUp, NoMixing, ShuffleMixing
-from .models import model_file_to_folder
+from .models import save_model_folder
 from .precision import autocast_dtype, depthwise_convs_in_float32
 from .training_log import EpochLog, check_logger
 from .runtime import (
@@ -188,7 +188,8 @@ class EpochTrainer:
         """Validation metrics (keys start with ``val_``), on rank 0."""
         raise NotImplementedError
 
-    def save_model(self, path: Path, extra: Dict[str, Any]) -> None:
+    def save_model(self, path: Path, extra: Dict[str, Any]) -> Dict[str, Any]:
+        """Write the model file (with ``extra`` in it); return what was written."""
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -342,8 +343,8 @@ class EpochTrainer:
                 self.log.close()
         if main:
             final = self.output_dir / self.final_file
-            self.save_model(final, {"epochs": self.epochs, **self.model_extra})
-            model_file_to_folder(final, self.output_dir / MODEL_FOLDER)
+            saved = self.save_model(final, {"epochs": self.epochs, **self.model_extra})
+            save_model_folder(self.output_dir / MODEL_FOLDER, saved, saved["state_dict"])
             print(f"wrote {final} and the model folder {self.output_dir / MODEL_FOLDER}", flush=True)
         return self.rows
 

@@ -144,9 +144,10 @@ class ClassifierTraining(EpochTrainer):
         metrics["loss"] = float(_loss(all_logits, all_targets, self.loss_kind))
         return {f"val_{k}": v for k, v in metrics.items()}
 
-    def save_model(self, path: Path, extra: Dict[str, Any]) -> None:
-        save_classifier(path, self.model, name=self.config["model"]["name"], classes=self.classes,
-                        image_size=self.image_size, extra={**extra, "loss": self.loss_kind})
+    def save_model(self, path: Path, extra: Dict[str, Any]) -> Dict[str, Any]:
+        return save_classifier(path, self.model, name=self.config["model"]["name"],
+                               classes=self.classes, image_size=self.image_size,
+                               extra={**extra, "loss": self.loss_kind})
 
 
 def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,

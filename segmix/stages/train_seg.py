@@ -177,11 +177,11 @@ class SegmenterTraining(EpochTrainer):
                 "val_mIoU_ignore_background": no_background["mIoU"],
                 "val_foreground_iou": full["foreground_iou"]}
 
-    def save_model(self, path: Path, extra: Dict[str, Any]) -> None:
+    def save_model(self, path: Path, extra: Dict[str, Any]) -> Dict[str, Any]:
         cfg = self.config["segmenter"]
-        save_segmenter(path, self.model, arch=cfg["arch"], encoder=cfg["encoder"],
-                       classes=self.classes, image_size=self.image_size,
-                       extra={**extra, "validated_on": self.validation_source})
+        return save_segmenter(path, self.model, arch=cfg["arch"], encoder=cfg["encoder"],
+                              classes=self.classes, image_size=self.image_size,
+                              extra={**extra, "validated_on": self.validation_source})
 
 
 def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
