@@ -164,15 +164,20 @@ def list_inputs(config: Dict[str, Any]) -> List[Path]:
     return images
 
 
+def window_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
+    """The sliding-window arguments of :meth:`Segmenter.predict` a ``predict`` section sets."""
+    return {"window": settings["window"], "overlap": float(settings["overlap"]),
+            "blend": settings["blend"], "flips": list(settings["flips"]),
+            "batch_size": int(settings["batch_size"])}
+
+
 class Predictor:
     """A loaded segmentation model and the ``predict`` settings to segment one image with."""
 
     def __init__(self, segmenter_path: Path, config: Dict[str, Any]) -> None:
         self.segmenter = Segmenter.from_pretrained(Path(segmenter_path), device=config["device"])
         self.classes: List[str] = self.segmenter.classes
-        self.settings = {"window": config["window"], "overlap": float(config["overlap"]),
-                         "blend": config["blend"], "flips": list(config["flips"]),
-                         "batch_size": int(config["batch_size"]), "scale": float(config["scale"])}
+        self.settings = {**window_settings(config), "scale": float(config["scale"])}
 
     def __call__(self, image: np.ndarray, probabilities: bool,
                  on_row=None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -213,9 +218,6 @@ def _run_slides(config: Dict[str, Any], output_dir: Path, overwrite: bool) -> Di
     if not mpp:
         raise ConfigError(f"the segmenter {config['segmenter_path']} does not record the mpp it was"
                           " trained at (data.mpp was not set): set predict.model_mpp")
-    window_settings = {"window": settings["window"], "overlap": float(settings["overlap"]),
-                       "blend": settings["blend"], "flips": list(settings["flips"]),
-                       "batch_size": int(settings["batch_size"])}
     write_legend(output_dir / MASKS_FOLDER, segmenter.classes)
     rows, predicted, megapixels, seconds = [], 0, 0.0, 0.0
     for path, name in zip(slides, names):
@@ -227,7 +229,7 @@ def _run_slides(config: Dict[str, Any], output_dir: Path, overwrite: bool) -> Di
         with Slide(path, settings["slide_mpp"]) as slide:
             bar = tqdm(total=slide.size_at(mpp)[1], desc=f"slide {name}", unit="row")
             result = predict_slide(
-                segmenter, slide, target, mpp=float(mpp), settings=window_settings,
+                segmenter, slide, target, mpp=float(mpp), settings=window_settings(settings),
                 block=int(settings["block"]), thumbnail_mpp=float(settings["thumbnail_mpp"]),
                 readers=int(settings["readers"]),
                 on_band=lambda done, total: bar.update(done - bar.n))
