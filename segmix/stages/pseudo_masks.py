@@ -21,11 +21,10 @@ as the ``val`` split (``masks/val/<stem>.png``); with masks in the CSV, ``metric
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
-
-import shutil
 
 import numpy as np
 import torch
