@@ -23,8 +23,8 @@ import numpy as np
 from .data import resized
 from .pretrained import Segmenter
 from .slide_masks import TILE, write_mask_pyramid
+from .shuffle import size_pair
 from .slides import Slide
-from .tissue import tissue_mask
 
 __all__ = ["SlidePrediction", "predict_slide"]
 
@@ -56,12 +56,10 @@ def predict_slide(segmenter: Segmenter, slide: Slide, path: Path, *, mpp: float,
     width, height = slide.size_at(mpp)
     scale = mpp / slide.mpp  # level-0 px per mask px
     thumb_mpp = max(thumbnail_mpp, mpp)
-    thumbnail = slide.thumbnail(thumb_mpp)
-    tissue = tissue_mask(thumbnail, min_saturation=min_saturation)
+    thumbnail, tissue = slide.tissue(thumb_mpp, min_saturation)
     gate = cv2.dilate(tissue.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # coarse edge
     per_thumb = thumb_mpp / mpp  # mask px per thumbnail px
-    window = settings.get("window") or list(segmenter.image_size)
-    margin = max(window) // 2 if isinstance(window, (list, tuple)) else int(window) // 2
+    margin = max(size_pair(settings.get("window") or segmenter.image_size, "window")) // 2
     classes = segmenter.classes
     counts = np.zeros(len(classes) + 1, dtype=np.int64)
     preview = np.zeros(thumbnail.shape[:2], dtype=np.uint8)

@@ -15,9 +15,10 @@ from typing import Optional, Tuple
 import numpy as np
 
 from .errors import SegmixError
-from .data import resized
+from .data import overlay, resized
+from .tissue import tissue_mask
 
-__all__ = ["SLIDE_SUFFIXES", "SlideError", "Slide", "require_openslide"]
+__all__ = ["SLIDE_SUFFIXES", "SlideError", "Slide", "require_openslide", "tissue_picture"]
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".svslide", ".bif", ".vms",
                   ".vmu", ".dcm", ".png", ".jpg", ".jpeg")
@@ -36,6 +37,11 @@ def require_openslide():
         raise SlideError(f"whole-slide images need OpenSlide: install the extra with {INSTALL}"
                          f" ({error})") from error
     return openslide
+
+
+def tissue_picture(thumbnail: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+    """The thumbnail with the tissue found tinted, for a user to check the detection."""
+    return overlay(thumbnail, tissue.astype(np.uint8), 1, alpha=0.35)
 
 
 class Slide:
@@ -108,6 +114,11 @@ class Slide:
         """The whole slide as RGB uint8 at ``mpp`` (e.g. 16: a 40,000 px slide at 0.25 gives 625 px)."""
         width, height = self.dimensions
         return self.read(0, 0, width, height, mpp)
+
+    def tissue(self, mpp: float, min_saturation: float) -> Tuple[np.ndarray, np.ndarray]:
+        """The thumbnail at ``mpp`` and its tissue mask (:func:`segmix.tissue.tissue_mask`)."""
+        thumbnail = self.thumbnail(mpp)
+        return thumbnail, tissue_mask(thumbnail, min_saturation=min_saturation)
 
     def close(self) -> None:
         self._slide.close()

@@ -51,7 +51,7 @@ from ..data.readers import IMAGE_SUFFIXES
 from ..io import atomic_write_npz, read_json, write_csv, write_json
 from ..pretrained import Segmenter
 from ..slide_prediction import predict_slide
-from ..slides import SLIDE_SUFFIXES, Slide, require_openslide
+from ..slides import SLIDE_SUFFIXES, Slide, require_openslide, tissue_picture
 from ..shuffle import size_pair
 from ..sliding_window import BLENDS, FLIPS
 
@@ -235,7 +235,7 @@ def _run_slides(config: Dict[str, Any], output_dir: Path, overwrite: bool) -> Di
                 on_band=lambda done, total: bar.update(done - bar.n))
             bar.close()
         write_rgb(output_dir / "tissue" / f"{name}.png",
-                  overlay(result.thumbnail, result.tissue.astype(np.uint8), 1, alpha=0.35))
+                  tissue_picture(result.thumbnail, result.tissue))
         if settings["overlays"]:
             write_rgb(output_dir / "overlays" / f"{name}.png",
                       overlay(result.thumbnail, result.preview, len(segmenter.classes)))

@@ -30,10 +30,10 @@ from tqdm import tqdm
 
 from ..artifacts import SUMMARY_FILE
 from ..config import ConfigError, check_number
-from ..data import overlay, resized, write_rgb
+from ..data import resized, write_rgb
 from ..io import atomic_write_text, read_csv_rows, write_csv, write_json
-from ..slides import SLIDE_SUFFIXES, Slide
-from ..tissue import tissue_fraction, tissue_mask
+from ..slides import SLIDE_SUFFIXES, Slide, tissue_picture
+from ..tissue import tissue_fraction
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "validate", "list_slides"]
 
@@ -120,9 +120,8 @@ def _tile_slide(slide: Slide, stem: str, folder: Path, config: Dict[str, Any],
     tile, tissue_cfg = config["tile"], config["tissue"]
     mpp, size = float(tile["mpp"]), int(tile["size"])
     thumb_mpp = max(float(tissue_cfg["thumbnail_mpp"]), slide.mpp)
-    thumbnail = slide.thumbnail(thumb_mpp)
-    tissue = tissue_mask(thumbnail, min_saturation=float(tissue_cfg["min_saturation"]))
-    write_rgb(picture, overlay(thumbnail, tissue.astype(np.uint8), 1, alpha=0.35))
+    thumbnail, tissue = slide.tissue(thumb_mpp, float(tissue_cfg["min_saturation"]))
+    write_rgb(picture, tissue_picture(thumbnail, tissue))
     scale = slide.mpp / thumb_mpp  # thumbnail px per level-0 px
     window = size * mpp / slide.mpp  # a tile's side in level-0 px
     step = (size - int(tile["overlap"])) * mpp / slide.mpp
