@@ -25,6 +25,7 @@ from .samples import Problem, ReadResult, Sample
 __all__ = [
     "FORMATS",
     "IMAGE_SUFFIXES",
+    "image_files",
     "LUAD_CLASSES",
     "BCSS_CLASSES",
     "read_csv",
@@ -56,8 +57,10 @@ def _class_lookup(classes: Sequence[str]) -> Callable[[str], Optional[int]]:
     return lookup
 
 
-def _image_files(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def image_files(folder: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> List[Path]:
+    """The files of ``folder`` (not recursive) whose suffix is one of ``suffixes``, sorted."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.is_file() and p.suffix.lower() in suffixes)
 
 
 def read_csv(csv_path: Path, classes: Sequence[str], split: Optional[str] = None) -> ReadResult:
@@ -137,7 +140,7 @@ def read_filename_labels(image_dir: Path, classes: Sequence[str],
     if mask_dir is not None and not Path(mask_dir).is_dir():
         return ReadResult([], [Problem(str(mask_dir), "mask folder not found")])
     result = ReadResult([])
-    for image in _image_files(image_dir):
+    for image in image_files(image_dir):
         try:
             labels = parse_filename_label(image.stem, len(classes))
         except ValueError as error:
@@ -167,7 +170,7 @@ def read_class_folders(root: Path, classes: Sequence[str],
             result.problems.append(Problem(
                 str(folder), f"folder is not a configured class; classes: {list(classes)}"))
             continue
-        for image in _image_files(folder):
+        for image in image_files(folder):
             mask = None
             if mask_root is not None:
                 mask = _find_mask(Path(mask_root) / folder.name, image)

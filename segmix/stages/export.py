@@ -22,7 +22,7 @@ import torch
 
 from ..config import ConfigError, check_number
 from ..data import read_rgb
-from ..data.readers import IMAGE_SUFFIXES
+from ..data.readers import IMAGE_SUFFIXES, image_files
 from ..export import (
     FORMATS,
     SUFFIXES,
@@ -81,7 +81,7 @@ def _check_tiles(settings: Dict[str, Any], size) -> np.ndarray:
     if not settings["check_images"]:
         return reference_tiles(size, count)
     folder = Path(settings["check_images"])
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:count]
+    paths = image_files(folder)[:count]
     if not paths:
         raise ConfigError(f"export.check_images: {folder} holds no images"
                           f" ({', '.join(IMAGE_SUFFIXES)})")

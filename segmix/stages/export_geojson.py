@@ -20,6 +20,7 @@ from tqdm import tqdm
 from ..artifacts import SUMMARY_FILE
 from ..config import ConfigError
 from ..data import read_legend, read_mask_png
+from ..data.readers import image_files
 from ..geojson import mask_to_geojson
 from ..io import atomic_write_text, write_json
 from ..slide_masks import read_mask_pyramid
@@ -47,8 +48,7 @@ def validate(config: Dict[str, Any]) -> None:
 def _sources(source: Path) -> List[Path]:
     if source.is_file():
         return [source]
-    found = sorted(p for p in source.iterdir()
-                   if p.suffix.lower() in (*SLIDE_MASK_SUFFIXES, ".png"))
+    found = image_files(source, (*SLIDE_MASK_SUFFIXES, ".png"))
     if not found:
         raise ConfigError(f"masks: {source} holds no .tiff or .png masks")
     return found

@@ -47,7 +47,7 @@ from ..data import (
     write_mask_png,
     write_rgb,
 )
-from ..data.readers import IMAGE_SUFFIXES
+from ..data.readers import IMAGE_SUFFIXES, image_files
 from ..io import atomic_write_npz, read_json, write_csv, write_json
 from ..pretrained import Segmenter
 from ..slide_prediction import predict_slide
@@ -152,7 +152,7 @@ def list_inputs(config: Dict[str, Any]) -> List[Path]:
         return [s.image for s in read_split(config["data"], split)]
     path = Path(source)
     if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        images = image_files(path)
     elif path.is_file() and path.suffix.lower() == ".csv":
         images = _csv_images(path, config["input_split"])
     elif path.exists():
@@ -199,8 +199,7 @@ def _slide_paths(config: Dict[str, Any]) -> List[Path]:
     if source.is_file() and source.suffix.lower() != ".csv":
         return [source]
     if source.is_dir():
-        slides = sorted(p for p in source.iterdir()
-                        if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES)
+        slides = image_files(source, SLIDE_SUFFIXES)
         if not slides:
             raise DatasetError(f"input {source} holds no slides ({', '.join(SLIDE_SUFFIXES)})")
         return slides

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from ..artifacts import SUMMARY_FILE
 from ..config import ConfigError, check_number
 from ..data import resized, write_rgb
+from ..data.readers import image_files
 from ..io import atomic_write_text, read_csv_rows, write_csv, write_json
 from ..slides import SLIDE_SUFFIXES, Slide, tissue_picture
 from ..tissue import tissue_fraction
@@ -96,8 +97,8 @@ def list_slides(source: Path) -> List[Tuple[Path, List[str], Optional[str]]]:
                 rows.append((source.parent / row["slide"].strip(), labels, split))
         return rows
     folders = sorted(p for p in source.iterdir() if p.is_dir())
-    rows = [(path, [folder.name], None) for folder in folders for path in sorted(folder.iterdir())
-            if path.is_file() and path.suffix.lower() in SLIDE_SUFFIXES]
+    rows = [(path, [folder.name], None) for folder in folders
+            for path in image_files(folder, SLIDE_SUFFIXES)]
     if not rows:
         raise ConfigError(f"slides: {source} holds no class subfolders with slides"
                           f" ({', '.join(SLIDE_SUFFIXES)}); or give a CSV slide,label")
