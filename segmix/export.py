@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import SegmixError
 from .data import resized
+from .errors import SegmixError
+from .io import atomic_path
 
 __all__ = ["FORMATS", "ExportError", "NormalisedModel", "check_format", "export_model",
            "load_exported", "reference_tiles"]
@@ -66,8 +67,6 @@ def check_format(name: str) -> None:
 def export_model(model: NormalisedModel, example: torch.Tensor, fmt: str, path: Path) -> Path:
     """Write ``model`` (eval mode, CPU) traced on ``example`` ``[N, 3, H, W]`` in format ``fmt`` to
     ``path`` (written whole or not at all); the batch size stays free."""
-    from .io import atomic_path
-
     check_format(fmt)
     model = model.eval().cpu()
     with torch.no_grad(), atomic_path(path) as tmp:
