@@ -19,7 +19,7 @@ from .errors import SegmixError
 from .io import atomic_write_text
 
 __all__ = ["ConfigError", "load_config", "apply_overrides", "merge", "save_config",
-           "config_differences", "check_number"]
+           "config_differences", "check_number", "check_path"]
 
 Config = Dict[str, Any]
 
@@ -54,6 +54,14 @@ def check_number(key: str, value: Any, *, integer: bool = False, positive: bool 
         noun = "integer" if integer else "number"
         rule = f"a positive {noun}" if positive else f"{'an' if integer else 'a'} {noun} >= 0"
         raise ConfigError(f"{key} must be {rule}, got {value!r}")
+
+
+def check_path(key: str, value: Any, what: str) -> None:
+    """Refuse an unset ``key`` (saying it should be ``what``) or a path that does not exist."""
+    if not value:
+        raise ConfigError(f"{key} is not set: {what}")
+    if not Path(value).exists():
+        raise ConfigError(f"{key}: {value} does not exist")
 
 
 def _kind_error(path: str, default: Any, value: Any) -> Optional[str]:

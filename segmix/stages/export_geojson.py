@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Tuple
 from tqdm import tqdm
 
 from ..artifacts import SUMMARY_FILE
-from ..config import ConfigError
+from ..config import ConfigError, check_path
 from ..data import read_legend, read_mask_png
 from ..data.readers import image_files
 from ..geojson import mask_to_geojson
@@ -38,11 +38,8 @@ DEFAULTS: Dict[str, Any] = {
 
 def validate(config: Dict[str, Any]) -> None:
     """Check every value this stage reads (see :mod:`segmix.stages`)."""
-    if not config["masks"]:
-        raise ConfigError("masks is not set: a slide mask (.tiff from segmix predict), a folder of"
-                          " them, or a folder of PNG masks with its legend.json")
-    if not Path(config["masks"]).exists():
-        raise ConfigError(f"masks: {config['masks']} does not exist")
+    check_path("masks", config["masks"], "a slide mask (.tiff from segmix predict), a folder of"
+               " them, or a folder of PNG masks with its legend.json")
 
 
 def _sources(source: Path) -> List[Path]:

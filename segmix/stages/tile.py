@@ -29,7 +29,7 @@ import yaml
 from tqdm import tqdm
 
 from ..artifacts import SUMMARY_FILE
-from ..config import ConfigError, check_number
+from ..config import ConfigError, check_number, check_path
 from ..data import resized, write_rgb
 from ..data.readers import image_files
 from ..io import atomic_write_text, read_csv_rows, write_csv, write_json
@@ -54,11 +54,8 @@ DEFAULTS: Dict[str, Any] = {
 
 def validate(config: Dict[str, Any]) -> None:
     """Check every value this stage reads (see :mod:`segmix.stages`)."""
-    if not config["slides"]:
-        raise ConfigError("slides is not set: a CSV slide,label[,split] or a folder of class"
-                          " subfolders holding the slides")
-    if not Path(config["slides"]).exists():
-        raise ConfigError(f"slides: {config['slides']} does not exist")
+    check_path("slides", config["slides"], "a CSV slide,label[,split] or a folder of class"
+               " subfolders holding the slides")
     tile = config["tile"]
     check_number("tile.mpp", tile["mpp"])
     check_number("tile.size", tile["size"], integer=True)
