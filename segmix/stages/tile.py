@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from ..artifacts import SUMMARY_FILE
 from ..config import ConfigError, check_number, check_path
-from ..data import resized, write_rgb
+from ..data import resized, unique_stems, write_rgb
 from ..data.readers import image_files
 from ..io import atomic_write_text, read_csv_rows, write_csv, write_json
 from ..slides import SLIDE_SUFFIXES, Slide, tissue_picture
@@ -145,6 +145,8 @@ def _tile_slide(slide: Slide, stem: str, folder: Path, config: Dict[str, Any],
 
 
 def _grid_float(length: int, window: float, step: float) -> List[float]:
+    """Starts of the windows (level-0 px) that fit in ``length`` every ``step``; tiles past the
+    slide's edge are not cut (unlike the sliding window, which covers the whole image)."""
     if length <= window:
         return [0.0]
     return [i * step for i in range(int((length - window) // step) + 1)]
@@ -155,11 +157,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     """Tile every slide; returns the summary written to ``summary.json``."""
     validate(config)
     slides = list_slides(Path(config["slides"]))
-    stems = [path.stem for path, _, _ in slides]
-    duplicates = sorted({s for s in stems if stems.count(s) > 1})
-    if duplicates:
-        raise ConfigError(f"slides share file names {duplicates}: tiles are named by slide, so"
-                          " rename one")
+    stems = unique_stems([path for path, _, _ in slides])  # tiles are named by slide
     splits = _splits(slides, config["split"])
     rows, slide_rows, empty = [], [], []
     start = time.perf_counter()
