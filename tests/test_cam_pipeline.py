@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from segmix.artifacts import read_cam_file as load_cam_file
 from segmix.cli import main
@@ -204,6 +205,61 @@ def test_localise_by_evidence_removal(classifier, tmp_path, capsys):
     assert "batch_size must be at least 2" in capsys.readouterr().err
     assert cli("localise", bad, settings + ["localiser.patch_size=7"]) == 1
     assert "localiser.patch_size 7 must divide the classifier's input size 32x32" in \
+        capsys.readouterr().err
+
+
+def test_localise_by_the_feature_axis(classifier, tmp_path, capsys):
+    csv_path, model = classifier
+    localiser = tmp_path / "axis"
+    settings = data_settings(csv_path) + [
+        f"classifier={model}", "splits=[val]", "localiser.method=axis", "localiser.smoothing=3",
+        "localiser.batch_size=8", "localiser.fit_tiles=null", "localiser.naming_tiles=6"]
+    assert cli("localise", localiser, settings) == 0
+    log = capsys.readouterr().out
+    assert "feature axis named by the classifier" in log and "of 6 tiles agree" in log
+    maps = sorted((localiser / "maps" / "val").glob("*.png"))
+    assert len(maps) == 6 and read_mask_png(maps[0]).shape == (32, 32)
+    assert (localiser / "axis.png").is_file() and (localiser / "axis.pt").is_file()
+    summary = json.loads((localiser / "summary.json").read_text())
+    assert summary["method"] == "axis" and summary["features"] == "classifier"
+    assert 0 <= summary["naming"]["tiles_agreeing"] <= 1 and summary["naming"]["side_evidence"] >= 0
+    assert any(read_mask_png(path).std() > 0 for path in maps)  # the maps vary inside tiles
+
+    # an interrupted run reuses the fitted axis and writes only the missing maps, the same
+    before = read_mask_png(maps[1])
+    (localiser / "summary.json").unlink()
+    maps[0].unlink()
+    assert cli("localise", localiser, settings) == 0
+    log = capsys.readouterr().out
+    assert "reusing" in log and "wrote 1 foreground maps" in log and "named by" not in log
+    assert np.array_equal(read_mask_png(maps[1]), before)
+    # an axis fitted with other settings is not silently reused
+    (localiser / "summary.json").unlink()
+    (localiser / "config.yaml").unlink()
+    assert cli("localise", localiser, settings + ["localiser.smoothing=1"]) == 1
+    assert "'smoothing': 3" in capsys.readouterr().err
+    # so is an axis fitted at another input size, with both sizes named
+    saved = torch.load(localiser / "axis.pt", weights_only=True)
+    saved["settings"]["image_size"] = [64, 64]
+    torch.save(saved, localiser / "axis.pt")
+    (localiser / "config.yaml").unlink(missing_ok=True)
+    assert cli("localise", localiser, settings) == 1
+    error = capsys.readouterr().err
+    assert "'image_size': [64, 64]" in error and "'image_size': [32, 32]" in error
+    # the ImageNet backbone: the offline EfficientNet-Lite0 at the classifier's input size
+    assert cli("localise", tmp_path / "imagenet", settings + [
+        "localiser.features=imagenet", "localiser.feature_layers=[blocks.2, blocks.4]"]) == 0
+    assert len(list((tmp_path / "imagenet" / "maps" / "val").glob("*.png"))) == 6
+    # bad settings are named
+    bad = tmp_path / "bad"
+    assert cli("localise", bad, settings + ["localiser.smoothing=4"]) == 2
+    assert "localiser.smoothing must be odd" in capsys.readouterr().err
+    assert cli("localise", bad, settings + ["localiser.features=uni"]) == 2
+    assert "localiser.features must be one of classifier, imagenet" in capsys.readouterr().err
+    assert cli("localise", bad, settings + ["localiser.fill=median"]) == 2
+    assert "localiser.fill must be one of blur with method axis" in capsys.readouterr().err
+    assert cli("localise", bad, settings + ["localiser.feature_layers=[blocks.9]"]) == 1
+    assert "localiser.feature_layers ['blocks.9'] are not modules of the backbone" in \
         capsys.readouterr().err
 
 

@@ -136,11 +136,14 @@ def test_a_value_of_the_wrong_kind_names_its_key(dataset, tmp_path, capsys):
     ("sweep.metric=accuracy", "sweep.metric must be one of mIoU"),
     ("masks.foreground_weight=0.5", "but localiser.method is none"),
     ("localiser.method=clusters", "localiser.method must be one of none, prototypes"),
+    ("localiser.feature_layers=[blocks.99]",
+     "localiser.feature_layers: test_efficientnet has no layer(s) ['blocks.99']"),
 ])
 def test_run_validates_every_stage_before_the_first_starts(dataset, tmp_path, capsys, setting,
                                                            message):
     out = tmp_path / "run"
-    extra = ["sweep.enabled=true"] if setting.startswith("sweep") else []
+    extra = (["sweep.enabled=true"] if setting.startswith("sweep") else
+             ["localiser.method=axis"] if setting.startswith("localiser.feature") else [])
     assert main(["run", "--output-dir", str(out), *tiny(dataset, setting, *extra)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()  # refused in its first second: no stage started

@@ -1,4 +1,4 @@
-"""``segmix localise``: a foreground map per tile, from image-level labels only, by one of two
+"""``segmix localise``: a foreground map per tile, from image-level labels only, by one of three
 methods (``localiser.method``).
 
 ``prototypes`` (:mod:`pseudo_masks.prototypes`) fits ``localiser.prototypes`` k-means prototypes of superpixel stain and texture features on (up to
@@ -19,6 +19,16 @@ prices the mask's share of the tissue. ``evidence.pt`` keeps the head with its c
 settings (written last; a re-run reuses it), ``evidence.csv`` the losses per epoch and
 ``evidence.png`` a few tiles beside their maps. The maps are gated by the tissue prior.
 
+``axis`` (:mod:`pseudo_masks.feature_axis`) takes the dense features of ``localiser.feature_layers``
+of a frozen backbone (``localiser.features``: ``classifier``, the classifier of ``classifier``; or
+``imagenet``, the offline ImageNet EfficientNet-Lite0), centred per tile, and fits their first
+principal component over (up to ``localiser.fit_tiles``) train tiles, with the features averaged
+over ``localiser.smoothing`` cells across: the main way tissue varies inside a tile, region by
+region. The maps score the unsmoothed features. The classifier names its sign on
+``localiser.naming_tiles`` tiles: the side that keeps the tile's class when the other is blurred is
+foreground. ``axis.pt`` keeps the axis with its classes and settings (a re-run reuses it),
+``axis.png`` shows a few tiles beside their maps.
+
 ``localiser.method: none`` writes only the summary (the pseudo masks then come from CAMs alone).
 """
 
@@ -32,6 +42,7 @@ import torch
 from tqdm import tqdm
 
 from pseudo_masks.evidence import EVIDENCE_FILLS, EvidenceMask
+from pseudo_masks.feature_axis import FeatureAxis
 from pseudo_masks.prototypes import (
     FEATURE_NAMES,
     FILLS,
@@ -47,6 +58,7 @@ from pseudo_masks.prototypes import (
 )
 
 from ..artifacts import (
+    AXIS_FILE,
     EVIDENCE_FILE,
     LOCALISER_FILE,
     SUMMARY_FILE,
@@ -65,8 +77,10 @@ from ..data import (
     validate_data,
     write_rgb,
 )
+from ..axis_localiser import AxisLocaliser, fit_axis
 from ..evidence_localiser import EvidenceLocaliser, train_evidence, warn_if_collapsed
 from ..io import write_csv, write_json
+from ..models import LITE0_ARCH, OFFLINE_LITE0, create_classifier, normalization_of
 from ..pretrained import Classifier
 from ..runtime import atomic_torch_save
 
@@ -74,7 +88,8 @@ __all__ = ["DEFAULTS", "DONE_FILE", "METHODS", "NAMINGS", "RESUMABLE_CHANGES", "
            "class_probability_of", "describe", "fit_sample", "run", "validate"]
 
 DONE_FILE = SUMMARY_FILE
-METHODS = ("none", "prototypes", "evidence")
+METHODS = ("none", "prototypes", "evidence", "axis")
+AXIS_FEATURES = ("classifier", "imagenet")
 NAMINGS = ("labels", "classifier")
 RESUMABLE_CHANGES = {"localiser.batch_size", "localiser.device"}
 # The settings a prototypes / evidence file is built with: a different value needs a new one.
@@ -83,9 +98,12 @@ BUILD_KEYS = {
                    "fit_tiles", "seed"),
     "evidence": ("fill", "blur_sigma", "patch_size", "epochs", "lr", "area_weight", "fit_tiles",
                  "seed"),
+    "axis": ("features", "feature_layers", "smoothing", "fill", "blur_sigma", "naming_tiles",
+             "fit_tiles", "seed"),
 }
 # What a removed region becomes, per method; the first is the default (``fill: null``).
-METHOD_FILLS = {"prototypes": FILLS, "evidence": EVIDENCE_FILLS[::-1]}  # evidence: shuffle first
+METHOD_FILLS = {"prototypes": FILLS, "evidence": EVIDENCE_FILLS[::-1],  # evidence: shuffle first
+                "axis": ("blur",)}
 
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/localiser",
@@ -93,18 +111,22 @@ DEFAULTS: Dict[str, Any] = {
     "data": DATA_DEFAULTS,
     "splits": ["val"],
     "localiser": {
-        "method": "none",        # none | prototypes | evidence
+        "method": "none",        # none | prototypes | evidence | axis
         "naming": "labels",      # prototypes: labels (class specificity) | classifier (class evidence)
         "prototypes": 8,         # prototypes: k-means prototypes (kinds of tissue)
         "segments": 150,         # prototypes: SLIC superpixels per tile
         "compactness": 10.0,     # prototypes: SLIC, higher = squarer superpixels
         "fill": None,            # a removed region becomes: prototypes median (default) | blur;
-                                 # evidence shuffle (other tiles' patches, default) | blur
+                                 # evidence shuffle (other tiles' patches, default) | blur; axis blur
         "blur_sigma": 16.0,      # with fill: blur, how much the tile is blurred (px)
         "patch_size": 32,        # evidence, fill shuffle: patch size (px at the classifier's size)
         "epochs": 3,             # evidence: passes over the fit tiles
         "lr": 0.001,             # evidence: Adam learning rate of the mask head
         "area_weight": 20.0,     # evidence: price of the mask's share of the tissue (ramped up)
+        "features": "classifier",  # axis: the backbone, classifier (of `classifier`) | imagenet
+        "feature_layers": ["blocks.2", "blocks.3", "blocks.4"],  # axis: modules whose maps are fused
+        "smoothing": 5,          # axis: fitted on features averaged over this many cells (odd)
+        "naming_tiles": 96,      # axis: fit tiles on which the classifier names the axis's sign
         "fit_tiles": 500,        # train tiles (a seeded sample) to fit the localiser on
         "seed": 0,
         "batch_size": 32,
@@ -133,6 +155,9 @@ def validate(config: Dict[str, Any]) -> None:
         if key != "fit_tiles" or settings[key] is not None:
             check_number(f"localiser.{key}", settings[key], integer=True, positive=key != "seed")
     check_number("localiser.blur_sigma", settings["blur_sigma"])
+    if method == "axis":
+        _validate_axis(settings)
+        return
     if method == "evidence":
         for key in ("epochs", "patch_size"):
             check_number(f"localiser.{key}", settings[key], integer=True, positive=True)
@@ -154,6 +179,21 @@ def validate(config: Dict[str, Any]) -> None:
     if fit_tiles is not None and fit_tiles < k:
         raise ConfigError(f"localiser.fit_tiles ({fit_tiles}) must be at least localiser.prototypes"
                           f" ({k}): each prototype needs tiles to come from")
+
+
+def _validate_axis(settings: Dict[str, Any]) -> None:
+    if settings["features"] not in AXIS_FEATURES:
+        raise ConfigError(f"localiser.features must be one of {', '.join(AXIS_FEATURES)}, got"
+                          f" {settings['features']!r}")
+    layers = settings["feature_layers"]
+    if not isinstance(layers, list) or not layers or not all(isinstance(n, str) for n in layers):
+        raise ConfigError(f"localiser.feature_layers must be a list of module names (e.g."
+                          f" [blocks.2, blocks.4]), got {layers!r}")
+    for key in ("smoothing", "naming_tiles"):
+        check_number(f"localiser.{key}", settings[key], integer=True, positive=True)
+    if settings["smoothing"] % 2 == 0:
+        raise ConfigError(f"localiser.smoothing must be odd (a window centred on each cell), got"
+                          f" {settings['smoothing']}")
 
 
 def _fill(settings: Dict[str, Any]) -> str:
@@ -333,6 +373,10 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         localiser, final_losses = _load_or_train_evidence(config, classes, output_dir, overwrite)
         written = _write_maps(config, output_dir, overwrite, localiser.maps)
         extra: Dict[str, Any] = {"fill": _fill(settings), "final_losses": final_losses}
+    elif settings["method"] == "axis":
+        axis_localiser, naming = _load_or_fit_axis(config, classes, output_dir, overwrite)
+        written = _write_maps(config, output_dir, overwrite, axis_localiser.maps)
+        extra = {"features": settings["features"], "naming": naming}
     else:
         prototypes, fitted = _load_or_build(config, classes, output_dir, overwrite)
 
@@ -406,3 +450,48 @@ def _load_or_train_evidence(config: Dict[str, Any], classes: List[str], output_d
     atomic_torch_save(path, {"head": head.state_dict(), "classes": classes,
                              "settings": built_with, "history": history})
     return localiser, history[-1]
+
+
+# -- feature axis ---------------------------------------------------------------------------------
+def _axis_localiser(config: Dict[str, Any], classifier: Classifier) -> AxisLocaliser:
+    """The feature extractor of ``localiser.features`` at the classifier's input size."""
+    settings = config["localiser"]
+    if settings["features"] == "classifier":
+        network, (mean, std) = classifier.network, (classifier.mean, classifier.std)
+    else:
+        network = create_classifier(LITE0_ARCH, 1000, weights=OFFLINE_LITE0)
+        mean, std = normalization_of(network)
+    return AxisLocaliser(network, settings["feature_layers"], image_size=classifier.image_size,
+                         mean=mean, std=std, device=classifier.device)
+
+
+def _load_or_fit_axis(config: Dict[str, Any], classes: List[str], output_dir: Path,
+                      overwrite: bool) -> Tuple[AxisLocaliser, Dict[str, float]]:
+    """The axis of ``output_dir`` if fitted with the same classes and settings, else a new one
+    (with ``axis.png``); and its naming's numbers."""
+    settings = config["localiser"]
+    classifier = _classifier(config, classes)
+    localiser = _axis_localiser(config, classifier)
+    path = output_dir / AXIS_FILE
+    # the features, hence the axis, depend on the input size too
+    built_with = {**_built_with(settings), "image_size": list(classifier.image_size)}
+    saved = _saved(path, classes, built_with, overwrite)
+    if saved is not None:
+        localiser.axis = FeatureAxis.from_state_dict(saved["axis"])
+        return localiser, saved["naming"]
+    samples = fit_sample(read_split(config["data"], "train"), settings["fit_tiles"],
+                         int(settings["seed"]))
+    probability = _ClassProbability(classifier, int(settings["batch_size"]))
+    naming = fit_axis(localiser, samples, settings, probability)
+    print(f"localiser: feature axis named by the classifier: keeping the foreground side holds"
+          f" the class probability {naming['side_evidence']:.3f} higher than keeping the other"
+          f" ({100 * naming['tiles_agreeing']:.0f}% of {naming['tiles']} tiles agree)",
+          flush=True)
+    shown = samples[:4]
+    _write_rows(output_dir / "axis.png", [
+        [read_rgb(sample.image), _grey(foreground)]
+        for sample, foreground in zip(shown, localiser.maps(shown))])
+    # written last: its presence means the fit finished (a re-run reuses it)
+    atomic_torch_save(path, {"axis": localiser.axis.state_dict(), "classes": classes,
+                             "settings": built_with, "naming": naming})
+    return localiser, naming

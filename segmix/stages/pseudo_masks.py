@@ -14,7 +14,7 @@ ground truth (the validation split: never the data you report on) and keeps the 
 **Pseudo masks for new tiles without retraining** (``from_run`` + ``input``, or ``segmix
 pseudo-masks --from-run RUN --input CSV``): every row of a labelled CSV (``image,label[,mask]``,
 labels from the run's classes) gets a mask made as the run made its own: the run's CAM settings and
-classifier (``cams/`` under the output folder), its localiser's fitted prototypes or mask head
+classifier (``cams/`` under the output folder), its localiser's fitted prototypes, mask head or feature axis
 (``localiser/``, where its masks used one) and the mask settings its sweep chose; masks are read
 as the ``val`` split (``masks/val/<stem>.png``); with masks in the CSV, ``metrics.json`` scores them.
 """
@@ -35,6 +35,7 @@ from pseudo_masks import PROTOCOLS, ConfusionMatrix, PseudoMaskConfig, cams_to_m
 from pseudo_masks.crf import require_crf
 
 from ..artifacts import (
+    AXIS_FILE,
     CONFIG_FILE,
     EVIDENCE_FILE,
     LOCALISER_FILE,
@@ -187,7 +188,7 @@ def _from_run(config: Dict[str, Any], output_dir: Path, overwrite: bool) -> Dict
     localiser_dir = None
     if chosen.get("localiser_dir"):
         localiser_dir = output_dir / "localiser"
-        for name in (LOCALISER_FILE, EVIDENCE_FILE):  # the fitted localiser, reused as it is
+        for name in (LOCALISER_FILE, EVIDENCE_FILE, AXIS_FILE):  # the fitted localiser, reused as it is
             fitted = layout.localiser_dir / name
             if fitted.is_file() and (overwrite or not (localiser_dir / name).is_file()):
                 localiser_dir.mkdir(parents=True, exist_ok=True)

@@ -88,16 +88,31 @@ def validate_stages(config: Dict[str, Any], only: Optional[List[str]] = None) ->
                                                                 or "pseudo-masks" in only):
         raise ConfigError("masks.foreground_weight (or a sweep of it) blends in the localiser's"
                           " foreground maps, but localiser.method is none: set"
-                          " localiser.method=prototypes or masks.foreground_weight=0")
-    layers = config["cam"]["target_layers"]
-    if layers and (only is None or "cams" in only):
-        model = create_classifier(config["model"]["name"], max(1, len(config["data"]["classes"])))
-        known = [name for name, _ in model.named_modules() if name]
+                          " localiser.method (prototypes, evidence or axis) or masks.foreground_weight=0")
+    _check_classifier_layers(config, only)
+
+
+def _check_classifier_layers(config: Dict[str, Any], only: Optional[List[str]]) -> None:
+    """The layers that later stages read from the classifier (``cam.target_layers``; with the
+    feature-axis localiser on the classifier, ``localiser.feature_layers``) must exist in the one
+    train-cls will build."""
+    checks = []
+    if config["cam"]["target_layers"] and (only is None or "cams" in only):
+        checks.append(("cam.target_layers", config["cam"]["target_layers"]))
+    localiser = config["localiser"]
+    if (localiser["method"] == "axis" and localiser["features"] == "classifier"
+            and (only is None or "localise" in only)):
+        checks.append(("localiser.feature_layers", localiser["feature_layers"]))
+    if not checks:
+        return
+    model = create_classifier(config["model"]["name"], max(1, len(config["data"]["classes"])))
+    known = [name for name, _ in model.named_modules() if name]
+    for key, layers in checks:
         missing = [name for name in layers if name not in known]
         if missing:
             close = difflib.get_close_matches(missing[0], known, n=6, cutoff=0.4)
-            raise ConfigError(f"cam.target_layers: {config['model']['name']} has no layer(s)"
-                              f" {missing}; close names: {close}")
+            raise ConfigError(f"{key}: {config['model']['name']} has no layer(s) {missing}; close"
+                              f" names: {close}")
 
 
 def validate(config: Dict[str, Any]) -> None:

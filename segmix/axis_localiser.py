@@ -1,0 +1,133 @@
+"""The feature-axis localiser over tile files (``segmix localise``, ``localiser.method: axis``):
+dense features of a frozen backbone, the main axis of their variation inside tiles, named by a
+classifier's evidence (:mod:`pseudo_masks.feature_axis`), and a foreground map for any tile."""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from pseudo_masks import tissue_background
+from pseudo_masks.feature_axis import (
+    FeatureAxis,
+    fit_feature_axis,
+    fuse_feature_maps,
+    sample_cells,
+    side_evidence,
+    smoothed_centred,
+)
+from pseudo_masks.prototypes import ClassProbability, blurred
+
+from .config import ConfigError
+from .data import Sample, build_transform, read_rgb
+
+__all__ = ["AxisLocaliser", "MAX_CELLS", "fit_axis"]
+
+MAX_CELLS = 200_000  # tissue cells (over all fit tiles) the principal axis is computed from
+
+
+class AxisLocaliser:
+    """Dense features of ``network`` at the modules ``layers`` (names as in ``named_modules``) for
+    tiles resized to ``image_size`` and normalised by ``mean`` / ``std``; with an ``axis``, each
+    tile's foreground map (from the features unsmoothed: the axis is fitted on smoothed ones, so
+    that it follows regions, and then scores every cell)."""
+
+    def __init__(self, network: nn.Module, layers: Sequence[str], *, image_size: Tuple[int, int],
+                 mean: Sequence[float], std: Sequence[float], device: torch.device) -> None:
+        modules = dict(network.named_modules())
+        missing = [name for name in layers if name not in modules]
+        if missing:
+            top = [name for name in modules if name and name.count(".") <= 1]
+            raise ConfigError(f"localiser.feature_layers {missing} are not modules of the backbone;"
+                              f" some that are: {top[:30]}")
+        self.network, self.device = network.eval().to(device), device
+        self.modules = [modules[name] for name in layers]
+        self.transform = build_transform([], image_size, mean, std)
+        self.axis: FeatureAxis | None = None
+
+    @contextmanager
+    def _hooked(self) -> Iterator[List[torch.Tensor]]:
+        outputs: List[torch.Tensor] = []
+        handles = [module.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+                   for module in self.modules]
+        try:
+            yield outputs
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @torch.no_grad()
+    def features(self, images: Sequence[np.ndarray],
+                 smoothing: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Tile-centred features ``[N, C, h, w]`` of uint8 RGB tiles, averaged over ``smoothing``
+        cells across, and their tissue cells ``[N, h, w]`` (the tissue prior, averaged onto the
+        feature grid)."""
+        batch = torch.stack([self.transform(image=image)["image"] for image in images])
+        with self._hooked() as outputs:
+            self.network(batch.to(self.device))
+            fused = fuse_feature_maps(outputs).cpu()
+        grid = fused.shape[-2:]
+        tissue = torch.stack([
+            F.interpolate((~tissue_background(torch.from_numpy(image)[None])).float()[:, None],
+                          size=grid, mode="area")[0, 0] > 0.5
+            for image in images])
+        return smoothed_centred(fused, tissue, smoothing), tissue
+
+    def score_maps(self, images: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """Each tile's foreground score in [0, 1] at its own size, 0 on glass (tissue prior)."""
+        if self.axis is None:
+            raise RuntimeError("the axis is not fitted yet (fit_axis)")
+        centred, _ = self.features(images)
+        scores = self.axis.scores(centred)
+        out = []
+        for image, score in zip(images, scores):
+            size = image.shape[:2]
+            full = F.interpolate(score[None, None], size=size, mode="bilinear",
+                                 align_corners=False)[0, 0]
+            tissue = ~tissue_background(torch.from_numpy(image)[None])[0]
+            out.append((full * tissue).numpy())
+        return out
+
+    def maps(self, samples: List[Sample]) -> List[np.ndarray]:
+        """:meth:`score_maps` of the samples' tiles."""
+        return self.score_maps([read_rgb(sample.image) for sample in samples])
+
+
+def fit_axis(localiser: AxisLocaliser, samples: Sequence[Sample], settings: Dict[str, Any],
+             class_probability: ClassProbability) -> Dict[str, float]:
+    """Fit ``localiser.axis`` on the tiles of ``samples`` (features smoothed over
+    ``settings['smoothing']`` cells) and name its sign by the classifier's
+    evidence on the first ``settings['naming_tiles']`` of them (the fill: the tile blurred by
+    ``settings['blur_sigma']``). Returns the naming's numbers: the mean evidence of the side
+    chosen as foreground over the other, the share of tiles that agree and how many were asked."""
+    batch_size = int(settings["batch_size"])
+    per_tile = max(1, math.ceil(MAX_CELLS / max(len(samples), 1)))
+    generator = torch.Generator().manual_seed(int(settings["seed"]))
+    cells = []
+    for start in tqdm(range(0, len(samples), batch_size), desc="axis features", unit="batch"):
+        images = [read_rgb(s.image) for s in samples[start:start + batch_size]]
+        centred, tissue = localiser.features(images, int(settings["smoothing"]))
+        cells.append(sample_cells(centred, tissue, per_tile, generator))
+    localiser.axis = fit_feature_axis(torch.cat(cells))
+    named = list(samples[:int(settings["naming_tiles"])])
+    evidence = []
+    for start in tqdm(range(0, len(named), batch_size), desc="naming the axis", unit="batch"):
+        chunk = named[start:start + batch_size]
+        images = [read_rgb(s.image) for s in chunk]
+        for sample, image, score in zip(chunk, images, localiser.score_maps(images)):
+            tissue = ~tissue_background(torch.from_numpy(image)[None])[0].numpy()
+            evidence.append(side_evidence(image, score, tissue, list(sample.labels),
+                                          class_probability,
+                                          blurred(image, float(settings["blur_sigma"]))))
+    mean = float(np.mean(evidence)) if evidence else 0.0
+    if mean < 0:
+        localiser.axis = localiser.axis.flipped()
+    agree = float(np.mean(np.sign(evidence) == np.sign(mean))) if evidence else 0.0
+    return {"side_evidence": abs(mean), "tiles_agreeing": agree, "tiles": len(evidence)}
