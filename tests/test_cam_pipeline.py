@@ -162,6 +162,24 @@ def test_localise_and_pseudo_masks_from_its_foreground_maps(classifier, tmp_path
     assert json.loads((masks / "summary.json").read_text())["localiser_dir"] == str(localiser)
 
 
+def assert_resumes_and_refuses_other_settings(localiser, settings, maps, capsys, fitting_log,
+                                              other_setting, named):
+    """An interrupted `localise` reuses the fitted localiser (its log has no ``fitting_log``) and
+    writes only the missing maps, the same; one fitted with ``other_setting`` is refused, the
+    saved setting ``named``."""
+    before = read_mask_png(maps[1])
+    (localiser / "summary.json").unlink()
+    maps[0].unlink()
+    assert cli("localise", localiser, settings) == 0
+    log = capsys.readouterr().out
+    assert "reusing" in log and "wrote 1 foreground maps" in log and fitting_log not in log
+    assert np.array_equal(read_mask_png(maps[1]), before)
+    (localiser / "summary.json").unlink()
+    (localiser / "config.yaml").unlink()
+    assert cli("localise", localiser, settings + [other_setting]) == 1
+    assert named in capsys.readouterr().err
+
+
 def test_localise_by_evidence_removal(classifier, tmp_path, capsys):
     csv_path, model = classifier
     localiser = tmp_path / "evidence"
@@ -180,19 +198,8 @@ def test_localise_by_evidence_removal(classifier, tmp_path, capsys):
     summary = json.loads((localiser / "summary.json").read_text())
     assert summary["method"] == "evidence" and summary["fill"] == "shuffle"
 
-    # an interrupted run reuses the trained head and writes only the missing maps, the same
-    before = read_mask_png(maps[1])
-    (localiser / "summary.json").unlink()
-    maps[0].unlink()
-    assert cli("localise", localiser, settings) == 0
-    log = capsys.readouterr().out
-    assert "reusing" in log and "wrote 1 foreground maps" in log and "evidence epoch" not in log
-    assert np.array_equal(read_mask_png(maps[1]), before)
-    # a head trained with other settings is not silently reused
-    (localiser / "summary.json").unlink()
-    (localiser / "config.yaml").unlink()
-    assert cli("localise", localiser, settings + ["localiser.area_weight=2"]) == 1
-    assert "'area_weight': 2" in capsys.readouterr().err
+    assert_resumes_and_refuses_other_settings(localiser, settings, maps, capsys, "evidence epoch",
+                                              "localiser.area_weight=2", "'area_weight': 2")
     # a mask that collapses to nothing is named, with what to change
     with pytest.warns(UserWarning, match="collapsed to nothing.*localiser.area_weight=333"):
         assert cli("localise", tmp_path / "empty", settings + ["localiser.area_weight=1000",
@@ -225,19 +232,8 @@ def test_localise_by_the_feature_axis(classifier, tmp_path, capsys):
     assert 0 <= summary["naming"]["tiles_agreeing"] <= 1 and summary["naming"]["side_evidence"] >= 0
     assert any(read_mask_png(path).std() > 0 for path in maps)  # the maps vary inside tiles
 
-    # an interrupted run reuses the fitted axis and writes only the missing maps, the same
-    before = read_mask_png(maps[1])
-    (localiser / "summary.json").unlink()
-    maps[0].unlink()
-    assert cli("localise", localiser, settings) == 0
-    log = capsys.readouterr().out
-    assert "reusing" in log and "wrote 1 foreground maps" in log and "named by" not in log
-    assert np.array_equal(read_mask_png(maps[1]), before)
-    # an axis fitted with other settings is not silently reused
-    (localiser / "summary.json").unlink()
-    (localiser / "config.yaml").unlink()
-    assert cli("localise", localiser, settings + ["localiser.smoothing=1"]) == 1
-    assert "'smoothing': 3" in capsys.readouterr().err
+    assert_resumes_and_refuses_other_settings(localiser, settings, maps, capsys, "named by",
+                                              "localiser.smoothing=1", "'smoothing': 3")
     # so is an axis fitted at another input size, with both sizes named
     saved = torch.load(localiser / "axis.pt", weights_only=True)
     saved["settings"]["image_size"] = [64, 64]

@@ -126,12 +126,16 @@ def test_run_on_a_csv_dataset_whose_val_split_has_no_masks(tmp_path, capsys):
     assert mask.shape == (32, 32)
 
 
-def test_pseudo_masks_for_new_tiles_from_a_finished_run(tmp_path, capsys):
+@pytest.mark.parametrize("localiser, fitted", [
+    (["localiser.method=prototypes", "localiser.prototypes=3", "localiser.segments=40"],
+     "prototypes.pt"),
+    (["localiser.method=axis", "localiser.smoothing=3", "localiser.naming_tiles=6"], "axis.pt"),
+])
+def test_pseudo_masks_for_new_tiles_from_a_finished_run(tmp_path, capsys, localiser, fitted):
     csv_path = write_csv_dataset(tmp_path / "tiles", per_class=8, size=32)
     run = tmp_path / "run"
     settings = ["data.classes=[A, B, C]", f"data.train.path={csv_path}",
-                f"data.val.path={csv_path}", *TINY_MODELS, "localiser.method=prototypes",
-                "localiser.prototypes=3", "localiser.segments=40", "masks.foreground_weight=1.0",
+                f"data.val.path={csv_path}", *TINY_MODELS, *localiser, "masks.foreground_weight=1.0",
                 "sweep.enabled=true", "sweep.values=[0.2, 0.5]"]
     assert cli("run", run, settings) == 0
     # the val tiles again, as a user's labelled CSV without a split column
@@ -147,8 +151,8 @@ def test_pseudo_masks_for_new_tiles_from_a_finished_run(tmp_path, capsys):
     chosen = json.loads((run / "pseudo-masks" / "summary.json").read_text())
     assert summary["settings"] == chosen["settings"] and summary["from_run"] == str(run)
     assert chosen["localiser_dir"]  # the run's masks used its foreground maps...
-    assert (out / "localiser" / "prototypes.pt").read_bytes() == \
-        (run / "localiser" / "prototypes.pt").read_bytes()  # ...and its fitted prototypes are reused
+    assert (out / "localiser" / fitted).read_bytes() == \
+        (run / "localiser" / fitted).read_bytes()  # ...and its fitted localiser is reused
     for row in val_rows:  # the same tiles get the masks the run made for them
         name = row[0].split("/")[-1].removesuffix(".png")
         np.testing.assert_array_equal(
