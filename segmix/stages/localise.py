@@ -26,8 +26,9 @@ principal component over (up to ``localiser.fit_tiles``) train tiles, with the f
 over ``localiser.smoothing`` cells across: the main way tissue varies inside a tile, region by
 region. The maps score the unsmoothed features. The classifier names its sign on
 ``localiser.naming_tiles`` tiles: the side that keeps the tile's class when the other is blurred is
-foreground. ``axis.pt`` keeps the axis with its classes and settings (a re-run reuses it),
-``axis.png`` shows a few tiles beside their maps.
+foreground. ``axis.pt`` keeps the axis with its classes, settings, input size and a fingerprint of
+the classifier's weights (a re-run reuses it; another classifier gets refused), ``axis.png`` shows a
+few tiles beside their maps.
 
 ``localiser.method: none`` writes only the summary (the pseudo masks then come from CAMs alone).
 """
@@ -65,6 +66,7 @@ from ..artifacts import (
     foreground_map_path,
     write_foreground_map,
 )
+from ..axis_localiser import AxisLocaliser, fit_axis
 from ..config import ConfigError, check_number
 from ..data import (
     DATA_DEFAULTS,
@@ -77,10 +79,15 @@ from ..data import (
     validate_data,
     write_rgb,
 )
-from ..axis_localiser import AxisLocaliser, fit_axis
 from ..evidence_localiser import EvidenceLocaliser, train_evidence, warn_if_collapsed
 from ..io import write_csv, write_json
-from ..models import LITE0_ARCH, OFFLINE_LITE0, create_classifier, normalization_of
+from ..models import (
+    LITE0_ARCH,
+    OFFLINE_LITE0,
+    create_classifier,
+    normalization_of,
+    weights_fingerprint,
+)
 from ..pretrained import Classifier
 from ..runtime import atomic_torch_save
 
@@ -473,8 +480,9 @@ def _load_or_fit_axis(config: Dict[str, Any], classes: List[str], output_dir: Pa
     classifier = _classifier(config, classes)
     localiser = _axis_localiser(config, classifier)
     path = output_dir / AXIS_FILE
-    # the features, hence the axis, depend on the input size too
-    built_with = {**_built_with(settings), "image_size": list(classifier.image_size)}
+    # the features and the naming, hence the axis, depend on the classifier and its input size
+    built_with = {**_built_with(settings), "image_size": list(classifier.image_size),
+                  "classifier_weights": weights_fingerprint(classifier.network)}
     saved = _saved(path, classes, built_with, overwrite)
     if saved is not None:
         localiser.axis = FeatureAxis.from_state_dict(saved["axis"])
