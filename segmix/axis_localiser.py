@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -63,36 +63,40 @@ class AxisLocaliser:
             for handle in handles:
                 handle.remove()
 
+    @staticmethod
+    def tissue(images: Sequence[np.ndarray]) -> List[torch.Tensor]:
+        """Each tile's tissue (the tissue prior, ``[H, W]`` bool) at its own size."""
+        return [~tissue_background(torch.from_numpy(image)[None])[0] for image in images]
+
     @torch.no_grad()
-    def features(self, images: Sequence[np.ndarray],
-                 smoothing: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+    def features(self, images: Sequence[np.ndarray], smoothing: int = 1,
+                 tissue: Optional[List[torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Tile-centred features ``[N, C, h, w]`` of uint8 RGB tiles, averaged over ``smoothing``
-        cells across, and their tissue cells ``[N, h, w]`` (the tissue prior, averaged onto the
-        feature grid)."""
+        cells across, and their tissue cells ``[N, h, w]`` (``tissue``, from :meth:`tissue` if not
+        given, averaged onto the feature grid)."""
         batch = torch.stack([self.transform(image=image)["image"] for image in images])
         with self._hooked() as outputs:
             self.network(batch.to(self.device))
             fused = fuse_feature_maps(outputs).cpu()
-        grid = fused.shape[-2:]
-        tissue = torch.stack([
-            F.interpolate((~tissue_background(torch.from_numpy(image)[None])).float()[:, None],
-                          size=grid, mode="area")[0, 0] > 0.5
-            for image in images])
-        return smoothed_centred(fused, tissue, smoothing), tissue
+        tissue = self.tissue(images) if tissue is None else tissue
+        cells = torch.stack([F.interpolate(inside[None, None].float(), size=fused.shape[-2:],
+                                           mode="area")[0, 0] > 0.5 for inside in tissue])
+        return smoothed_centred(fused, cells, smoothing), cells
 
-    def score_maps(self, images: Sequence[np.ndarray]) -> List[np.ndarray]:
-        """Each tile's foreground score in [0, 1] at its own size, 0 on glass (tissue prior)."""
+    def score_maps(self, images: Sequence[np.ndarray],
+                   tissue: Optional[List[torch.Tensor]] = None) -> List[np.ndarray]:
+        """Each tile's foreground score in [0, 1] at its own size, 0 outside ``tissue`` (from
+        :meth:`tissue` if not given)."""
         if self.axis is None:
             raise RuntimeError("the axis is not fitted yet (fit_axis)")
-        centred, _ = self.features(images)
+        tissue = self.tissue(images) if tissue is None else tissue
+        centred, _ = self.features(images, tissue=tissue)
         scores = self.axis.scores(centred)
         out = []
-        for image, score in zip(images, scores):
-            size = image.shape[:2]
-            full = F.interpolate(score[None, None], size=size, mode="bilinear",
+        for inside, score in zip(tissue, scores):
+            full = F.interpolate(score[None, None], size=tuple(inside.shape), mode="bilinear",
                                  align_corners=False)[0, 0]
-            tissue = ~tissue_background(torch.from_numpy(image)[None])[0]
-            out.append((full * tissue).numpy())
+            out.append((full * inside).numpy())
         return out
 
     def maps(self, samples: List[Sample]) -> List[np.ndarray]:
@@ -121,9 +125,10 @@ def fit_axis(localiser: AxisLocaliser, samples: Sequence[Sample], settings: Dict
     for start in tqdm(range(0, len(named), batch_size), desc="naming the axis", unit="batch"):
         chunk = named[start:start + batch_size]
         images = [read_rgb(s.image) for s in chunk]
-        for sample, image, score in zip(chunk, images, localiser.score_maps(images)):
-            tissue = ~tissue_background(torch.from_numpy(image)[None])[0].numpy()
-            evidence.append(side_evidence(image, score, tissue, list(sample.labels),
+        tissue = localiser.tissue(images)
+        for sample, image, inside, score in zip(chunk, images, tissue,
+                                                localiser.score_maps(images, tissue)):
+            evidence.append(side_evidence(image, score, inside.numpy(), list(sample.labels),
                                           class_probability,
                                           blurred(image, float(settings["blur_sigma"]))))
     mean = float(np.mean(evidence)) if evidence else 0.0

@@ -63,7 +63,7 @@ def two_kinds_of_tissue(count: int = 400, channels: int = 6, seed: int = 0):
     cells = 0.2 * torch.randn(count, channels, generator=generator)
     cells[:, 0] += torch.where(kind, 1.0, -1.0)
     cells[:, 1] += torch.where(kind, 1.0, -1.0)
-    cells[:, 5] = 30 * torch.randn(count, generator=generator) * 0.2
+    cells[:, 5] = 6 * torch.randn(count, generator=generator)
     return cells, kind
 
 
