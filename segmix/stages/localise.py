@@ -356,6 +356,13 @@ def _grey(foreground: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
+def _draw_maps(path: Path, samples: List[Sample],
+               maps_of: Callable[[List[Sample]], List[np.ndarray]]) -> None:
+    """Rows of: the tile, its foreground map (``maps_of``; white = foreground)."""
+    _write_rows(path, [[read_rgb(sample.image), _grey(foreground)]
+                       for sample, foreground in zip(samples, maps_of(samples))])
+
+
 def _write_rows(path: Path, rows: List[List[np.ndarray]]) -> None:
     """A picture of ``rows`` of RGB images side by side (rows padded to the widest)."""
     joined = [np.concatenate(row, axis=1) for row in rows]
@@ -449,10 +456,7 @@ def _load_or_train_evidence(config: Dict[str, Any], classes: List[str], output_d
     head.eval()
     warn_if_collapsed(history[-1]["area"], float(settings["area_weight"]))
     write_csv(output_dir / "evidence.csv", history)
-    shown = samples[:4]
-    _write_rows(output_dir / "evidence.png", [
-        [read_rgb(sample.image), _grey(foreground)]
-        for sample, foreground in zip(shown, localiser.maps(shown))])
+    _draw_maps(output_dir / "evidence.png", samples[:4], localiser.maps)
     # written last: its presence means the training finished (a re-run reuses it)
     atomic_torch_save(path, {"head": head.state_dict(), "classes": classes,
                              "settings": built_with, "history": history})
@@ -495,10 +499,7 @@ def _load_or_fit_axis(config: Dict[str, Any], classes: List[str], output_dir: Pa
           f" the class probability {naming['side_evidence']:.3f} higher than keeping the other"
           f" ({100 * naming['tiles_agreeing']:.0f}% of {naming['tiles']} tiles agree)",
           flush=True)
-    shown = samples[:4]
-    _write_rows(output_dir / "axis.png", [
-        [read_rgb(sample.image), _grey(foreground)]
-        for sample, foreground in zip(shown, localiser.maps(shown))])
+    _draw_maps(output_dir / "axis.png", samples[:4], localiser.maps)
     # written last: its presence means the fit finished (a re-run reuses it)
     atomic_torch_save(path, {"axis": localiser.axis.state_dict(), "classes": classes,
                              "settings": built_with, "naming": naming})
