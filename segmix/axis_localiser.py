@@ -20,6 +20,7 @@ from pseudo_masks.feature_axis import (
     fit_feature_axis,
     fuse_feature_maps,
     sample_cells,
+    shuffle_fills,
     side_evidence,
     smoothed_centred,
 )
@@ -49,6 +50,7 @@ class AxisLocaliser:
                               f" some that are: {top[:30]}")
         self.network, self.device = network.eval().to(device), device
         self.modules = [modules[name] for name in layers]
+        self.image_size = image_size
         self.transform = build_transform([], image_size, mean, std)
         self.axis: FeatureAxis | None = None
 
@@ -107,10 +109,11 @@ class AxisLocaliser:
 def fit_axis(localiser: AxisLocaliser, samples: Sequence[Sample], settings: Dict[str, Any],
              class_probability: ClassProbability) -> Dict[str, float]:
     """Fit ``localiser.axis`` on the tiles of ``samples`` (features smoothed over
-    ``settings['smoothing']`` cells) and name its sign by the classifier's
-    evidence on the first ``settings['naming_tiles']`` of them (the fill: the tile blurred by
-    ``settings['blur_sigma']``). Returns the naming's numbers: the mean evidence of the side
-    chosen as foreground over the other, the share of tiles that agree and how many were asked."""
+    ``settings['smoothing']`` cells) and name its sign by the classifier's evidence on the first
+    ``settings['naming_tiles']`` of them, the removed side filled per ``settings['fill']``: the
+    tile blurred by ``blur_sigma``, or (``shuffle``) ``patch_size`` patches of the other tiles
+    named with it. Returns the naming's numbers: the mean evidence of the side chosen as
+    foreground over the other, the share of tiles that agree and how many were asked."""
     batch_size = int(settings["batch_size"])
     per_tile = max(1, math.ceil(MAX_CELLS / max(len(samples), 1)))
     generator = torch.Generator().manual_seed(int(settings["seed"]))
@@ -121,16 +124,20 @@ def fit_axis(localiser: AxisLocaliser, samples: Sequence[Sample], settings: Dict
         cells.append(sample_cells(centred, tissue, per_tile, generator))
     localiser.axis = fit_feature_axis(torch.cat(cells))
     named = list(samples[:int(settings["naming_tiles"])])
+    # chunks of even size, so that none is a single tile (a shuffle fill needs another one)
+    chunks = np.array_split(np.arange(len(named)), max(1, math.ceil(len(named) / batch_size)))
     evidence = []
-    for start in tqdm(range(0, len(named), batch_size), desc="naming the axis", unit="batch"):
-        chunk = named[start:start + batch_size]
+    for indices in tqdm(chunks, desc="naming the axis", unit="batch"):
+        chunk = [named[i] for i in indices]
         images = [read_rgb(s.image) for s in chunk]
         tissue = localiser.tissue(images)
-        for sample, image, inside, score in zip(chunk, images, tissue,
-                                                localiser.score_maps(images, tissue)):
+        fills = (shuffle_fills(images, localiser.image_size, int(settings["patch_size"]), generator)
+                 if settings["fill"] == "shuffle" else
+                 [blurred(image, float(settings["blur_sigma"])) for image in images])
+        for sample, image, inside, score, fill in zip(chunk, images, tissue,
+                                                      localiser.score_maps(images, tissue), fills):
             evidence.append(side_evidence(image, score, inside.numpy(), list(sample.labels),
-                                          class_probability,
-                                          blurred(image, float(settings["blur_sigma"]))))
+                                          class_probability, fill))
     mean = float(np.mean(evidence)) if evidence else 0.0
     if mean < 0:
         localiser.axis = localiser.axis.flipped()

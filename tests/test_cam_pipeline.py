@@ -254,6 +254,15 @@ def test_localise_by_the_feature_axis(classifier, tmp_path, capsys):
     assert cli("localise", tmp_path / "imagenet", settings + [
         "localiser.features=imagenet", "localiser.feature_layers=[blocks.2, blocks.4]"]) == 0
     assert len(list((tmp_path / "imagenet" / "maps" / "val").glob("*.png"))) == 6
+    # the sign named with other tiles' patches as the fill (the shuffle kernel), 6 tiles in
+    # batches of 4 (chunks of 3 and 3: none alone)
+    shuffled = tmp_path / "shuffle"
+    assert cli("localise", shuffled, settings + ["localiser.fill=shuffle", "localiser.patch_size=8",
+                                                 "localiser.batch_size=4"]) == 0
+    assert "of 6 tiles agree" in capsys.readouterr().out
+    assert torch.load(shuffled / "axis.pt", weights_only=True)["settings"] == {
+        **saved["settings"], "fill": "shuffle", "patch_size": 8, "image_size": [32, 32],
+        "classifier_weights": fitted_on}
     # bad settings are named
     bad = tmp_path / "bad"
     assert cli("localise", bad, settings + ["localiser.smoothing=4"]) == 2
@@ -261,7 +270,12 @@ def test_localise_by_the_feature_axis(classifier, tmp_path, capsys):
     assert cli("localise", bad, settings + ["localiser.features=uni"]) == 2
     assert "localiser.features must be one of classifier, imagenet" in capsys.readouterr().err
     assert cli("localise", bad, settings + ["localiser.fill=median"]) == 2
-    assert "localiser.fill must be one of blur with method axis" in capsys.readouterr().err
+    assert "localiser.fill must be one of blur, shuffle with method axis" in capsys.readouterr().err
+    assert cli("localise", bad, settings + ["localiser.fill=shuffle", "localiser.naming_tiles=1"]) == 2
+    assert "localiser.naming_tiles must be at least 2" in capsys.readouterr().err
+    assert cli("localise", bad, settings + ["localiser.fill=shuffle", "localiser.patch_size=5"]) == 1
+    assert "localiser.patch_size 5 must divide the classifier's input size 32x32" in \
+        capsys.readouterr().err
     assert cli("localise", bad, settings + ["localiser.feature_layers=[blocks.9]"]) == 1
     assert "localiser.feature_layers ['blocks.9'] are not modules of the backbone" in \
         capsys.readouterr().err

@@ -10,6 +10,7 @@ from pseudo_masks.feature_axis import (
     fit_feature_axis,
     fuse_feature_maps,
     sample_cells,
+    shuffle_fills,
     side_evidence,
     smoothed_centred,
 )
@@ -101,3 +102,19 @@ def test_side_evidence_names_the_side_that_keeps_the_class():
     assert side_evidence(rgb, left_high, tissue, [2], redness, fill) == pytest.approx(1.0)
     assert side_evidence(rgb, 1 - left_high, tissue, [2], redness, fill) == pytest.approx(-1.0)
     assert side_evidence(rgb, left_high, np.zeros_like(tissue), [2], redness, fill) == 0.0
+
+
+def test_shuffle_fills_take_every_patch_from_another_tile_at_each_tiles_size():
+    tiles = [np.full((40, 40, 3), 0, np.uint8), np.full((48, 64, 3), 100, np.uint8),
+             np.full((40, 40, 3), 200, np.uint8)]
+    fills = shuffle_fills(tiles, (32, 32), 8, torch.Generator().manual_seed(0))
+    assert [fill.shape for fill in fills] == [tile.shape for tile in tiles]
+    assert all(fill.dtype == np.uint8 for fill in fills)
+    assert fills[0].min() >= 100 and fills[2].max() <= 100  # never the tile's own colour
+    assert set(np.unique(fills[0])) >= {100, 200}  # patches from both other tiles
+    pair = shuffle_fills(tiles[:2], (32, 32), 8, torch.Generator().manual_seed(1))
+    assert (pair[0] == 100).all() and (pair[1] == 0).all()  # of two tiles, each is the other's
+    with pytest.raises(ValueError, match="batch of 2"):
+        shuffle_fills(tiles[:1], (32, 32), 8, torch.Generator())
+    with pytest.raises(ValueError, match="must divide"):
+        shuffle_fills(tiles, (32, 32), 5, torch.Generator())

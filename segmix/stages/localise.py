@@ -25,8 +25,8 @@ of a frozen backbone (``localiser.features``: ``classifier``, the classifier of 
 principal component over (up to ``localiser.fit_tiles``) train tiles, with the features averaged
 over ``localiser.smoothing`` cells across: the main way tissue varies inside a tile, region by
 region. The maps score the unsmoothed features. The classifier names its sign on
-``localiser.naming_tiles`` tiles: the side that keeps the tile's class when the other is blurred is
-foreground. ``axis.pt`` keeps the axis with its classes, settings, input size and a fingerprint of
+``localiser.naming_tiles`` tiles: the side that keeps the tile's class when the other is filled
+(``localiser.fill``: ``blur``, or ``shuffle``, other tiles' patches) is foreground. ``axis.pt`` keeps the axis with its classes, settings, input size and a fingerprint of
 the classifier's weights (a re-run reuses it; another classifier gets refused), ``axis.png`` shows a
 few tiles beside their maps.
 
@@ -110,7 +110,7 @@ BUILD_KEYS = {
 }
 # What a removed region becomes, per method; the first is the default (``fill: null``).
 METHOD_FILLS = {"prototypes": FILLS, "evidence": EVIDENCE_FILLS[::-1],  # evidence: shuffle first
-                "axis": ("blur",)}
+                "axis": ("blur", "shuffle")}
 
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/localiser",
@@ -124,9 +124,10 @@ DEFAULTS: Dict[str, Any] = {
         "segments": 150,         # prototypes: SLIC superpixels per tile
         "compactness": 10.0,     # prototypes: SLIC, higher = squarer superpixels
         "fill": None,            # a removed region becomes: prototypes median (default) | blur;
-                                 # evidence shuffle (other tiles' patches, default) | blur; axis blur
+                                 # evidence shuffle (other tiles' patches, default) | blur;
+                                 # axis (naming its sign) blur (default) | shuffle
         "blur_sigma": 16.0,      # with fill: blur, how much the tile is blurred (px)
-        "patch_size": 32,        # evidence, fill shuffle: patch size (px at the classifier's size)
+        "patch_size": 32,        # fill shuffle: patch size (px at the classifier's size)
         "epochs": 3,             # evidence: passes over the fit tiles
         "lr": 0.001,             # evidence: Adam learning rate of the mask head
         "area_weight": 20.0,     # evidence: price of the mask's share of the tissue (ramped up)
@@ -162,6 +163,11 @@ def validate(config: Dict[str, Any]) -> None:
         if key != "fit_tiles" or settings[key] is not None:
             check_number(f"localiser.{key}", settings[key], integer=True, positive=key != "seed")
     check_number("localiser.blur_sigma", settings["blur_sigma"])
+    if _fill(settings) == "shuffle":
+        check_number("localiser.patch_size", settings["patch_size"], integer=True, positive=True)
+        if int(settings["batch_size"]) < 2:
+            raise ConfigError("localiser.fill=shuffle takes patches from other tiles of the batch:"
+                              f" localiser.batch_size must be at least 2, got {settings['batch_size']}")
     if method == "axis":
         _validate_axis(settings)
         return
@@ -170,9 +176,6 @@ def validate(config: Dict[str, Any]) -> None:
             check_number(f"localiser.{key}", settings[key], integer=True, positive=True)
         for key in ("lr", "area_weight"):
             check_number(f"localiser.{key}", settings[key])
-        if _fill(settings) == "shuffle" and int(settings["batch_size"]) < 2:
-            raise ConfigError("localiser.fill=shuffle takes patches from other tiles of the batch:"
-                              f" localiser.batch_size must be at least 2, got {settings['batch_size']}")
         return
     if settings["naming"] not in NAMINGS:
         raise ConfigError(f"localiser.naming must be one of {', '.join(NAMINGS)}, got"
@@ -201,6 +204,9 @@ def _validate_axis(settings: Dict[str, Any]) -> None:
     if settings["smoothing"] % 2 == 0:
         raise ConfigError(f"localiser.smoothing must be odd (a window centred on each cell), got"
                           f" {settings['smoothing']}")
+    if _fill(settings) == "shuffle" and settings["naming_tiles"] < 2:
+        raise ConfigError("localiser.fill=shuffle names the axis with other tiles' patches:"
+                          f" localiser.naming_tiles must be at least 2, got {settings['naming_tiles']}")
 
 
 def _fill(settings: Dict[str, Any]) -> str:
@@ -426,6 +432,15 @@ def _write_maps(config: Dict[str, Any], output_dir: Path, overwrite: bool,
     return written
 
 
+def _check_shuffle_patch(config: Dict[str, Any], classifier: Classifier) -> None:
+    """With ``localiser.fill: shuffle``, its patch size must divide the classifier's input size."""
+    height, width = classifier.image_size
+    patch = int(config["localiser"]["patch_size"])
+    if _fill(config["localiser"]) == "shuffle" and (height % patch or width % patch):
+        raise ConfigError(f"localiser.patch_size {patch} must divide the classifier's input size"
+                          f" {height}x{width} ({config['classifier']})")
+
+
 # -- evidence removal -----------------------------------------------------------------------------
 def _load_or_train_evidence(config: Dict[str, Any], classes: List[str], output_dir: Path,
                             overwrite: bool) -> Tuple[EvidenceLocaliser, Dict[str, float]]:
@@ -435,11 +450,7 @@ def _load_or_train_evidence(config: Dict[str, Any], classes: List[str], output_d
     settings = config["localiser"]
     classifier = _classifier(config, classes)
     info, device = classifier.info, classifier.device
-    height, width = classifier.image_size
-    patch = int(settings["patch_size"])
-    if _fill(settings) == "shuffle" and (height % patch or width % patch):
-        raise ConfigError(f"localiser.patch_size {patch} must divide the classifier's input size"
-                          f" {height}x{width} ({config['classifier']})")
+    _check_shuffle_patch(config, classifier)
     with torch.random.fork_rng(devices=[]):  # the head's start depends on the seed alone
         torch.manual_seed(int(settings["seed"]))
         head = EvidenceMask(classifier.network).to(device)
@@ -482,11 +493,14 @@ def _load_or_fit_axis(config: Dict[str, Any], classes: List[str], output_dir: Pa
     (with ``axis.png``); and its naming's numbers."""
     settings = config["localiser"]
     classifier = _classifier(config, classes)
+    _check_shuffle_patch(config, classifier)
     localiser = _axis_localiser(config, classifier)
     path = output_dir / AXIS_FILE
     # the features and the naming, hence the axis, depend on the classifier and its input size
     built_with = {**_built_with(settings), "image_size": list(classifier.image_size),
                   "classifier_weights": weights_fingerprint(classifier.network)}
+    if _fill(settings) == "shuffle":
+        built_with["patch_size"] = settings["patch_size"]
     saved = _saved(path, classes, built_with, overwrite)
     if saved is not None:
         localiser.axis = FeatureAxis.from_state_dict(saved["axis"])
@@ -494,7 +508,7 @@ def _load_or_fit_axis(config: Dict[str, Any], classes: List[str], output_dir: Pa
     samples = fit_sample(read_split(config["data"], "train"), settings["fit_tiles"],
                          int(settings["seed"]))
     probability = _ClassProbability(classifier, int(settings["batch_size"]))
-    naming = fit_axis(localiser, samples, settings, probability)
+    naming = fit_axis(localiser, samples, {**settings, "fill": _fill(settings)}, probability)
     print(f"localiser: feature axis named by the classifier: keeping the foreground side holds"
           f" the class probability {naming['side_evidence']:.3f} higher than keeping the other"
           f" ({100 * naming['tiles_agreeing']:.0f}% of {naming['tiles']} tiles agree)",
