@@ -2,7 +2,8 @@
 masks, and (``--stages`` up to evaluate) the final model.
 
 Each arm is ``configs/ebhi_wsss/<arm>.yaml`` (``baseline``: no shuffle anywhere; ``segmix``: shuffle
-feedback training and shuffle TTA) layered over ``--config``; each (arm, seed) is a ``segmix run``
+feedback training and shuffle TTA) layered over ``--config`` (repeat it to layer files, as with
+``segmix run``); ``--set`` overrides come last, for every arm; each (arm, seed) is a ``segmix run``
 folder ``OUT/<arm>/seed<S>`` running ``--stages``, so an interrupted benchmark continues where it
 stopped. A ``--variant NAME KEY=VALUE...`` re-runs the stages after the classifier on the same
 classifier (and on its CAMs when the variant sets no ``cam.`` key) with other settings, in
@@ -17,6 +18,12 @@ Usage (a GPU: seconds per epoch; seeds in parallel processes, then ``--report`` 
   python benchmarks/convergence.py --config configs/wbc.yaml --epochs 100 --seeds 0 \\
       --variant gradcam localiser.method=none masks.foreground_weight=0 --out runs/convergence-wbc
   python benchmarks/convergence.py --config configs/wbc.yaml --out runs/convergence-wbc --report
+  # the feature-axis pipeline, both arms through the final model (docs/benchmarks.md, "Feature-axis
+  # localiser"): the arms then differ in the classifier's training alone
+  python benchmarks/convergence.py --config configs/ebhi.yaml --config configs/ebhi_axis.yaml \
+      --epochs 6 --seg-epochs 12 --seeds 0 1 2 --stages train-cls cams localise pseudo-masks \
+      train-seg predict evaluate --set seg_augment.name=none --set cam.shuffle_tta.enabled=false \
+      --set localiser.fill=shuffle --out runs/axis-arms-seeds
 """
 
 from __future__ import annotations
@@ -44,7 +51,9 @@ AFTER_CLASSIFIER = ["cams", "localise", "pseudo-masks", "train-seg", "predict", 
 
 def arm_config(args: argparse.Namespace, arm: str, seed: int,
                variant: Sequence[str] = ()) -> Dict[str, Any]:
-    config = load_config(args.config, pipeline.DEFAULTS)
+    config = pipeline.DEFAULTS
+    for layer in args.config:
+        config = load_config(layer, config)
     config = load_config(ROOT / "configs" / "ebhi_wsss" / f"{arm}.yaml", config)
     overrides = [f"seed={seed}", f"train.epochs={args.epochs}"]
     if args.seg_epochs:
@@ -180,7 +189,7 @@ def report(args: argparse.Namespace) -> None:
     rows = [run_row(arm, seed, folder) for arm, seed, folder in runs]
     summary = aggregate(rows)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-    header = (f"{args.config}: {max(r['epochs'] for r in rows)} classifier epochs, arms over seeds"
+    header = (f"{' + '.join(map(str, args.config))}: {max(r['epochs'] for r in rows)} classifier epochs, arms over seeds"
               f" (mean ± sd); report written on {platform.node()}, {device}, torch"
               f" {torch.__version__}")
     atomic_write_text(args.out / "results.md", markdown(rows, summary, header))
@@ -192,7 +201,8 @@ def report(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--config", type=Path, action="append", required=True,
+                        help="YAML config; repeat to layer files, later ones over earlier ones")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
