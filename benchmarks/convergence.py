@@ -23,7 +23,7 @@ Usage (a GPU: seconds per epoch; seeds in parallel processes, then ``--report`` 
   python benchmarks/convergence.py --config configs/ebhi.yaml --config configs/ebhi_axis.yaml \
       --epochs 6 --seg-epochs 12 --seeds 0 1 2 --stages train-cls cams localise pseudo-masks \
       train-seg predict evaluate --set seg_augment.name=none --set cam.shuffle_tta.enabled=false \
-      --set localiser.fill=shuffle --out runs/axis-arms-seeds
+      --out runs/axis-arms-seeds
 """
 
 from __future__ import annotations
