@@ -189,7 +189,8 @@ def report(args: argparse.Namespace) -> None:
     rows = [run_row(arm, seed, folder) for arm, seed, folder in runs]
     summary = aggregate(rows)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-    header = (f"{' + '.join(map(str, args.config))}: {max(r['epochs'] for r in rows)} classifier epochs, arms over seeds"
+    header = (f"{' + '.join(map(str, args.config))}: {max(r['epochs'] for r in rows)} classifier"
+              f" epochs, arms over seeds"
               f" (mean ± sd); report written on {platform.node()}, {device}, torch"
               f" {torch.__version__}")
     atomic_write_text(args.out / "results.md", markdown(rows, summary, header))

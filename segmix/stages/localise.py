@@ -26,9 +26,10 @@ principal component over (up to ``localiser.fit_tiles``) train tiles, with the f
 over ``localiser.smoothing`` cells across: the main way tissue varies inside a tile, region by
 region. The maps score the unsmoothed features. The classifier names its sign on
 ``localiser.naming_tiles`` tiles: the side that keeps the tile's class when the other is filled
-(``localiser.fill``: ``blur``, or ``shuffle``, other tiles' patches) is foreground. ``axis.pt`` keeps the axis with its classes, settings, input size and a fingerprint of
-the classifier's weights (a re-run reuses it; another classifier gets refused), ``axis.png`` shows a
-few tiles beside their maps.
+(``localiser.fill``: ``blur``, or ``shuffle``, other tiles' patches) is foreground. ``axis.pt``
+keeps the axis with its classes, settings, input size and a fingerprint of the classifier's weights
+(a re-run reuses it; another classifier gets refused), ``axis.png`` shows a few tiles beside their
+maps.
 
 ``localiser.method: none`` writes only the summary (the pseudo masks then come from CAMs alone).
 """
@@ -499,7 +500,7 @@ def _load_or_fit_axis(config: Dict[str, Any], classes: List[str], output_dir: Pa
     # the features and the naming, hence the axis, depend on the classifier and its input size
     built_with = {**_built_with(settings), "image_size": list(classifier.image_size),
                   "classifier_weights": weights_fingerprint(classifier.network)}
-    if _fill(settings) == "shuffle":
+    if _fill(settings) == "shuffle":  # recorded only where it matters: blur-named files stay valid
         built_with["patch_size"] = settings["patch_size"]
     saved = _saved(path, classes, built_with, overwrite)
     if saved is not None:
