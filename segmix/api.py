@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from .config import ConfigError, apply_overrides, load_config, merge
 from .pretrained import Classifier, Prediction, Segmenter, load_pretrained
-from .stages import STAGES, Stage, get_stage, prepare_output_dir
+from .stages import STAGES, Stage, get_stage, holding_output_dir, prepare_output_dir
 
 ConfigSource = Union[None, str, Path, Mapping[str, Any]]
 
@@ -130,17 +130,19 @@ def _metrics(stage: Stage, value: Any) -> Dict[str, Any]:
 
 def run_resolved(stage: Union[str, Stage], config: Dict[str, Any], *, overwrite: bool = False,
                  resume: bool = False) -> StageResult:
-    """Run ``stage`` on a config from :func:`resolve_config`: refuse a folder holding a finished run
-    or other settings (unless ``overwrite``), save ``config.yaml``, run, collect the result."""
+    """Run ``stage`` on a config from :func:`resolve_config`: hold its output folder (a second run
+    into it is refused), refuse a folder holding a finished run or other settings (unless
+    ``overwrite``), save ``config.yaml``, run, collect the result."""
     stage = _stage(stage)
     if resume and overwrite:
         raise ConfigError("resume and overwrite exclude each other")
     module, output_dir = stage.load(), Path(config["output_dir"])
-    prepare_output_dir(module, config, output_dir, overwrite=overwrite)
-    options = {"resume": resume} if stage.resumable else {}
-    value = module.run(config, output_dir, overwrite=overwrite, **options)
-    files = ({path.name: path for path in sorted(output_dir.iterdir())}
-             if output_dir.is_dir() else {})
+    with holding_output_dir(output_dir):
+        prepare_output_dir(module, config, output_dir, overwrite=overwrite)
+        options = {"resume": resume} if stage.resumable else {}
+        value = module.run(config, output_dir, overwrite=overwrite, **options)
+    files = ({path.name: path for path in sorted(output_dir.iterdir())
+              if not path.name.startswith(".")} if output_dir.is_dir() else {})
     return StageResult(stage.name, output_dir, config, _metrics(stage, value), files)
 
 

@@ -34,7 +34,7 @@ from .io import atomic_write_npz, read_csv_rows, read_json, write_csv, write_jso
 
 __all__ = [
     "CONFIG_FILE", "TIMING_FILE", "SUMMARY_FILE", "CLASSIFIER_FILE", "SEGMENTER_FILE",
-    "CAM_INDEX_FILE", "LOCALISER_FILE", "EVIDENCE_FILE", "AXIS_FILE", "METRICS_FILE", "EPOCHS_FILE",
+    "CAM_INDEX_FILE", "INPUT_FINGERPRINT_FILE", "LOCALISER_FILE", "EVIDENCE_FILE", "AXIS_FILE", "METRICS_FILE", "EPOCHS_FILE",
     "CURRICULUM_FILE", "MASKS_FOLDER", "MODEL_FOLDER",
     "RunLayout", "CamRecord", "checkpoint_path", "best_model_name", "last_epoch",
     "cam_file_path", "write_cam_file", "read_cam_file", "read_cam_labels", "top_classes",
@@ -49,6 +49,7 @@ SUMMARY_FILE = "summary.json"    # marks pseudo-masks, predict and a pipeline fi
 CLASSIFIER_FILE = "classifier.pt"
 SEGMENTER_FILE = "segmenter.pt"
 CAM_INDEX_FILE = "index.csv"
+INPUT_FINGERPRINT_FILE = "input.json"  # pseudo-masks --from-run: the input CSV's content hash
 LOCALISER_FILE = "prototypes.pt"  # localise, method prototypes
 EVIDENCE_FILE = "evidence.pt"     # localise, method evidence: the trained mask head
 AXIS_FILE = "axis.pt"             # localise, method axis: the fitted feature axis

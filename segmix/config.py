@@ -9,6 +9,7 @@ by each stage's ``validate`` when the config is resolved.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence
@@ -47,10 +48,12 @@ class ConfigError(SegmixError, ValueError):
 
 
 def check_number(key: str, value: Any, *, integer: bool = False, positive: bool = True) -> None:
-    """Refuse ``value`` of the dotted ``key`` unless it is a number (an ``int`` with ``integer``)
-    above 0 (at least 0 without ``positive``); the error names the key, the rule and the value."""
+    """Refuse ``value`` of the dotted ``key`` unless it is a finite number (an ``int`` with
+    ``integer``) above 0 (at least 0 without ``positive``): NaN and infinity are refused too; the
+    error names the key, the rule and the value."""
     kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value < 0 or (positive and value == 0):
+    if (isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value)
+            or value < 0 or (positive and value == 0)):
         noun = "integer" if integer else "number"
         rule = f"a positive {noun}" if positive else f"{'an' if integer else 'a'} {noun} >= 0"
         raise ConfigError(f"{key} must be {rule}, got {value!r}")

@@ -1,4 +1,10 @@
-"""Atomic file writes: outputs appear whole or not at all (temp file in the same folder + rename)."""
+"""Safe file writes: outputs appear whole or not at all (temp file in the same folder + rename),
+one run writes into a folder at a time (:func:`folder_lock`), and the temporaries a killed run
+left behind are removed by the next one (:func:`remove_stale_temporaries`).
+
+Every temporary segmix makes is named ``.<name>.<random>.tmp[<suffix>]`` (:func:`is_temporary`),
+so readers skip them and a later run recognises them.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +12,104 @@ import csv
 import io
 import json
 import os
+import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
+from .errors import SegmixError
+
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "atomic_write_npz", "write_csv",
-           "read_csv_rows", "read_json", "write_json"]
+           "read_csv_rows", "read_json", "write_json", "temporary_dir", "is_temporary", "give_usual_mode",
+           "remove_stale_temporaries", "folder_lock", "FolderLockedError", "LOCK_FILE"]
+
+TEMP_MARK = ".tmp"  # every temporary's name starts with "." and holds this
+LOCK_FILE = ".segmix.lock"
+HOLDER_FILE = ".segmix.lock.holder"  # who holds the lock (pid, host), for the refusal message
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def _file_mode() -> int:
-    """The mode ``open()`` would give a new file: 0o666 less the process umask."""
+def give_usual_mode(path: PathLike) -> None:
+    """Give ``path`` the mode ``open()`` / ``mkdir()`` would give it (0o666 / 0o777 less the
+    process umask): temporaries are private, the outputs they become are not."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~umask)
+
+
+def is_temporary(path: PathLike) -> bool:
+    """Whether ``path`` is a temporary file or folder of segmix's (hidden, ``.tmp`` in its name)."""
+    name = Path(path).name
+    return name.startswith(".") and TEMP_MARK in name
+
+
+def temporary_dir(beside: PathLike, name: str) -> Path:
+    """A new empty temporary folder in the folder of ``beside`` (same file system: renames work),
+    named so that :func:`remove_stale_temporaries` recognises it."""
+    folder = Path(beside).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=TEMP_MARK, dir=folder))
+
+
+def remove_stale_temporaries(folder: PathLike) -> List[Path]:
+    """Remove the temporaries that a killed run left anywhere under ``folder``; returns them.
+    Safe only while this process holds :func:`folder_lock` on ``folder`` (nobody else writes)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [path for path in folder.rglob(f".*{TEMP_MARK}*") if is_temporary(path)]
+    removed = []
+    for path in sorted(stale, key=lambda p: len(p.parts)):  # a folder before what it holds
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(path)
+    return removed
+
+
+class FolderLockedError(SegmixError, RuntimeError):
+    """An output folder another segmix process is writing into."""
+
+
+_HELD: Dict[Path, Any] = {}  # folders this process holds, with their locks (nested calls reuse)
+
+
+@contextmanager
+def folder_lock(folder: PathLike) -> Iterator[None]:
+    """Hold ``folder`` for this process: a second segmix run into it is refused at once with a
+    :class:`FolderLockedError` naming the holder (pid, host). The lock is an OS file lock
+    (``filelock``), so a killed process never blocks the next run. Stale temporaries under
+    ``folder`` are removed once it is held. Re-entrant within a process."""
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder).resolve()
+    if folder in _HELD:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / LOCK_FILE), timeout=0)
+    holder = folder / HOLDER_FILE
+    try:
+        lock.acquire()
+    except Timeout:
+        who = holder.read_text(encoding="utf-8").strip() if holder.is_file() else "unknown"
+        raise FolderLockedError(f"{folder} is in use by another segmix run ({who}); wait for it to"
+                                " finish, or use another --output-dir") from None
+    _HELD[folder] = lock
+    try:
+        atomic_write_text(holder, f"pid {os.getpid()} on host {socket.gethostname()}")
+        remove_stale_temporaries(folder)
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        del _HELD[folder]
+        lock.release()
 
 
 @contextmanager
@@ -40,7 +128,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.chmod(tmp, _file_mode())  # mkstemp makes it private; outputs get the usual mode
+        give_usual_mode(tmp)  # mkstemp makes it private; outputs get the usual mode
         os.replace(tmp, target)
     finally:
         if tmp.exists():

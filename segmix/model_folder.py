@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
@@ -18,6 +17,7 @@ import torch
 
 from . import __version__
 from .errors import SegmixError
+from .io import give_usual_mode, temporary_dir
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "KINDS", "ModelFolderError", "folder_kind",
            "write_model_folder", "read_model_folder"]
@@ -42,16 +42,17 @@ def write_model_folder(directory: Path, kind: str, info: Dict[str, Any],
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    staging = temporary_dir(directory, directory.name)
     try:
         config = {"segmix_model": kind, "format_version": FORMAT_VERSION,
                   "segmix_version": __version__, **info}
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2), encoding="utf-8")
         tensors = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
         save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"segmix_model": kind})
-        staging.chmod(0o755)
+        for path in (staging, staging / CONFIG_NAME, staging / WEIGHTS_NAME):
+            give_usual_mode(path)  # a folder meant to be handed on: readable as any output
         if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
+            old = temporary_dir(directory, f"{directory.name}.old")
             directory.replace(old / directory.name)
             staging.replace(directory)
             shutil.rmtree(old)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Tuple
@@ -21,7 +22,7 @@ from torch import nn
 from .data.palette import palette_colors
 from .errors import SegmixError
 from .model_folder import folder_kind, read_model_folder, write_model_folder
-from .runtime import atomic_torch_save
+from .runtime import atomic_torch_save, load_torch_file
 
 __all__ = [
     "ModelError",
@@ -83,7 +84,7 @@ def _read_state_dict(weights: str) -> Dict[str, torch.Tensor]:
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} not found (or use {OFFLINE_LITE0!r})")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch_file(path, "weights file")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -250,7 +251,7 @@ def _read_model_file(path: Path, kind: str, required: set, map_location: str,
     elif not path.is_file():
         raise FileNotFoundError(f"{KIND_NAMES[kind]} file or folder {path} not found")
     else:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = load_torch_file(path, f"{KIND_NAMES[kind]} file", map_location)
     missing = required - set(payload) if isinstance(payload, dict) else required
     if missing:
         raise ModelError(f"{path} is not a segmix {KIND_NAMES[kind]} file or folder (lacks"
@@ -258,7 +259,37 @@ def _read_model_file(path: Path, kind: str, required: set, map_location: str,
     if classes is not None and list(payload["classes"]) != list(classes):
         raise ModelError(f"the {KIND_NAMES[kind]} {path} was trained on classes"
                          f" {list(payload['classes'])}, not {list(classes)}")
+    _check_payload(path, payload)
     return payload
+
+
+def _check_payload(path: Path, payload: Dict[str, Any]) -> None:
+    """Refuse a model whose numbers would give silent nonsense: a weight that is NaN or infinite,
+    or an input normalisation with a std that is not a positive finite number."""
+    std = payload.get("std")
+    if std is not None:
+        values = [float(v) for v in std] if isinstance(std, (list, tuple)) else []
+        if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+            raise ModelError(f"{path}: std must be three positive numbers (the input normalisation),"
+                             f" got {std!r}")
+    for key, tensor in payload["state_dict"].items():
+        if not isinstance(tensor, torch.Tensor):
+            raise ModelError(f"{path}: weight {key!r} is not a tensor")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelError(f"{path}: weight {key!r} holds NaN or infinite values; the model is"
+                             " damaged (retrain it, or use its classifier_best/segmenter_best file)")
+
+
+def _load_weights_into(model: nn.Module, path: Path, payload: Dict[str, Any]) -> None:
+    """``model.load_state_dict`` with a mismatch between the file and the model its config
+    describes named in one line."""
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())[:300]
+        raise ModelError(f"{path}: the weights do not fit the model its config describes"
+                         f" ({payload['arch']}, {len(payload['classes'])} classes): {detail}"
+                         ) from None
 
 
 def _kind_of(info: Dict[str, Any]) -> str:
@@ -285,7 +316,7 @@ def model_kind(path: Path) -> str:
         return folder_kind(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file or folder {path} not found")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = load_torch_file(path, "model file")
     if not isinstance(payload, dict) or not {"arch", "classes", "state_dict"} <= set(payload):
         raise ModelError(f"{path} is not a segmix classifier or segmentation model")
     return _kind_of(payload)
@@ -312,7 +343,7 @@ def load_classifier(path: Path, map_location: str = "cpu", *,
     payload = _read_model_file(path, "classifier", {"arch", "classes", "state_dict"}, map_location,
                                classes)
     model = timm.create_model(payload["arch"], pretrained=False, num_classes=len(payload["classes"]))
-    model.load_state_dict(payload["state_dict"])
+    _load_weights_into(model, path, payload)
     info = {k: v for k, v in payload.items() if k != "state_dict"}
     return model.eval(), info
 
@@ -359,5 +390,5 @@ def load_segmenter(path: Path, map_location: str = "cpu", *,
     payload = _read_model_file(path, "segmenter", {"arch", "encoder", "classes", "state_dict"},
                                map_location, classes)
     model = create_segmenter(payload["arch"], payload["encoder"], len(payload["classes"]) + 1)
-    model.load_state_dict(payload["state_dict"])
+    _load_weights_into(model, path, payload)
     return model.eval(), {k: v for k, v in payload.items() if k != "state_dict"}

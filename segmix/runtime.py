@@ -8,6 +8,7 @@ and only rank 0 writes files.
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -15,10 +16,16 @@ from typing import Any, Dict, Optional
 import torch
 import torch.distributed as dist
 
+from .errors import SegmixError
 from .io import atomic_path
 
 __all__ = ["Runtime", "setup_runtime", "is_main_process", "atomic_torch_save", "load_checkpoint",
-           "rng_state", "set_rng_state"]
+           "load_torch_file", "UnsafeFileError", "DeviceError", "DEVICES", "check_device", "rng_state", "set_rng_state"]
+
+
+class UnsafeFileError(SegmixError, ValueError):
+    """A ``.pt`` file that is damaged, not a PyTorch file, or holds more than tensors and plain
+    values (a pickle that could run code: never loaded)."""
 
 
 def is_main_process() -> bool:
@@ -57,22 +64,43 @@ class Runtime:
             dist.destroy_process_group()
 
 
+class DeviceError(SegmixError, ValueError):
+    """A device that is not a device name, or that this machine does not have."""
+
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+
+
+def check_device(device: str, key: str = "device") -> None:
+    """Refuse a ``device`` setting (config key ``key``) that is not one of :data:`DEVICES`, or names
+    a CUDA device this machine lacks; the error names the key, the value and what there is."""
+    device = str(device)
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:")
+                                                      and device[5:].isdigit()):
+        raise DeviceError(f"{key} must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"{key}: {device!r} requested but CUDA is not available on this"
+                              " machine (use auto or cpu)")
+        count = torch.cuda.device_count()
+        if ":" in device and int(device[5:]) >= count:
+            raise DeviceError(f"{key}: {device!r} requested but this machine has {count} CUDA"
+                              f" device(s) (cuda:0 to cuda:{count - 1})")
+
+
 def setup_runtime(device: str = "auto") -> Runtime:
     """Pick the device (``auto``: CUDA when available) and join ``torchrun``'s process group."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    check_device(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
     chosen = torch.device(device)
     if chosen.type == "cuda":
         if chosen.index is None:  # "cuda": this process's GPU (torchrun's local rank)
             chosen = torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
-        if chosen.index >= torch.cuda.device_count():
-            raise ValueError(f"device {str(chosen)!r} requested but this machine has"
-                             f" {torch.cuda.device_count()} CUDA device(s)")
+            check_device(str(chosen))
         torch.cuda.set_device(chosen)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
@@ -98,7 +126,37 @@ def atomic_torch_save(path: Path, payload: Dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
+def load_torch_file(path: Path, what: str = "file",
+                    map_location: Optional[torch.device | str] = None) -> Any:
+    """The contents of a ``torch.save`` file, loaded with ``weights_only=True``: tensors, numbers,
+    strings and containers of them only, so a planted pickle cannot run code. A file that holds
+    anything else, or is damaged, is refused with one line naming it (:class:`UnsafeFileError`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    try:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" in str(error).lower():
+            raise UnsafeFileError(
+                f"{what} {path} holds objects other than tensors and plain values; segmix never"
+                " unpickles them (a file from an untrusted source could run code). If an older"
+                " segmix wrote it, start again with --overwrite") from None
+        reason = _first_line(error)
+    except (EOFError, RuntimeError, ValueError, OSError) as error:
+        reason = _first_line(error)
+    raise UnsafeFileError(f"{what} {path} is damaged or not a PyTorch file ({reason})")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:200]
+
+
 def load_checkpoint(path: Path, map_location: Optional[torch.device] = None) -> Dict[str, Any]:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    return torch.load(path, map_location=map_location or "cpu", weights_only=False)
+    """A training checkpoint (see :func:`load_torch_file`); one that is not a dict is refused."""
+    state = load_torch_file(path, "checkpoint", map_location)
+    if not isinstance(state, dict):
+        raise UnsafeFileError(f"checkpoint {path} is not a segmix checkpoint (a"
+                              f" {type(state).__name__}, not a dict)")
+    return state

@@ -11,14 +11,14 @@ class indices (0 background) with a colour map, so viewers show the palette. The
 from __future__ import annotations
 
 import json
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
 from .data import palette_colors
-from .io import atomic_path
+from .io import atomic_path, temporary_dir
 
 __all__ = ["write_mask_pyramid", "read_mask_pyramid", "TILE"]
 
@@ -62,8 +62,8 @@ def write_mask_pyramid(path: Path, bands: Iterable[np.ndarray], width: int, heig
     description = json.dumps({"segmix": {"classes": list(classes), "mpp": mpp,
                                          "colors": [list(c) for c in palette_colors(len(classes))],
                                          **extra}})
-    with tempfile.TemporaryDirectory(prefix=".levels.", dir=Path(path).parent) as scratch, \
-            atomic_path(path) as tmp:
+    scratch = temporary_dir(path, "levels")
+    with atomic_path(path) as tmp:
         raws = [open(Path(scratch) / f"level{k}.raw", "w+b") for k in range(1, len(sizes))]
         rows_seen = 0
 
@@ -105,6 +105,7 @@ def write_mask_pyramid(path: Path, bands: Iterable[np.ndarray], width: int, heig
         finally:
             for raw in raws:
                 raw.close()
+            shutil.rmtree(scratch, ignore_errors=True)
     return Path(path)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import SegmixError
 from .data import overlay, resized
+from .stripped_tiff import StrippedTiff, is_stripped_tiff
 from .tissue import tissue_mask
 
 __all__ = ["SLIDE_SUFFIXES", "SlideError", "Slide", "require_openslide", "tissue_picture"]
@@ -23,6 +24,7 @@ __all__ = ["SLIDE_SUFFIXES", "SlideError", "Slide", "require_openslide", "tissue
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".tif", ".tiff", ".scn", ".svslide", ".bif", ".vms",
                   ".vmu", ".dcm", ".png", ".jpg", ".jpeg")
 INSTALL = 'pip install "segmix-wsss[wsi]"'
+BAND_PIXELS = 16 * 2**20  # pixels of the source level a thumbnail reads at once (64 MB as RGBA)
 
 
 class SlideError(SegmixError, ValueError):
@@ -54,7 +56,7 @@ class Slide:
         if not self.path.is_file():
             raise SlideError(f"slide {self.path} not found")
         try:
-            self._slide = openslide.open_slide(str(self.path))
+            self._slide = self._open(openslide)
         except Exception as error:  # OpenSlide and PIL raise several types for unreadable files
             raise SlideError(f"{self.path} is not a slide or image OpenSlide can read"
                              f" ({type(error).__name__}: {error})") from error
@@ -63,6 +65,16 @@ class Slide:
             self.close()
             raise SlideError(f"{self.path} has no resolution in its metadata: give its microns per"
                              " pixel (--mpp, e.g. 0.25 for 40x, 0.5 for 20x)")
+
+    def _open(self, openslide):
+        """OpenSlide's reader; a plain (stripped) TIFF, which OpenSlide would decode whole, is
+        read strip by strip (:class:`segmix.stripped_tiff.StrippedTiff`)."""
+        try:
+            return openslide.OpenSlide(str(self.path))
+        except openslide.OpenSlideUnsupportedFormatError:
+            if self.path.suffix.lower() in (".tif", ".tiff") and is_stripped_tiff(self.path):
+                return StrippedTiff(self.path)
+            return openslide.ImageSlide(str(self.path))  # PNG, JPEG: decoded whole by PIL
 
     def _metadata_mpp(self) -> Optional[float]:
         properties = getattr(self._slide, "properties", {})
@@ -110,10 +122,24 @@ class Slide:
         target = (max(1, round(height * self.mpp / mpp)), max(1, round(width * self.mpp / mpp)))
         return rgb if rgb.shape[:2] == target else resized(rgb, target)
 
-    def thumbnail(self, mpp: float) -> np.ndarray:
-        """The whole slide as RGB uint8 at ``mpp`` (e.g. 16: a 40,000 px slide at 0.25 gives 625 px)."""
+    def thumbnail(self, mpp: float, band_pixels: int = BAND_PIXELS) -> np.ndarray:
+        """The whole slide as RGB uint8 at ``mpp`` (e.g. 16: a 40,000 px slide at 0.25 gives 625 px),
+        read in bands of about ``band_pixels`` pixels of the level it comes from, so memory stays
+        bounded however large the slide (the result and one band)."""
         width, height = self.dimensions
-        return self.read(0, 0, width, height, mpp)
+        out_width, out_height = self.size_at(mpp)
+        downsample = self._slide.level_downsamples[self.level_for(mpp)]
+        level_rows = band_pixels / (width / downsample)  # rows of the source level in one band
+        rows_per_band = max(1, int(level_rows * downsample * self.mpp / mpp))
+        bands = []
+        for top in range(0, out_height, rows_per_band):
+            bottom = min(out_height, top + rows_per_band)
+            y0, y1 = round(top * height / out_height), round(bottom * height / out_height)
+            band = self.read(0, y0, width, max(1, y1 - y0), mpp)
+            if band.shape[:2] != (bottom - top, out_width):
+                band = resized(band, (bottom - top, out_width))
+            bands.append(band)
+        return np.concatenate(bands, axis=0)
 
     def tissue(self, mpp: float, min_saturation: float) -> Tuple[np.ndarray, np.ndarray]:
         """The thumbnail at ``mpp`` and its tissue mask (:func:`segmix.tissue.tissue_mask`)."""

@@ -40,6 +40,7 @@ from .training_log import EpochLog, check_logger
 from .runtime import (
     Runtime,
     atomic_torch_save,
+    check_device,
     load_checkpoint,
     rng_state,
     set_rng_state,
@@ -75,7 +76,6 @@ AUGMENT_DEFAULTS: Dict[str, Any] = {
 TRAIN_DEFAULTS: Dict[str, Any] = {"epochs": 10, "lr": 1e-3, "weight_decay": 1e-4, "amp": True,
                                   "channels_last": True, "compile": False, "num_workers": 2,
                                   "device": "auto", "logger": "none"}
-DEVICES = ("auto", "cpu", "cuda", "cuda:<index>")
 
 
 def build_mixer(section: Mapping[str, Any], num_classes: int, image_size: Tuple[int, int],
@@ -118,11 +118,7 @@ def validate_training(config: Mapping[str, Any], *, train_section: str, augment_
     check_number(f"{train_section}.lr", train["lr"])
     check_number(f"{train_section}.weight_decay", train["weight_decay"], positive=False)
     check_number(f"{train_section}.num_workers", train["num_workers"], integer=True, positive=False)
-    device = str(train["device"])
-    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:")
-                                                      and device[5:].isdigit()):
-        raise ConfigError(f"{train_section}.device must be one of {', '.join(DEVICES)}, got"
-                          f" {device!r}")
+    check_device(train["device"], f"{train_section}.device")
     check_logger(f"{train_section}.logger", train["logger"])
     for split in ("train", "eval"):
         build_transform(config["augmentations"][split], image_size, (0.5,) * 3, (0.5,) * 3)

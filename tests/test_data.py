@@ -105,6 +105,9 @@ def test_verify_finds_missing_truncated_and_unreadable_files(tmp_path):
     assert "not a readable image" in reasons["garbage.png"]
     assert "file not found" in reasons["missing.png"]
     assert "file not found" in reasons["absent_mask.png"]
+    # a bad file names the CSV line that lists it
+    assert reasons["missing.png"].endswith(f"(listed at {tmp_path / 'labels.csv'} line 5)")
+    assert reasons["absent_mask.png"].endswith("labels.csv line 6)")
 
     with pytest.raises(DatasetError, match="4 bad file"):
         resolve_problems(result, "data.train", "raise")

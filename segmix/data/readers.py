@@ -58,9 +58,10 @@ def _class_lookup(classes: Sequence[str]) -> Callable[[str], Optional[int]]:
 
 
 def image_files(folder: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> List[Path]:
-    """The files of ``folder`` (not recursive) whose suffix is one of ``suffixes``, sorted."""
+    """The files of ``folder`` (not recursive) whose suffix is one of ``suffixes``, sorted; hidden
+    files (segmix's temporaries among them) are skipped."""
     return sorted(p for p in Path(folder).iterdir()
-                  if p.is_file() and p.suffix.lower() in suffixes)
+                  if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."))
 
 
 def read_csv(csv_path: Path, classes: Sequence[str], split: Optional[str] = None) -> ReadResult:
@@ -104,6 +105,7 @@ def read_csv(csv_path: Path, classes: Sequence[str], split: Optional[str] = None
             image=base / image_field,
             labels=tuple(sorted(set(indices))),  # type: ignore[arg-type]
             mask=base / mask_field if mask_field else None,
+            listed_at=where,
         ))
     return result
 
@@ -192,7 +194,8 @@ def verify_files(result: ReadResult, *, check_masks: bool = True, progress: bool
             for path in paths:
                 check_image(path)
         except ImageReadError as error:
-            problems.append(Problem(str(path), str(error).split(": ", 1)[-1]))
+            where = f" (listed at {sample.listed_at})" if sample.listed_at else ""
+            problems.append(Problem(str(path), str(error).split(": ", 1)[-1] + where))
             continue
         good.append(sample)
     return ReadResult(good, problems)

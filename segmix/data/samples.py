@@ -14,12 +14,13 @@ __all__ = ["Sample", "Problem", "DatasetError", "ReadResult", "resolve_problems"
 
 @dataclass(frozen=True)
 class Sample:
-    """One tile: its image, its image-level classes (0-based over the configured classes), and an
-    optional ground-truth mask file."""
+    """One tile: its image, its image-level classes (0-based over the configured classes), an
+    optional ground-truth mask file, and where it was listed (``labels.csv line 5``; for errors)."""
 
     image: Path
     labels: Tuple[int, ...]
     mask: Optional[Path] = None
+    listed_at: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

@@ -19,16 +19,17 @@ Stage modules are imported only when used, so ``segmix --help`` stays fast.
 from __future__ import annotations
 
 import importlib
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from ..config import config_differences, load_config, save_config
 from ..errors import SegmixError
 
 __all__ = ["Stage", "STAGES", "OutputDirError", "get_stage", "pipeline_stages",
-           "prepare_output_dir"]
+           "prepare_output_dir", "holding_output_dir"]
 
 # (run layout, splits the pipeline works on) -> the keys `segmix run` sets in a stage's config.
 Wiring = Callable[[Any, List[str]], Dict[str, Any]]
@@ -143,11 +144,24 @@ class OutputDirError(SegmixError, ValueError):
 
 
 def _holds_work(folder: Path) -> bool:
-    """Whether ``folder`` holds anything an earlier run computed (more than its config and clock)."""
+    """Whether ``folder`` holds anything an earlier run computed (more than its config, clock,
+    lock and temporaries)."""
     from ..artifacts import CONFIG_FILE, TIMING_FILE
 
     bookkeeping = {CONFIG_FILE, TIMING_FILE}
-    return any(path.is_file() and path.name not in bookkeeping for path in folder.rglob("*"))
+    return any(path.is_file() and path.name not in bookkeeping and not path.name.startswith(".")
+               for path in folder.rglob("*"))
+
+
+@contextmanager
+def holding_output_dir(folder: Path) -> Iterator[None]:
+    """Hold ``folder`` for this run (:func:`segmix.io.folder_lock`: a second run into it is
+    refused, a killed run's temporaries are removed); under ``torchrun`` rank 0 holds it for all."""
+    from ..io import folder_lock
+    from ..runtime import is_main_process
+
+    with folder_lock(folder) if is_main_process() else nullcontext():
+        yield
 
 
 def prepare_output_dir(module: ModuleType, config: Dict[str, Any], output_dir: Path, *,

@@ -39,7 +39,7 @@ from ..data import (
     validate_data,
 )
 from ..models import class_probabilities, load_classifier
-from ..runtime import setup_runtime
+from ..runtime import check_device, setup_runtime
 from ..shuffle import patch_grid
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "tta_settings", "validate"]
@@ -76,6 +76,7 @@ def validate(config: Dict[str, Any]) -> None:
     if not splits or any(split not in ("train", "val") for split in splits):
         raise ConfigError(f"splits must list train and/or val, got {splits!r}")
     validate_data(config["data"], required=splits)
+    check_device(config["cam"]["device"], "cam.device")
     cam_cfg = config["cam"]
     for key, valid in (("method", METHODS), ("fuse", FUSIONS)):
         if cam_cfg[key] not in valid:

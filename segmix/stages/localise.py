@@ -90,7 +90,7 @@ from ..models import (
     weights_fingerprint,
 )
 from ..pretrained import Classifier
-from ..runtime import atomic_torch_save
+from ..runtime import atomic_torch_save, check_device, load_torch_file
 
 __all__ = ["DEFAULTS", "DONE_FILE", "METHODS", "NAMINGS", "RESUMABLE_CHANGES", "build_prototypes",
            "class_probability_of", "describe", "fit_sample", "run", "validate"]
@@ -147,6 +147,7 @@ DEFAULTS: Dict[str, Any] = {
 def validate(config: Dict[str, Any]) -> None:
     """Check every value this stage reads (see :mod:`segmix.stages`)."""
     settings = config["localiser"]
+    check_device(settings["device"], "localiser.device")
     if settings["method"] not in METHODS:
         raise ConfigError(f"localiser.method must be one of {', '.join(METHODS)}, got"
                           f" {settings['method']!r}")
@@ -303,7 +304,10 @@ def _saved(path: Path, classes: List[str], built_with: Dict[str, Any],
     the settings ``built_with``; another build is refused with both named."""
     if not path.is_file() or overwrite:
         return None
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = load_torch_file(path, "localiser file")
+    if not isinstance(saved, dict) or not {"classes", "settings"} <= set(saved):
+        raise ConfigError(f"{path} is not a segmix localiser file: use another output folder or"
+                          " --overwrite")
     if saved["classes"] != classes or saved["settings"] != built_with:
         raise ConfigError(f"{path} was built for classes {saved['classes']} with"
                           f" {saved['settings']}; this run has classes {classes} with"

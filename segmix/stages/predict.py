@@ -50,8 +50,9 @@ from ..data import (
 from ..data.readers import IMAGE_SUFFIXES, image_files
 from ..io import atomic_write_npz, read_json, write_csv, write_json
 from ..pretrained import Segmenter
+from ..runtime import check_device
 from ..slide_prediction import predict_slide
-from ..slides import SLIDE_SUFFIXES, Slide, require_openslide, tissue_picture
+from ..slides import SLIDE_SUFFIXES, Slide, SlideError, require_openslide, tissue_picture
 from ..shuffle import size_pair
 from ..sliding_window import BLENDS, FLIPS
 
@@ -94,6 +95,7 @@ DEFAULTS: Dict[str, Any] = {
 
 def validate(config: Dict[str, Any]) -> None:
     """Check every value this stage reads (see :mod:`segmix.stages`)."""
+    check_device(config["predict"]["device"], "predict.device")
     if (config["input"] is None) == (config["split"] is None):
         raise ConfigError("set exactly one of input (a folder of images or a CSV with an `image`"
                           " column) and split (a split of the data section, e.g. val)")
@@ -218,21 +220,21 @@ def _run_slides(config: Dict[str, Any], output_dir: Path, overwrite: bool) -> Di
         raise ConfigError(f"the segmenter {config['segmenter_path']} does not record the mpp it was"
                           " trained at (data.mpp was not set): set predict.model_mpp")
     write_legend(output_dir / MASKS_FOLDER, segmenter.classes)
-    rows, predicted, megapixels, seconds = [], 0, 0.0, 0.0
+    rows, skipped, predicted, megapixels, seconds = [], [], 0, 0.0, 0.0
     for path, name in zip(slides, names):
         target = output_dir / MASKS_FOLDER / f"{name}.tiff"
         row_file = output_dir / "slides" / f"{name}.json"
         if target.exists() and row_file.exists() and not overwrite:
             rows.append(read_json(row_file))
             continue
-        with Slide(path, settings["slide_mpp"]) as slide:
-            bar = tqdm(total=slide.size_at(mpp)[1], desc=f"slide {name}", unit="row")
-            result = predict_slide(
-                segmenter, slide, target, mpp=float(mpp), settings=window_settings(settings),
-                block=int(settings["block"]), thumbnail_mpp=float(settings["thumbnail_mpp"]),
-                readers=int(settings["readers"]),
-                on_band=lambda done, total: bar.update(done - bar.n))
-            bar.close()
+        try:
+            result = _predict_one_slide(segmenter, path, name, target, float(mpp), settings)
+        except SlideError as error:
+            if settings["on_bad_file"] == "raise":
+                raise SlideError(f"{error}. Fix or remove it, or set predict.on_bad_file=skip"
+                                 ) from error
+            skipped.append(str(error))
+            continue
         write_rgb(output_dir / "tissue" / f"{name}.png",
                   tissue_picture(result.thumbnail, result.tissue))
         if settings["overlays"]:
@@ -247,14 +249,36 @@ def _run_slides(config: Dict[str, Any], output_dir: Path, overwrite: bool) -> Di
         predicted += 1
         megapixels += result.width * result.height / 1e6
         seconds += result.seconds
+    _warn_skipped(skipped, "slide")
     write_csv(output_dir / "predictions.csv", rows)
     summary = {"segmenter": str(config["segmenter_path"]), "slides": len(rows),
-               "predicted_now": predicted, "mpp": mpp, "seconds": seconds,
+               "predicted_now": predicted, "skipped": skipped, "mpp": mpp, "seconds": seconds,
                "megapixels_per_s": megapixels / seconds if predicted else None}
     write_json(output_dir / DONE_FILE, summary)
-    print(f"predicted {predicted} slide(s) ({len(rows) - predicted} already done) into"
-          f" {output_dir / MASKS_FOLDER}", flush=True)
+    print(f"predicted {predicted} slide(s) ({len(rows) - predicted} already done,"
+          f" {len(skipped)} skipped) into {output_dir / MASKS_FOLDER}", flush=True)
     return summary
+
+
+def _predict_one_slide(segmenter: Segmenter, path: Path, name: str, target: Path, mpp: float,
+                       settings: Dict[str, Any]) -> Any:
+    """One slide's mask pyramid at ``target``, with a progress bar over its rows."""
+    with Slide(path, settings["slide_mpp"]) as slide:
+        bar = tqdm(total=slide.size_at(mpp)[1], desc=f"slide {name}", unit="row")
+        try:
+            return predict_slide(
+                segmenter, slide, target, mpp=mpp, settings=window_settings(settings),
+                block=int(settings["block"]), thumbnail_mpp=float(settings["thumbnail_mpp"]),
+                readers=int(settings["readers"]),
+                on_band=lambda done, total: bar.update(done - bar.n))
+        finally:
+            bar.close()
+
+
+def _warn_skipped(skipped: List[str], what: str) -> None:
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable {what}(s):\n  " + "\n  ".join(skipped[:20]),
+                      stacklevel=3)
 
 
 def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
@@ -301,9 +325,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
                      "height": mask.shape[0], "width": mask.shape[1],
                      **{c: fractions[i] for i, c in enumerate(["background", *predictor.classes])}})
     seconds = time.perf_counter() - start
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s):\n  " + "\n  ".join(skipped[:20]),
-                      stacklevel=2)
+    _warn_skipped(skipped, "image")
     write_csv(output_dir / "predictions.csv", rows)
     summary = {"segmenter": str(config["segmenter_path"]), "images": len(rows),
                "predicted_now": predicted, "already_done": len(rows) - predicted,

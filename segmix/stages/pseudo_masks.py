@@ -21,6 +21,7 @@ as the ``val`` split (``masks/val/<stem>.png``); with masks in the CSV, ``metric
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from dataclasses import fields
 from pathlib import Path
@@ -36,13 +37,16 @@ from pseudo_masks.crf import require_crf
 
 from ..artifacts import (
     AXIS_FILE,
+    CAM_INDEX_FILE,
     CONFIG_FILE,
     EVIDENCE_FILE,
+    INPUT_FINGERPRINT_FILE,
     LOCALISER_FILE,
     MASKS_FOLDER,
     SUMMARY_FILE,
     CamRecord,
     RunLayout,
+    foreground_map_path,
     pseudo_mask_path,
     read_cam_file,
     read_cam_index,
@@ -59,12 +63,14 @@ from ..data import (
     read_label_mask,
     read_mask_png,
     read_rgb,
+    read_split,
+    unique_names,
     validate_data,
     write_legend,
     write_mask_png,
     write_rgb,
 )
-from ..io import read_json, write_csv, write_json
+from ..io import read_csv_rows, read_json, write_csv, write_json
 from . import get_stage, prepare_output_dir
 
 __all__ = ["DEFAULTS", "DONE_FILE", "run", "sweep", "validate"]
@@ -149,6 +155,20 @@ def _validate_from_run(config: Dict[str, Any]) -> None:
                           f" pseudo masks (missing {missing})")
     if not csv_path.is_file() or csv_path.suffix.lower() != ".csv":
         raise ConfigError(f"input: {csv_path} is not a CSV file (columns image,label[,mask])")
+    _chosen_settings(layout)
+
+
+def _chosen_settings(layout: RunLayout) -> Dict[str, Any]:
+    """The pseudo-mask stage's ``summary.json`` of a finished run (the settings its sweep chose)."""
+    path = layout.pseudo_masks_dir / SUMMARY_FILE
+    try:
+        chosen = read_json(path)
+    except (ValueError, OSError) as error:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"from_run: {path} cannot be read ({type(error).__name__}: {error});"
+                          " run the pseudo-masks stage of that run again") from error
+    if not isinstance(chosen, dict) or not isinstance(chosen.get("settings"), dict):
+        raise ConfigError(f"from_run: {path} is not a pseudo-masks summary (no settings)")
+    return chosen
 
 
 def _run_folder(layout: RunLayout, stage: str) -> Path:
@@ -179,12 +199,14 @@ def _from_run(config: Dict[str, Any], output_dir: Path, overwrite: bool) -> Dict
         raise ConfigError(f"the run {layout.root} was built for classes {run_data['classes']} at"
                           f" image_size {run_data['image_size']}; this config has classes"
                           f" {given['classes']} at image_size {given['image_size']}")
-    data = {**run_data, "format": "csv",
+    data = {**run_data, "format": "csv", "on_bad_file": given["on_bad_file"],
             "val": {"path": str(config["input"]), "split": None, "masks": None}}
+    chosen = _chosen_settings(layout)
     print(f"pseudo masks for {config['input']} with the run {layout.root}", flush=True)
+    if not overwrite:
+        _forget_changed_tiles(data, output_dir)
     _run_stage("cams", {**saved["cams"], "classifier": str(layout.classifier), "data": data,
                         "splits": ["val"], "output_dir": str(output_dir / "cams")}, overwrite)
-    chosen = read_json(layout.pseudo_masks_dir / SUMMARY_FILE)
     localiser_dir = None
     if chosen.get("localiser_dir"):
         localiser_dir = output_dir / "localiser"
@@ -201,6 +223,36 @@ def _from_run(config: Dict[str, Any], output_dir: Path, overwrite: bool) -> Dict
             "localiser_dir": str(localiser_dir) if localiser_dir else None, "splits": ["val"],
             "masks": chosen["settings"], "sweep": {**saved["pseudo-masks"]["sweep"], "enabled": False},
             "overlays": config["overlays"], "from_run": None, "input": None}
+
+
+def _forget_changed_tiles(data: Dict[str, Any], output_dir: Path) -> None:
+    """If the input CSV changed since an earlier reuse into ``output_dir`` (its content
+    fingerprint differs), forget what no longer matches it: the per-tile files of rows that were
+    removed or whose image or labels changed, and the marks that say a step is done; the steps then
+    compute what is missing. Records the new fingerprint."""
+    csv_path = Path(data["val"]["path"])
+    fingerprint = {"input": str(csv_path), "sha256": hashlib.sha256(csv_path.read_bytes()).hexdigest()}
+    record, cams_dir = output_dir / INPUT_FINGERPRINT_FILE, output_dir / "cams"
+    index = cams_dir / CAM_INDEX_FILE
+    if read_json(record) != fingerprint and index.is_file():
+        samples = read_split(data, "val", progress=False)
+        classes = dataset_classes(data)
+        now = {name: (str(s.image), ";".join(classes[k] for k in s.labels))
+               for s, name in zip(samples, unique_names(samples))}
+        forgotten = 0
+        for row in read_csv_rows(index):
+            name = Path(row["cams"]).stem
+            if now.get(name) != (row["image"], row["labels"]):
+                for path in (cams_dir / row["cams"],
+                             foreground_map_path(output_dir / "localiser", "val", name),
+                             pseudo_mask_path(output_dir, "val", name)):
+                    path.unlink(missing_ok=True)
+                forgotten += 1
+        for done in (index, output_dir / "localiser" / SUMMARY_FILE, output_dir / SUMMARY_FILE):
+            done.unlink(missing_ok=True)
+        print(f"{csv_path} changed since the last run into {output_dir}: {forgotten} tile(s)"
+              " forgotten, the missing ones are computed", flush=True)
+    write_json(record, fingerprint)
 
 
 def uses_foreground(config: Dict[str, Any]) -> bool:

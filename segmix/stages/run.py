@@ -27,7 +27,7 @@ from ..config import ConfigError
 from ..data import read_split
 from ..io import write_json
 from ..models import create_classifier
-from . import Stage, get_stage, pipeline_stages, prepare_output_dir
+from . import Stage, get_stage, holding_output_dir, pipeline_stages, prepare_output_dir
 from .clock import StageClock, recorded_seconds
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "run_pipeline", "stage_config",
@@ -163,10 +163,11 @@ def run_pipeline(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = 
             continue
         print(header, flush=True)
         settings = stage_config(stage, config, output_dir, splits)
-        prepare_output_dir(module, settings, folder, overwrite=overwrite)
-        resume = not overwrite and checkpoint_path(folder).exists()
-        with StageClock(folder / TIMING_FILE, fresh=overwrite) as clock:
-            module.run(settings, folder, resume=resume, overwrite=overwrite)
+        with holding_output_dir(folder):
+            prepare_output_dir(module, settings, folder, overwrite=overwrite)
+            resume = not overwrite and checkpoint_path(folder).exists()
+            with StageClock(folder / TIMING_FILE, fresh=overwrite) as clock:
+                module.run(settings, folder, resume=resume, overwrite=overwrite)
         seconds[stage.name] = clock.seconds
     summary = {"metrics": collect_metrics(layout), "seconds": seconds,
                "stages": {s.name: s.folder(layout).name for s in PIPELINE}}

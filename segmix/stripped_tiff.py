@@ -1,0 +1,121 @@
+"""Plain (stripped, one-level) TIFFs read a region at a time, in bounded memory.
+
+OpenSlide opens tiled and pyramidal TIFFs itself; a plain TIFF (image rows stored in strips, no
+pyramid), as many exports and microscopes write, it refuses, and OpenSlide's fallback
+(``ImageSlide``) decodes the whole image into memory at once (about 4 bytes a pixel: 6.4 GB for
+a 40,000 px square). :class:`StrippedTiff` decodes only the strips a region covers (with
+tifffile, any compression it knows) and keeps a few recent ones, so tiling and thumbnails row by
+row decode each strip about once. It offers the part of OpenSlide's interface :class:`segmix.slides.Slide`
+uses: ``dimensions``, ``level_downsamples``, ``properties`` (mpp from the resolution tags),
+``read_region`` (RGBA, transparent outside the image) and ``close``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Dict, Tuple
+
+import numpy as np
+
+__all__ = ["StrippedTiff", "is_stripped_tiff"]
+
+CACHE_BYTES = 128 * 2**20  # decoded strips kept for the next region (a row of tiles reuses them)
+_UNIT_MICRONS = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: inch, centimetre
+
+
+def is_stripped_tiff(path: Path) -> bool:
+    """Whether ``path`` is a TIFF whose first image is stored in strips (not tiles)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return not tif.pages[0].is_tiled
+    except Exception:  # not a TIFF, or damaged: the caller's own open reports it
+        return False
+
+
+class StrippedTiff:
+    """Level 0 of a stripped TIFF, read region by region (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        import tifffile
+
+        self._tif = tifffile.TiffFile(path)
+        page = self._tif.pages[0]
+        if page.is_tiled or page.planarconfig != 1 or page.samplesperpixel not in (1, 3, 4):
+            self._tif.close()
+            raise ValueError("only strip-stored, interleaved grey, RGB or RGBA TIFFs are read"
+                             f" strip by strip (this one: tiled={page.is_tiled},"
+                             f" {page.samplesperpixel} samples, planar config {page.planarconfig})")
+        if page.dtype != np.uint8:
+            self._tif.close()
+            raise ValueError(f"8-bit samples expected, got {page.dtype}")
+        self._page = page
+        self._rows_per_strip = int(min(page.rowsperstrip or page.imagelength, page.imagelength))
+        self.dimensions: Tuple[int, int] = (int(page.imagewidth), int(page.imagelength))
+        self.level_downsamples: Tuple[float, ...] = (1.0,)
+        self.properties: Dict[str, str] = self._mpp_properties()
+        self._cache: "OrderedDict[int, np.ndarray]" = OrderedDict()
+        self._cached_bytes = 0
+
+    def _mpp_properties(self) -> Dict[str, str]:
+        tags = self._page.tags
+        unit = tags.get("ResolutionUnit")
+        microns = _UNIT_MICRONS.get(int(unit.value) if unit is not None else 2)
+        properties = {}
+        for axis, name in (("x", "XResolution"), ("y", "YResolution")):
+            tag = tags.get(name)
+            if tag is None or microns is None:
+                continue
+            numerator, denominator = tag.value
+            if numerator > 0 and denominator > 0:
+                properties[f"openslide.mpp-{axis}"] = str(microns * denominator / numerator)
+        return properties
+
+    def _strip(self, index: int) -> np.ndarray:
+        """Strip ``index`` decoded as ``rows x width x 4`` RGBA."""
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        page, handle = self._page, self._tif.filehandle
+        handle.seek(page.dataoffsets[index])
+        data = handle.read(page.databytecounts[index])
+        decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+        top = index * self._rows_per_strip
+        rows = min(self._rows_per_strip, self.dimensions[1] - top)
+        pixels = np.asarray(decoded).reshape(-1, self.dimensions[0], page.samplesperpixel)[:rows]
+        rgba = np.empty((rows, self.dimensions[0], 4), np.uint8)
+        rgba[..., :3] = pixels[..., :3] if pixels.shape[2] >= 3 else pixels[..., :1]
+        rgba[..., 3] = pixels[..., 3] if pixels.shape[2] == 4 else 255
+        self._cache[index] = rgba
+        self._cached_bytes += rgba.nbytes
+        while self._cached_bytes > CACHE_BYTES and len(self._cache) > 1:
+            self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
+        return rgba
+
+    def read_region(self, location: Tuple[int, int], level: int,
+                    size: Tuple[int, int]) -> np.ndarray:
+        """The ``size`` (width, height) region at level-0 ``location`` as RGBA ``H x W x 4``;
+        outside the image is transparent, as OpenSlide gives it."""
+        if level != 0:
+            raise ValueError(f"a plain TIFF has level 0 only, got level {level}")
+        (x, y), (width, height) = location, size
+        region = np.zeros((height, width, 4), np.uint8)
+        image_width, image_height = self.dimensions
+        x0, x1 = max(x, 0), min(x + width, image_width)
+        y0, y1 = max(y, 0), min(y + height, image_height)
+        if x0 >= x1 or y0 >= y1:
+            return region
+        step = self._rows_per_strip
+        for index in range(y0 // step, (y1 - 1) // step + 1):
+            top = index * step
+            strip = self._strip(index)
+            r0, r1 = max(y0, top), min(y1, top + strip.shape[0])
+            region[r0 - y:r1 - y, x0 - x:x1 - x] = strip[r0 - top:r1 - top, x0:x1]
+        return region
+
+    def close(self) -> None:
+        self._cache.clear()
+        self._cached_bytes = 0
+        self._tif.close()
