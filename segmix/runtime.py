@@ -137,15 +137,24 @@ def load_torch_file(path: Path, what: str = "file",
     try:
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights only" in str(error).lower():
+        if "Unsupported global" in str(error):  # an object the weights-only unpickler refuses
             raise UnsafeFileError(
                 f"{what} {path} holds objects other than tensors and plain values; segmix never"
                 " unpickles them (a file from an untrusted source could run code). If an older"
                 " segmix wrote it, start again with --overwrite") from None
-        reason = _first_line(error)
+        reason = _unpickler_reason(error)
     except (EOFError, RuntimeError, ValueError, OSError) as error:
         reason = _first_line(error)
     raise UnsafeFileError(f"{what} {path} is damaged or not a PyTorch file ({reason})")
+
+
+def _unpickler_reason(error: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler found wrong, without its advice to unpickle anyway."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        return f"UnpicklingError: {detail[0] if detail else ''}"[:200]
+    return _first_line(error)
 
 
 def _first_line(error: BaseException) -> str:

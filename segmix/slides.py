@@ -117,8 +117,10 @@ class Slide:
             raise SlideError(f"{self.path}: level {level} cannot be read at ({x}, {y})"
                              f" ({type(error).__name__}: {error})") from error
         rgba = np.asarray(region)
-        alpha = rgba[..., 3:4].astype(np.float32) / 255  # transparent = outside the scanned area
-        rgb = (rgba[..., :3] * alpha + 255 * (1 - alpha)).astype(np.uint8)
+        rgb = rgba[..., :3]
+        if (rgba[..., 3] < 255).any():  # transparent = outside the scanned area: white
+            alpha = rgba[..., 3:4].astype(np.float32) / 255
+            rgb = (rgb * alpha + 255 * (1 - alpha)).astype(np.uint8)
         target = (max(1, round(height * self.mpp / mpp)), max(1, round(width * self.mpp / mpp)))
         return rgb if rgb.shape[:2] == target else resized(rgb, target)
 

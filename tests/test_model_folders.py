@@ -121,3 +121,32 @@ def test_predict_takes_a_model_folder(model_files, tmp_path):
         masks = [np.array(Image.open(tmp_path / run / "masks" / f"tile{i}.png"))
                  for run in ("from-folder", "from-file")]
         np.testing.assert_array_equal(*masks)
+
+
+def test_damaged_model_folders_are_refused_by_name(model_files, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    folder = Segmenter.from_pretrained(model_files[1]).save_pretrained(tmp_path / "segmenter")
+    for name in ("config.json", "model.safetensors"):  # a folder to hand on: readable by others
+        assert (folder / name).stat().st_mode & 0o044 == 0o044
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(reference_tiles((64, 64), 1)[0]).save(images / "tile.png")
+    weights = load_file(str(folder / "model.safetensors"))
+    config = json.loads((folder / "config.json").read_text())
+    first = next(key for key, value in weights.items() if value.is_floating_point())
+
+    def refused(message):
+        status = main(["predict", "--model", str(folder), "--set", f"input={images}",
+                       "--output-dir", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert status == 1 and message in err and "Traceback" not in err, err
+
+    save_file({**weights, first: torch.full_like(weights[first], float("nan"))},
+              str(folder / "model.safetensors"))
+    refused(f"weight {first!r} holds NaN or infinite values")
+    save_file(weights, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({**config, "std": [0, 0, 0]}))
+    refused("std must be three positive numbers")
+    (folder / "config.json").write_text(json.dumps({**config, "classes": ["a", "b", "c", "d"]}))
+    refused("the weights do not fit the model its config describes (Unet, 4 classes)")

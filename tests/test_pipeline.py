@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from segmix import api
 from segmix.cli import main
 from segmix.data import read_mask_png
 from segmix.stages.demo import constant_mask_miou
@@ -124,6 +125,9 @@ def test_run_on_a_csv_dataset_whose_val_split_has_no_masks(tmp_path, capsys):
     assert "train" in summary["metrics"]["pseudo_masks"]
     mask = np.asarray(Image.open(out / "pseudo-masks" / "masks" / "train" / "A_0.png"))
     assert mask.shape == (32, 32)
+    # its config.yaml names the dataset it wrote, so `segmix run` can run it again
+    again = api.resolve_config("run", out / "config.yaml", output_dir=tmp_path / "again")
+    assert again["data"]["train"]["path"] == str(out / "data" / "labels.csv")
 
 
 @pytest.mark.parametrize("localiser, fitted", [
@@ -162,6 +166,48 @@ def test_pseudo_masks_for_new_tiles_from_a_finished_run(tmp_path, capsys, locali
     theirs = json.loads((run / "pseudo-masks" / "metrics.json").read_text())["val"]
     assert metrics["tiles_scored"] == 6
     assert metrics["with_background"] == theirs["with_background"]  # same masks, same scores
+
+    # interrupted before its summary; meanwhile the CSV at the same path gains rows and one
+    # tile's label changes: the re-run notices (content fingerprint) and computes what is missing
+    (out / "summary.json").unlink()
+    train_rows = [line.split(",") for line in csv_path.read_text().splitlines()[1:]
+                  if line.endswith(",train")][:3]
+    relabelled = val_rows[0][0].split("/")[-1].removesuffix(".png")
+    old_label = val_rows[0][2]
+    val_rows[0][2] = "B" if old_label != "B" else "C"
+    new.write_text("image,label,mask\n" + "".join(f"{r[0]},{r[2]},{r[1]}\n"
+                                                   for r in val_rows + train_rows))
+    capsys.readouterr()
+    assert main(["pseudo-masks", "--from-run", str(run), "--input", str(new),
+                 "--output-dir", str(out)]) == 0
+    assert "1 tile(s) forgotten" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["val"]["tiles_scored"] == 9
+    with open(out / "masks.csv") as handle:
+        assert len(handle.read().splitlines()) == 1 + 9
+    relabelled_mask = read_mask_png(out / "masks" / "val" / f"{relabelled}.png")
+    assert (relabelled_mask == 1 + ["A", "B", "C"].index(old_label)).sum() == 0  # its new label
+
+    # a missing image is skipped when asked, as the error message suggests
+    skip = csv_path.parent / "skip.csv"
+    skip.write_text(new.read_text() + "missing.png,A,\n")
+    assert main(["pseudo-masks", "--from-run", str(run), "--input", str(skip),
+                 "--output-dir", str(tmp_path / "skip")]) == 1
+    assert "data.on_bad_file=skip" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="skipped 1 bad file"):
+        assert main(["pseudo-masks", "--from-run", str(run), "--input", str(skip),
+                     "--output-dir", str(tmp_path / "skip"), "--set", "data.on_bad_file=skip"]) == 0
+
+    # a damaged summary of the run is named before any CAM is computed
+    summary_file = run / "pseudo-masks" / "summary.json"
+    kept = summary_file.read_bytes()
+    summary_file.write_text("{")
+    capsys.readouterr()
+    assert main(["pseudo-masks", "--from-run", str(run), "--input", str(new),
+                 "--output-dir", str(tmp_path / "damaged")]) == 2
+    error = capsys.readouterr().err
+    assert f"{summary_file} cannot be read (JSONDecodeError" in error and "Traceback" not in error
+    assert not (tmp_path / "damaged" / "cams").exists()
+    summary_file.write_bytes(kept)
 
     # bad input names the problem
     capsys.readouterr()

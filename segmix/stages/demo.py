@@ -18,11 +18,12 @@ import numpy as np
 
 from PIL import Image, ImageDraw
 
-from ..artifacts import SUMMARY_FILE, RunLayout, prediction_mask_path, pseudo_mask_path
-from ..config import check_number, merge
+from ..artifacts import CONFIG_FILE, SUMMARY_FILE, RunLayout, prediction_mask_path, pseudo_mask_path
+from ..config import check_number, merge, save_config
 from ..data import Sample, overlay, read_mask_png, read_rgb, read_split
 from ..data.synthetic import LABELS_FILE, TISSUES, write_dataset
 from ..io import atomic_path, write_json
+from ..runtime import is_main_process
 from . import get_stage
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "constant_mask_miou",
@@ -31,7 +32,10 @@ __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "constant_mask_m
 # The demo is `segmix run` on data it writes first; it reaches that stage through the registry.
 RUN_STAGE = get_stage("run").load()
 DONE_FILE = SUMMARY_FILE
-RESUMABLE_CHANGES = RUN_STAGE.RESUMABLE_CHANGES
+# The saved config.yaml names the dataset the demo wrote (so `segmix run --config` can re-run it);
+# a new `segmix demo` call, whose config leaves the paths to the demo, continues that run.
+DATA_PATH_KEYS = {f"data.{split}.{key}" for split in ("train", "val") for key in ("path", "split")}
+RESUMABLE_CHANGES = set(RUN_STAGE.RESUMABLE_CHANGES) | DATA_PATH_KEYS
 
 # Sized to finish in a few minutes on 2 CPU cores: 96 px tiles, the offline EfficientNet-Lite0.
 DEMO_SETTINGS: Dict[str, Any] = {
@@ -120,6 +124,8 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
                       val_tiles=int(synthetic["val_tiles"]), size=int(synthetic["size"]),
                       seed=int(synthetic["seed"]))
     settings = _pipeline_settings(config, data_dir)
+    if is_main_process():  # config.yaml with the dataset's paths: re-runnable by `segmix run`
+        save_config({**settings, "synthetic": config["synthetic"]}, output_dir / CONFIG_FILE)
     summary = RUN_STAGE.run_pipeline(settings, output_dir, overwrite=overwrite)
 
     val = read_split(settings["data"], "val", progress=False)

@@ -73,9 +73,12 @@ from ..data import (
 from ..io import read_csv_rows, read_json, write_csv, write_json
 from . import get_stage, prepare_output_dir
 
-__all__ = ["DEFAULTS", "DONE_FILE", "run", "sweep", "validate"]
+__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "sweep", "validate"]
 
 DONE_FILE = SUMMARY_FILE
+# Leaving unreadable tiles out changes nothing computed for the others: a run refused for a bad
+# file continues with data.on_bad_file=skip, as its error message suggests.
+RESUMABLE_CHANGES = {"data.on_bad_file"}
 SWEEP_METRICS = ("mIoU", "FwIoU", "foreground_iou", "mDice")
 
 DEFAULTS: Dict[str, Any] = {
