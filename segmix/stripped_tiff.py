@@ -20,6 +20,7 @@ import numpy as np
 
 __all__ = ["StrippedTiff", "is_stripped_tiff"]
 
+RAW_BAND_ROWS = 256  # rows read at once from an uncompressed TIFF
 CACHE_BYTES = 128 * 2**20  # decoded strips kept for the next region (a row of tiles reuses them)
 _UNIT_MICRONS = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: inch, centimetre
 
@@ -52,7 +53,11 @@ class StrippedTiff:
             self._tif.close()
             raise ValueError(f"8-bit samples expected, got {page.dtype}")
         self._page = page
-        self._rows_per_strip = int(min(page.rowsperstrip or page.imagelength, page.imagelength))
+        self._stored_rows = int(min(page.rowsperstrip or page.imagelength, page.imagelength))
+        # Uncompressed rows are read straight from the file, so a TIFF stored as one huge strip
+        # is still read a band of rows at a time; compressed strips are decoded whole.
+        self._raw = page.compression == 1 and page.predictor == 1
+        self._rows_per_strip = min(self._stored_rows, RAW_BAND_ROWS) if self._raw else self._stored_rows
         self.dimensions: Tuple[int, int] = (int(page.imagewidth), int(page.imagelength))
         self.level_downsamples: Tuple[float, ...] = (1.0,)
         self.properties: Dict[str, str] = self._mpp_properties()
@@ -78,13 +83,10 @@ class StrippedTiff:
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
-        page, handle = self._page, self._tif.filehandle
-        handle.seek(page.dataoffsets[index])
-        data = handle.read(page.databytecounts[index])
-        decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
         top = index * self._rows_per_strip
         rows = min(self._rows_per_strip, self.dimensions[1] - top)
-        pixels = np.asarray(decoded).reshape(-1, self.dimensions[0], page.samplesperpixel)[:rows]
+        pixels = self._raw_rows(top, rows) if self._raw else self._decoded(index)[:rows]
+        page = self._page
         rgba = np.empty((rows, self.dimensions[0], 4), np.uint8)
         rgba[..., :3] = pixels[..., :3] if pixels.shape[2] >= 3 else pixels[..., :1]
         rgba[..., 3] = pixels[..., 3] if pixels.shape[2] == 4 else 255
@@ -93,6 +95,30 @@ class StrippedTiff:
         while self._cached_bytes > CACHE_BYTES and len(self._cache) > 1:
             self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
         return rgba
+
+    def _decoded(self, index: int) -> np.ndarray:
+        """Stored strip ``index``, decompressed: ``rows x width x samples``."""
+        page, handle = self._page, self._tif.filehandle
+        handle.seek(page.dataoffsets[index])
+        data = handle.read(page.databytecounts[index])
+        decoded, _, _ = page.decode(data, index, jpegtables=page.jpegtables)
+        return np.asarray(decoded).reshape(-1, self.dimensions[0], page.samplesperpixel)
+
+    def _raw_rows(self, top: int, rows: int) -> np.ndarray:
+        """Rows ``top .. top + rows`` of an uncompressed TIFF, read from the stored strips."""
+        page, handle = self._page, self._tif.filehandle
+        width, samples = self.dimensions[0], page.samplesperpixel
+        row_bytes = width * samples
+        out = np.empty((rows, width, samples), np.uint8)
+        row = top
+        while row < top + rows:
+            strip, within = divmod(row, self._stored_rows)
+            count = min(top + rows - row, self._stored_rows - within)
+            handle.seek(page.dataoffsets[strip] + within * row_bytes)
+            out[row - top:row - top + count] = np.frombuffer(
+                handle.read(count * row_bytes), np.uint8).reshape(count, width, samples)
+            row += count
+        return out
 
     def read_region(self, location: Tuple[int, int], level: int,
                     size: Tuple[int, int]) -> np.ndarray:

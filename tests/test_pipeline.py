@@ -59,6 +59,9 @@ def test_demo_runs_every_stage_resumes_and_skips_finished_stages(tmp_path, monke
     assert cli("demo", out, TINY_DEMO) == 0
     printed = capsys.readouterr().out
     assert "resuming after epoch 0" in printed and "best constant mask" in printed
+    # its config.yaml names the dataset it wrote, so `segmix run` can run it again
+    again = api.resolve_config("run", out / "config.yaml", output_dir=tmp_path / "again")
+    assert again["data"]["train"]["path"] == str(out / "data" / "labels.csv")
 
     summary = json.loads((out / "summary.json").read_text())
     metrics = summary["metrics"]
@@ -125,9 +128,6 @@ def test_run_on_a_csv_dataset_whose_val_split_has_no_masks(tmp_path, capsys):
     assert "train" in summary["metrics"]["pseudo_masks"]
     mask = np.asarray(Image.open(out / "pseudo-masks" / "masks" / "train" / "A_0.png"))
     assert mask.shape == (32, 32)
-    # its config.yaml names the dataset it wrote, so `segmix run` can run it again
-    again = api.resolve_config("run", out / "config.yaml", output_dir=tmp_path / "again")
-    assert again["data"]["train"]["path"] == str(out / "data" / "labels.csv")
 
 
 @pytest.mark.parametrize("localiser, fitted", [

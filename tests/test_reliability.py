@@ -172,18 +172,16 @@ def test_slide_prediction_skips_a_bad_slide_when_asked(tmp_path, capsys):
     assert (tmp_path / "b" / "masks" / "good.tiff").is_file()
 
 
-def write_plain_tiff(path, pixels, rows_per_strip=32):
-    tifffile.imwrite(path, pixels, photometric="rgb", rowsperstrip=rows_per_strip,
-                     compression="zlib", resolution=(1e4 / 0.5, 1e4 / 0.5),
-                     resolutionunit="CENTIMETER")
-    return path
-
-
-def test_a_plain_tiff_is_read_by_strips_in_bounded_memory(tmp_path, monkeypatch):
+@pytest.mark.parametrize("storage", [{"rowsperstrip": 32, "compression": "zlib"},
+                                     {"rowsperstrip": 3072}])  # uncompressed, one strip
+def test_a_plain_tiff_is_read_by_strips_in_bounded_memory(tmp_path, monkeypatch, storage):
     rng = np.random.default_rng(0)
     pixels = np.repeat(np.repeat(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8), 32, 0), 32, 1)
-    path = write_plain_tiff(tmp_path / "plain.tif", pixels)  # 4096 x 3072: 36 MB of RGB
+    path = tmp_path / "plain.tif"  # 4096 x 3072: 36 MB of RGB
+    tifffile.imwrite(path, pixels, photometric="rgb", resolution=(1e4 / 0.5, 1e4 / 0.5),
+                     resolutionunit="CENTIMETER", **storage)
     monkeypatch.setattr(stripped_tiff, "CACHE_BYTES", 2**20)
+    monkeypatch.setattr(stripped_tiff, "RAW_BAND_ROWS", 64)
     with Slide(path) as slide:  # mpp from the TIFF's resolution tags
         assert slide.mpp == pytest.approx(0.5) and slide.dimensions == (4096, 3072)
         np.testing.assert_array_equal(slide.read(1000, 2000, 300, 200, 0.5),
