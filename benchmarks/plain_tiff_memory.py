@@ -82,16 +82,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[8000, 40000])
     parser.add_argument("--out", type=Path, default=Path("runs/plain-tiff"))
+    parser.add_argument("--write", nargs=2, metavar=("PATH", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.write:
+        write_plain_tiff(Path(args.write[0]), int(args.write[1]))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"{platform.node()}, {platform.processor() or platform.machine()}, Python"
           f" {platform.python_version()}")
     rows = []
     for size in sorted(args.sizes):
         path = args.out / f"plain{size}.tif"
-        if not path.exists():
-            print(f"writing {path}", flush=True)
-            write_plain_tiff(path, size)
+        if not path.exists():  # in a child: a parent that held the image would pass its peak
+            print(f"writing {path}", flush=True)  # on to every process it starts (ru_maxrss)
+            subprocess.run([sys.executable, __file__, "--write", str(path), str(size)], check=True)
         raw = size * size * 3 / 2**20
         for arm, code in ARMS.items():
             if arm == "whole-image fallback" and size * size > PIL_LIMIT:

@@ -21,7 +21,7 @@ import numpy as np
 __all__ = ["StrippedTiff", "is_stripped_tiff"]
 
 RAW_BAND_ROWS = 256  # rows read at once from an uncompressed TIFF
-CACHE_BYTES = 128 * 2**20  # decoded strips kept for the next region (a row of tiles reuses them)
+CACHE_BYTES = 128 * 2**20  # decoded strips kept for the next region, beyond the last region's
 _UNIT_MICRONS = {2: 25400.0, 3: 10000.0}  # TIFF ResolutionUnit: inch, centimetre
 
 
@@ -92,9 +92,16 @@ class StrippedTiff:
         rgba[..., 3] = pixels[..., 3] if pixels.shape[2] == 4 else 255
         self._cache[index] = rgba
         self._cached_bytes += rgba.nbytes
-        while self._cached_bytes > CACHE_BYTES and len(self._cache) > 1:
-            self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
         return rgba
+
+    def _evict(self, keep: range) -> None:
+        """Drop the oldest strips beyond :data:`CACHE_BYTES`, never those of ``keep`` (the region
+        just read: the next region of its row needs them all, or an LRU would miss every time)."""
+        for index in list(self._cache):
+            if self._cached_bytes <= CACHE_BYTES:
+                break
+            if index not in keep:
+                self._cached_bytes -= self._cache.pop(index).nbytes
 
     def _decoded(self, index: int) -> np.ndarray:
         """Stored strip ``index``, decompressed: ``rows x width x samples``."""
@@ -134,11 +141,13 @@ class StrippedTiff:
         if x0 >= x1 or y0 >= y1:
             return region
         step = self._rows_per_strip
-        for index in range(y0 // step, (y1 - 1) // step + 1):
+        strips = range(y0 // step, (y1 - 1) // step + 1)
+        for index in strips:
             top = index * step
             strip = self._strip(index)
             r0, r1 = max(y0, top), min(y1, top + strip.shape[0])
             region[r0 - y:r1 - y, x0 - x:x1 - x] = strip[r0 - top:r1 - top, x0:x1]
+        self._evict(strips)
         return region
 
     def close(self) -> None:
