@@ -34,8 +34,8 @@ from .io import atomic_write_npz, read_csv_rows, read_json, write_csv, write_jso
 
 __all__ = [
     "CONFIG_FILE", "TIMING_FILE", "SUMMARY_FILE", "CLASSIFIER_FILE", "SEGMENTER_FILE",
-    "CAM_INDEX_FILE", "INPUT_FINGERPRINT_FILE", "LOCALISER_FILE", "EVIDENCE_FILE", "AXIS_FILE", "METRICS_FILE", "EPOCHS_FILE",
-    "CURRICULUM_FILE", "MASKS_FOLDER", "MODEL_FOLDER",
+    "CAM_INDEX_FILE", "INPUT_FINGERPRINT_FILE", "LOCALISER_FILE", "EVIDENCE_FILE", "AXIS_FILE",
+    "METRICS_FILE", "EPOCHS_FILE", "CURRICULUM_FILE", "MASKS_FOLDER", "MODEL_FOLDER",
     "RunLayout", "CamRecord", "checkpoint_path", "best_model_name", "last_epoch",
     "cam_file_path", "write_cam_file", "read_cam_file", "read_cam_labels", "top_classes",
     "cam_index_row", "write_cam_index", "read_cam_index", "foreground_map_path",

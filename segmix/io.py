@@ -17,13 +17,14 @@ import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Union
 
 from .errors import SegmixError
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "atomic_write_npz", "write_csv",
-           "read_csv_rows", "read_json", "write_json", "temporary_dir", "is_temporary", "give_usual_mode",
-           "remove_stale_temporaries", "folder_lock", "FolderLockedError", "LOCK_FILE"]
+           "read_csv_rows", "read_json", "write_json", "temporary_dir", "is_temporary",
+           "give_usual_mode", "remove_stale_temporaries", "folder_lock", "FolderLockedError",
+           "LOCK_FILE"]
 
 TEMP_MARK = ".tmp"  # every temporary's name starts with "." and holds this
 LOCK_FILE = ".segmix.lock"
@@ -54,30 +55,22 @@ def temporary_dir(beside: PathLike, name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=TEMP_MARK, dir=folder))
 
 
-def remove_stale_temporaries(folder: PathLike) -> List[Path]:
-    """Remove the temporaries that a killed run left anywhere under ``folder``; returns them.
-    Safe only while this process holds :func:`folder_lock` on ``folder`` (nobody else writes)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    stale = [path for path in folder.rglob(f".*{TEMP_MARK}*") if is_temporary(path)]
-    removed = []
-    for path in sorted(stale, key=lambda p: len(p.parts)):  # a folder before what it holds
+def remove_stale_temporaries(folder: PathLike) -> None:
+    """Remove the temporaries that a killed run left anywhere under ``folder``. Safe only while
+    this process holds :func:`folder_lock` on ``folder`` (nobody else writes there)."""
+    stale = [path for path in Path(folder).rglob(f".*{TEMP_MARK}*") if is_temporary(path)]
+    for path in sorted(stale, key=lambda p: len(p.parts)):  # a folder before what it held
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
-        elif path.exists() or path.is_symlink():
-            path.unlink(missing_ok=True)
         else:
-            continue
-        removed.append(path)
-    return removed
+            path.unlink(missing_ok=True)  # missing: it was inside a folder removed above
 
 
 class FolderLockedError(SegmixError, RuntimeError):
     """An output folder another segmix process is writing into."""
 
 
-_HELD: Dict[Path, Any] = {}  # folders this process holds, with their locks (nested calls reuse)
+_HELD: Set[Path] = set()  # folders this process holds (a nested call for one of them reuses it)
 
 
 @contextmanager
@@ -101,14 +94,14 @@ def folder_lock(folder: PathLike) -> Iterator[None]:
         who = holder.read_text(encoding="utf-8").strip() if holder.is_file() else "unknown"
         raise FolderLockedError(f"{folder} is in use by another segmix run ({who}); wait for it to"
                                 " finish, or use another --output-dir") from None
-    _HELD[folder] = lock
+    _HELD.add(folder)
     try:
         atomic_write_text(holder, f"pid {os.getpid()} on host {socket.gethostname()}")
         remove_stale_temporaries(folder)
         yield
     finally:
         holder.unlink(missing_ok=True)
-        del _HELD[folder]
+        _HELD.discard(folder)
         lock.release()
 
 

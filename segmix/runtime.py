@@ -20,7 +20,8 @@ from .errors import SegmixError
 from .io import atomic_path
 
 __all__ = ["Runtime", "setup_runtime", "is_main_process", "atomic_torch_save", "load_checkpoint",
-           "load_torch_file", "UnsafeFileError", "DeviceError", "DEVICES", "check_device", "rng_state", "set_rng_state"]
+           "load_torch_file", "UnsafeFileError", "DeviceError", "DEVICES", "check_device",
+           "rng_state", "set_rng_state"]
 
 
 class UnsafeFileError(SegmixError, ValueError):

@@ -86,7 +86,6 @@ class StrippedTiff:
         top = index * self._rows_per_strip
         rows = min(self._rows_per_strip, self.dimensions[1] - top)
         pixels = self._raw_rows(top, rows) if self._raw else self._decoded(index)[:rows]
-        page = self._page
         rgba = np.empty((rows, self.dimensions[0], 4), np.uint8)
         rgba[..., :3] = pixels[..., :3] if pixels.shape[2] >= 3 else pixels[..., :1]
         rgba[..., 3] = pixels[..., 3] if pixels.shape[2] == 4 else 255

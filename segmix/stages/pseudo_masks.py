@@ -46,6 +46,7 @@ from ..artifacts import (
     SUMMARY_FILE,
     CamRecord,
     RunLayout,
+    cam_index_row,
     foreground_map_path,
     pseudo_mask_path,
     read_cam_file,
@@ -206,13 +207,16 @@ def _from_run(config: Dict[str, Any], output_dir: Path, overwrite: bool) -> Dict
             "val": {"path": str(config["input"]), "split": None, "masks": None}}
     chosen = _chosen_settings(layout)
     print(f"pseudo masks for {config['input']} with the run {layout.root}", flush=True)
-    if not overwrite:
-        _forget_changed_tiles(data, output_dir)
+    cams_dir, fitted_dir = output_dir / "cams", output_dir / "localiser"
+    record, fingerprint = output_dir / INPUT_FINGERPRINT_FILE, _fingerprint(Path(config["input"]))
+    if not overwrite and read_json(record) != fingerprint:
+        _forget_changed_tiles(data, output_dir, cams_dir, fitted_dir)
+    write_json(record, fingerprint)
     _run_stage("cams", {**saved["cams"], "classifier": str(layout.classifier), "data": data,
-                        "splits": ["val"], "output_dir": str(output_dir / "cams")}, overwrite)
+                        "splits": ["val"], "output_dir": str(cams_dir)}, overwrite)
     localiser_dir = None
     if chosen.get("localiser_dir"):
-        localiser_dir = output_dir / "localiser"
+        localiser_dir = fitted_dir
         for name in (LOCALISER_FILE, EVIDENCE_FILE, AXIS_FILE):  # the fitted localiser, reused as it is
             fitted = layout.localiser_dir / name
             if fitted.is_file() and (overwrite or not (localiser_dir / name).is_file()):
@@ -222,40 +226,42 @@ def _from_run(config: Dict[str, Any], output_dir: Path, overwrite: bool) -> Dict
                                 "data": {**data, "train": run_data["train"]}, "splits": ["val"],
                                 "output_dir": str(localiser_dir)}, False)
     return {**saved["pseudo-masks"], "output_dir": str(output_dir), "data": data,
-            "cams_dir": str(output_dir / "cams"),
+            "cams_dir": str(cams_dir),
             "localiser_dir": str(localiser_dir) if localiser_dir else None, "splits": ["val"],
             "masks": chosen["settings"], "sweep": {**saved["pseudo-masks"]["sweep"], "enabled": False},
             "overlays": config["overlays"], "from_run": None, "input": None}
 
 
-def _forget_changed_tiles(data: Dict[str, Any], output_dir: Path) -> None:
-    """If the input CSV changed since an earlier reuse into ``output_dir`` (its content
-    fingerprint differs), forget what no longer matches it: the per-tile files of rows that were
-    removed or whose image or labels changed, and the marks that say a step is done; the steps then
-    compute what is missing. Records the new fingerprint."""
-    csv_path = Path(data["val"]["path"])
-    fingerprint = {"input": str(csv_path), "sha256": hashlib.sha256(csv_path.read_bytes()).hexdigest()}
-    record, cams_dir = output_dir / INPUT_FINGERPRINT_FILE, output_dir / "cams"
+def _fingerprint(csv_path: Path) -> Dict[str, str]:
+    """The input CSV's path and content hash (``input.json``): a changed input is noticed."""
+    return {"input": str(csv_path), "sha256": hashlib.sha256(csv_path.read_bytes()).hexdigest()}
+
+
+def _forget_changed_tiles(data: Dict[str, Any], output_dir: Path, cams_dir: Path,
+                          localiser_dir: Path) -> None:
+    """After the input CSV changed, forget what no longer matches it: the per-tile files of rows
+    that were removed or whose image or labels changed, and the marks that say a step is done;
+    the steps then compute what is missing."""
     index = cams_dir / CAM_INDEX_FILE
-    if read_json(record) != fingerprint and index.is_file():
-        samples = read_split(data, "val", progress=False)
-        classes = dataset_classes(data)
-        now = {name: (str(s.image), ";".join(classes[k] for k in s.labels))
-               for s, name in zip(samples, unique_names(samples))}
-        forgotten = 0
-        for row in read_csv_rows(index):
+    if not index.is_file():
+        return
+    samples = read_split(data, "val", progress=False)
+    classes = dataset_classes(data)
+    now = {row["cams"]: (row["image"], row["labels"])  # what a tile's CAM depends on
+           for row in (cam_index_row("val", sample, name, classes)
+                       for sample, name in zip(samples, unique_names(samples)))}
+    forgotten = 0
+    for row in read_csv_rows(index):
+        if (row["image"], row["labels"]) != now.get(row["cams"]):
             name = Path(row["cams"]).stem
-            if now.get(name) != (row["image"], row["labels"]):
-                for path in (cams_dir / row["cams"],
-                             foreground_map_path(output_dir / "localiser", "val", name),
-                             pseudo_mask_path(output_dir, "val", name)):
-                    path.unlink(missing_ok=True)
-                forgotten += 1
-        for done in (index, output_dir / "localiser" / SUMMARY_FILE, output_dir / SUMMARY_FILE):
-            done.unlink(missing_ok=True)
-        print(f"{csv_path} changed since the last run into {output_dir}: {forgotten} tile(s)"
-              " forgotten, the missing ones are computed", flush=True)
-    write_json(record, fingerprint)
+            for path in (cams_dir / row["cams"], foreground_map_path(localiser_dir, "val", name),
+                         pseudo_mask_path(output_dir, "val", name)):
+                path.unlink(missing_ok=True)
+            forgotten += 1
+    for done in (index, localiser_dir / SUMMARY_FILE, output_dir / SUMMARY_FILE):
+        done.unlink(missing_ok=True)
+    print(f"{data['val']['path']} changed since the last run into {output_dir}: {forgotten}"
+          " tile(s) forgotten, the missing ones are computed", flush=True)
 
 
 def uses_foreground(config: Dict[str, Any]) -> bool:
