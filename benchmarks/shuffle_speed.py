@@ -26,7 +26,8 @@ from typing import Callable, Dict, List
 
 import torch
 
-from segmix.shuffle import _row_index, apply_params, sample_params
+from segmix.shuffle import apply_params, sample_params
+from segmix.shuffle.apply import _row_index
 
 CASES = [(64, 3, 224, 16), (64, 3, 224, 32), (16, 3, 384, 16)]
 GROUP_SIZE = 4  # for mode "group"

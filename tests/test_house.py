@@ -25,10 +25,14 @@ from synthetic import write_csv_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE = [ROOT / "segmix" / f"{name}.py" for name in
-        ("shuffle", "curriculum", "mixing", "sliding_window", "metrics", "labels", "errors")]
+        ("curriculum", "mixing", "sliding_window", "metrics", "labels", "errors")]
+CORE += sorted((ROOT / "segmix" / "shuffle").glob("*.py"))  # the kernel: a package of its parts
 CORE += sorted((ROOT / "cam").glob("*.py")) + sorted((ROOT / "pseudo_masks").glob("*.py"))
+SHUFFLE_PARTS = {f"segmix.shuffle.{path.stem}"
+                 for path in (ROOT / "segmix" / "shuffle").glob("*.py")}
 CORE_SEGMIX = {"segmix", "segmix.shuffle", "segmix.curriculum", "segmix.mixing",
-               "segmix.sliding_window", "segmix.metrics", "segmix.labels", "segmix.errors"}
+               "segmix.sliding_window", "segmix.metrics", "segmix.labels", "segmix.errors",
+               *SHUFFLE_PARTS}
 # torch, NumPy and scikit-image; pydensecrf is the optional CRF backend, imported where it is used.
 CORE_THIRD_PARTY = {"torch", "numpy", "skimage", "pydensecrf", "cam", "pseudo_masks"}
 

@@ -339,7 +339,7 @@ def test_cuda_matches_cpu(mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_patch_gather_equals_row_gather(mode):
     """The whole-patch gather CUDA uses gives the CPU's row gather, value for value."""
-    from segmix.shuffle import _patch_view
+    from segmix.shuffle.apply import _patch_view
 
     x = torch.randn(4, 2, 3, 32, 48)
     params = sample_params(4, 32, 48, patch_size=(8, 16), fix_ratio=0.25, mode=mode,
