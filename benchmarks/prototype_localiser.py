@@ -4,7 +4,7 @@
         --k 4 6 8 12 --seeds 0 1 2 --out runs/prototypes-wbc \
         [--classifier runs/wbc/classifier/classifier.pt --fill median blur]
 
-Builds the prototypes exactly as ``segmix localise`` does (:func:`segmix.stages.localise.build_prototypes`:
+Builds the prototypes exactly as ``segmix localise`` does (:func:`segmix.localiser_builds.build_prototypes`:
 superpixels of up to ``--fit-tiles`` train tiles, k-means, naming) for each ``k``, seed and naming
 (``labels``: class specificity of the prototypes' area shares; with ``--classifier``, also
 ``classifier``: the class evidence their removal costs, for each ``--fill``), then scores each val
@@ -32,7 +32,7 @@ from pseudo_masks import ConfusionMatrix, segmentation_metrics, tissue_backgroun
 from segmix.config import apply_overrides, load_config
 from segmix.data import mask_convention, read_label_mask, read_rgb, read_split
 from segmix.stages.localise import DEFAULTS as LOCALISER_DEFAULTS
-from segmix.stages.localise import build_prototypes, class_probability_of, describe, fit_sample
+from segmix.localiser_builds import build_prototypes, class_probability_of, describe, fit_sample
 from segmix.stages.run import DEFAULTS as PIPELINE_DEFAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
