@@ -22,7 +22,7 @@ from pytorch_grad_cam import GradCAM as PackageGradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from cam import GradCAM
-from segmix.models import OFFLINE_LITE0, create_classifier
+from segmix.models.factory import OFFLINE_LITE0, create_classifier
 
 
 def package_maps(reference: PackageGradCAM, layer, images: torch.Tensor, classes: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from foreground_signals import blurred, write_report  # a sibling script in benc
 
 from segmix.config import load_config
 from segmix.data import mask_convention, read_label_mask, read_rgb, read_split
-from segmix.models import load_classifier
+from segmix.models.factory import load_classifier
 from segmix.stages.run import DEFAULTS as PIPELINE_DEFAULTS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from segmix import api
-from segmix.export import SUFFIXES, NormalisedModel, load_exported
+from segmix.models.export import SUFFIXES, NormalisedModel, load_exported
 
 
 def median_seconds(function, repeats: int) -> float:

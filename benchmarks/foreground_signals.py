@@ -37,7 +37,7 @@ from pseudo_masks import ConfusionMatrix, segmentation_metrics, tissue_backgroun
 from segmix.config import load_config
 from segmix.data import mask_convention, read_label_mask, read_rgb, read_split
 from segmix.io import atomic_write_text
-from segmix.models import load_classifier
+from segmix.models.factory import load_classifier
 from segmix.stages.run import DEFAULTS as PIPELINE_DEFAULTS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -30,10 +30,10 @@ MPP = 0.5
 ROWS_PER_STRIP = 64
 
 ARMS = {
-    "floor": "from segmix.slides import Slide\nslide = Slide(path, 0.5)",
-    "thumbnail": "from segmix.slides import Slide\nSlide(path, 0.5).tissue(16.0, 0.07)",
+    "floor": "from segmix.slides.slide import Slide\nslide = Slide(path, 0.5)",
+    "thumbnail": "from segmix.slides.slide import Slide\nSlide(path, 0.5).tissue(16.0, 0.07)",
     "regions": (
-        "from segmix.slides import Slide\nslide = Slide(path, 0.5)\nw, h = slide.dimensions\n"
+        "from segmix.slides.slide import Slide\nslide = Slide(path, 0.5)\nw, h = slide.dimensions\n"
         "for y in range(0, h, 1024):\n"
         "    for x in range(0, w, 1024):\n"
         "        slide.read(x, y, 1024, 1024, 0.5)"),

@@ -26,7 +26,7 @@ import torch
 CHILD = textwrap.dedent("""
     import json, math, sys, time
     import numpy as np, torch
-    from segmix.models import create_segmenter, segmenter_normalization
+    from segmix.models.factory import create_segmenter, segmenter_normalization
     from segmix.sliding_window import blend_weights, sliding_window_predict, window_starts
 
     def status_mib(field):

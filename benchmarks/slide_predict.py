@@ -96,7 +96,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     floor = child(f"""
 from segmix.api import Segmenter
-from segmix.slides import Slide
+from segmix.slides.slide import Slide
 import numpy as np
 RESULT = {{}}
 s = Segmenter.from_pretrained({str(args.model)!r})

@@ -45,8 +45,8 @@ from cam import cams_with_tta, create_cam
 from segmix.config import apply_overrides, load_config
 from segmix.data import build_transform, read_rgb, read_split
 from segmix.io import write_csv
-from segmix.models import create_classifier, create_segmenter
-from segmix.runtime import setup_runtime
+from segmix.models.factory import create_classifier, create_segmenter
+from segmix.training.runtime import setup_runtime
 from segmix.sliding_window import sliding_window_predict
 from segmix.stages.run import DEFAULTS as PIPELINE_DEFAULTS
 from segmix.stages.train_cls import ClassifierTraining

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 from .config import ConfigError, apply_overrides, load_config, merge
-from .pretrained import Classifier, Prediction, Segmenter, load_pretrained
+from .models.pretrained import Classifier, Prediction, Segmenter, load_pretrained
 from .stages import STAGES, Stage, get_stage, holding_output_dir, prepare_output_dir
 
 ConfigSource = Union[None, str, Path, Mapping[str, Any]]

@@ -7,8 +7,8 @@ A pipeline run (``segmix run``) keeps each stage in a subfolder of its output fo
 inside a stage folder are named here and nowhere else:
 
 * train-cls / train-seg: ``classifier.pt`` / ``segmenter.pt`` (final model, marks the run
-  finished; the format is :mod:`segmix.models`'), ``model/`` (the same model as a model folder,
-  :mod:`segmix.model_folder`), ``*_best.pt``, ``metrics.csv`` (one row per
+  finished; the format is :mod:`segmix.models.factory`'), ``model/`` (the same model as a
+  model folder, :mod:`segmix.models.folder`), ``*_best.pt``, ``metrics.csv`` (one row per
   epoch), ``curriculum.csv``, ``checkpoints/last.pt``;
 * cams: ``<split>/<tile stem>.npz`` (``cams`` float16 ``[K, h, w]``, raw; ``labels`` multi-hot;
   ``probabilities``) and ``index.csv`` (one row per tile, marks the run finished);

@@ -16,7 +16,7 @@ from pseudo_masks import tissue_background
 from pseudo_masks.evidence import EvidenceMask, blur_fill, evidence_loss, shuffle_fill
 
 from .data import Sample, model_transform, read_rgb
-from .models import uses_softmax
+from .models.factory import uses_softmax
 
 __all__ = ["COLLAPSED_AREA", "EvidenceLocaliser", "train_evidence", "warn_if_collapsed"]
 

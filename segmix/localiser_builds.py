@@ -39,15 +39,15 @@ from .config import ConfigError
 from .data import Sample, overlay, read_rgb, read_split, write_rgb
 from .evidence_localiser import EvidenceLocaliser, train_evidence, warn_if_collapsed
 from .io import write_csv
-from .models import (
+from .models.factory import (
     LITE0_ARCH,
     OFFLINE_LITE0,
     create_classifier,
     normalization_of,
     weights_fingerprint,
 )
-from .pretrained import Classifier
-from .runtime import atomic_torch_save, load_torch_file
+from .models.pretrained import Classifier
+from .training.runtime import atomic_torch_save, load_torch_file
 
 __all__ = ["METHOD_FILLS", "ClassifierProbability", "build_prototypes", "class_probability_of",
            "describe", "fill_of", "fit_sample", "load_or_build_prototypes", "load_or_fit_axis",

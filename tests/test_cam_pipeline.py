@@ -304,7 +304,7 @@ def seg_settings(csv_path, masks, *extra):
 def test_train_seg_on_pseudo_masks_with_ground_truth_validation(pseudo_masks, tmp_path, capsys):
     import torch
 
-    from segmix.models import load_segmenter
+    from segmix.models.factory import load_segmenter
 
     csv_path, masks = pseudo_masks
     out = tmp_path / "segmenter"

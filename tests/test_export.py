@@ -10,9 +10,14 @@ import torch
 from segmix.api import Classifier, Segmenter, export
 from segmix.cli import main
 from segmix.config import ConfigError
-from segmix.export import ExportError, NormalisedModel, load_exported, reference_tiles
-from segmix.models import OFFLINE_LITE0, create_classifier, create_segmenter, save_classifier
-from segmix.models import save_segmenter
+from segmix.models.export import ExportError, NormalisedModel, load_exported, reference_tiles
+from segmix.models.factory import (
+    OFFLINE_LITE0,
+    create_classifier,
+    create_segmenter,
+    save_classifier,
+)
+from segmix.models.factory import save_segmenter
 
 CLASSES = ["tumour", "stroma", "necrosis"]
 
@@ -82,5 +87,5 @@ def test_export_refusals_name_the_fix(model_folders, tmp_path, monkeypatch, caps
                                           r' "segmix-wsss\[onnx\]"'):
         export(model=model_folders["classifier"], output_dir=tmp_path / "d")
     with pytest.raises(ExportError, match="unknown export format"):
-        from segmix.export import check_format
+        from segmix.models.export import check_format
         check_format("keras")

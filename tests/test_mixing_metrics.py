@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from segmix.metrics import average_precision, classification_metrics
-from segmix.mixing import CutMix, MixUp, NoMixing, ShuffleMixing
-from segmix.training import build_mixer
+from segmix.training.mixers import CutMix, MixUp, NoMixing, ShuffleMixing
+from segmix.training.trainer import build_mixer
 
 
 def batch(seed=0):

@@ -9,9 +9,9 @@ from PIL import Image
 
 from segmix.api import Classifier, Segmenter, load_pretrained
 from segmix.cli import main
-from segmix.export import reference_tiles
-from segmix.model_folder import ModelFolderError
-from segmix.models import (
+from segmix.models.export import reference_tiles
+from segmix.models.folder import ModelFolderError
+from segmix.models.factory import (
     ModelError,
     create_classifier,
     create_segmenter,

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from skimage import data
 
-from segmix.models import (
+from segmix.models.factory import (
     OFFLINE_LITE0,
     weights_fingerprint,
     create_classifier,
@@ -100,7 +100,7 @@ def test_classifier_file_round_trip(tmp_path):
 
 
 def test_segmenter_with_the_offline_encoder_loads_every_encoder_tensor():
-    from segmix.models import create_segmenter, efficientnet_lite0_state_dict
+    from segmix.models.factory import create_segmenter, efficientnet_lite0_state_dict
 
     model = create_segmenter("Unet", "tu-tf_efficientnet_lite0", 7, encoder_weights=OFFLINE_LITE0)
     encoder = model.encoder.model.state_dict()
@@ -111,7 +111,7 @@ def test_segmenter_with_the_offline_encoder_loads_every_encoder_tensor():
 
 
 def test_segmenter_errors(tmp_path):
-    from segmix.models import create_segmenter
+    from segmix.models.factory import create_segmenter
 
     with pytest.raises(ValueError, match="unknown segmentation architecture 'UNet3'"):
         create_segmenter("UNet3", "resnet18", 3)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from segmix.cli import main
 from segmix.data import read_mask_png
-from segmix.models import create_segmenter, save_segmenter
+from segmix.models.factory import create_segmenter, save_segmenter
 from segmix.sliding_window import blend_weights, sliding_window_predict, window_starts
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)

@@ -13,11 +13,11 @@ import pytest
 import tifffile
 import torch
 
-from segmix import stripped_tiff
+from segmix.slides import stripped_tiff
 from segmix.cli import main
 from segmix.io import LOCK_FILE, folder_lock, is_temporary
-from segmix.models import create_segmenter, save_segmenter
-from segmix.slides import Slide
+from segmix.models.factory import create_segmenter, save_segmenter
+from segmix.slides.slide import Slide
 
 from interrupt import run_killed_after_first_epoch
 from synthetic import write_csv_dataset

@@ -14,10 +14,10 @@ from skimage import data as skdata
 
 from segmix.cli import main
 from segmix.data import read_mask_png
-from segmix.geojson import geojson_to_mask, mask_to_geojson
-from segmix.slide_masks import read_mask_pyramid, write_mask_pyramid
-from segmix.slides import Slide, SlideError
-from segmix.tissue import tissue_mask
+from segmix.slides.geojson import geojson_to_mask, mask_to_geojson
+from segmix.slides.masks import read_mask_pyramid, write_mask_pyramid
+from segmix.slides.slide import Slide, SlideError
+from segmix.slides.tissue import tissue_mask
 
 MPP = 0.5
 TINY = ["model.name=test_efficientnet", "model.weights=null", "augment.curriculum.patch_sizes=[32, 16]",

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from segmix.cli import main
-from segmix.models import load_classifier
+from segmix.models.factory import load_classifier
 
 from interrupt import run_killed_after_first_epoch
 from synthetic import write_csv_dataset

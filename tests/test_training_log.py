@@ -8,7 +8,7 @@ from PIL import Image
 
 from segmix import api
 from segmix.config import ConfigError
-from segmix.training_log import write_training_curves
+from segmix.training.log import write_training_curves
 
 from synthetic import write_csv_dataset
 

@@ -9,7 +9,7 @@ from timm.layers import Conv2dSame
 from torch import nn
 
 from segmix.cli import main
-from segmix.precision import autocast_dtype, depthwise_convs_in_float32, same_padding
+from segmix.models.precision import autocast_dtype, depthwise_convs_in_float32, same_padding
 
 from synthetic import write_csv_dataset
 

@@ -38,8 +38,8 @@ from ..data import (
     unique_names,
     validate_data,
 )
-from ..models import class_probabilities, load_classifier
-from ..runtime import check_device, setup_runtime
+from ..models.factory import class_probabilities, load_classifier
+from ..training.runtime import check_device, setup_runtime
 from ..shuffle import patch_grid
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "tta_settings", "validate"]

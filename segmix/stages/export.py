@@ -1,8 +1,8 @@
 """``segmix export``: a trained classifier or segmenter as TorchScript or ONNX, checked on real tiles.
 
 ``model`` is a model folder (``<stage>/model/`` of a training run) or a ``.pt`` model file. The
-export (:mod:`segmix.export`: float32 RGB in [0, 1] in, logits out, normalisation inside, batch
-size free, the training tile size) is run beside the eager model on ``export.check_count`` real
+export (:mod:`segmix.models.export`: float32 RGB in [0, 1] in, logits out, normalisation
+inside, batch size free, the training tile size) is run beside the eager model on ``export.check_count`` real
 tiles: the images of ``export.check_images`` (a folder), or tiles of the immunohistochemistry image
 that ships with scikit-image. The largest difference of their logits is printed; above
 ``export.tolerance`` the export is removed and the run fails.
@@ -23,7 +23,7 @@ import torch
 from ..config import ConfigError, check_number
 from ..data import read_rgb
 from ..data.readers import IMAGE_SUFFIXES, image_files
-from ..export import (
+from ..models.export import (
     FORMATS,
     SUFFIXES,
     ExportError,
@@ -35,7 +35,7 @@ from ..export import (
 )
 from ..io import write_json
 from ..data import resized
-from ..pretrained import load_pretrained
+from ..models.pretrained import load_pretrained
 
 __all__ = ["DEFAULTS", "DONE_FILE", "run", "validate"]
 

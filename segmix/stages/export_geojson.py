@@ -1,4 +1,5 @@
-"""``segmix export-geojson``: class masks as QuPath GeoJSON annotations (:mod:`segmix.geojson`).
+"""``segmix export-geojson``: class masks as QuPath GeoJSON annotations
+(:mod:`segmix.slides.geojson`).
 
 ``masks`` is a slide mask (``masks/<slide>.tiff`` of ``segmix predict --set predict.slides=true``),
 a folder of them, or a folder of PNG masks with its ``legend.json`` (tiles: ``predict``,
@@ -21,9 +22,9 @@ from ..artifacts import SUMMARY_FILE
 from ..config import ConfigError, check_path
 from ..data import read_legend, read_mask_png
 from ..data.readers import image_files
-from ..geojson import mask_to_geojson
+from ..slides.geojson import mask_to_geojson
 from ..io import atomic_write_text, write_json
-from ..slide_masks import read_mask_pyramid
+from ..slides.masks import read_mask_pyramid
 
 __all__ = ["DEFAULTS", "DONE_FILE", "run", "validate"]
 

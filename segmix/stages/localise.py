@@ -54,7 +54,7 @@ from ..localiser_builds import (
     load_or_train_evidence,
     superpixels_of,
 )
-from ..runtime import check_device
+from ..training.runtime import check_device
 
 __all__ = ["DEFAULTS", "DONE_FILE", "METHODS", "NAMINGS", "RESUMABLE_CHANGES", "run", "validate"]
 

@@ -15,7 +15,7 @@ with ``predict.on_bad_file: skip``. Settings live in the ``predict`` section.
 
 With ``predict.slides: true`` the inputs are whole-slide images (a slide, a folder or a CSV of
 slides; the extra ``wsi``), read at the model's training mpp, tissue blocks only, in memory bounded
-by one band (:mod:`segmix.slide_prediction`): ``masks/<slide>.tiff`` (pyramidal, palette),
+by one band (:mod:`segmix.slides.prediction`): ``masks/<slide>.tiff`` (pyramidal, palette),
 ``overlays/<slide>.png``, ``tissue/<slide>.png``, ``slides/<slide>.json`` and ``predictions.csv``
 (class areas in mm^2). See docs/slides.md.
 """
@@ -49,10 +49,10 @@ from ..data import (
 )
 from ..data.readers import IMAGE_SUFFIXES, image_files
 from ..io import atomic_write_npz, read_json, write_csv, write_json
-from ..pretrained import Segmenter
-from ..runtime import check_device
-from ..slide_prediction import predict_slide
-from ..slides import SLIDE_SUFFIXES, Slide, SlideError, require_openslide, tissue_picture
+from ..models.pretrained import Segmenter
+from ..training.runtime import check_device
+from ..slides.prediction import predict_slide
+from ..slides.slide import SLIDE_SUFFIXES, Slide, SlideError, require_openslide, tissue_picture
 from ..shuffle import size_pair
 from ..sliding_window import BLENDS, FLIPS
 

@@ -26,7 +26,7 @@ from ..artifacts import SUMMARY_FILE, TIMING_FILE, RunLayout, checkpoint_path, c
 from ..config import ConfigError
 from ..data import read_split
 from ..io import write_json
-from ..models import create_classifier
+from ..models.factory import create_classifier
 from . import Stage, get_stage, holding_output_dir, pipeline_stages, prepare_output_dir
 from .clock import StageClock, recorded_seconds
 

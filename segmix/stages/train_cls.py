@@ -31,9 +31,14 @@ from ..data import (
     validate_data,
 )
 from ..metrics import classification_metrics
-from ..models import check_classifier_settings, create_classifier, normalization_of, save_classifier
-from ..runtime import Runtime
-from ..training import (
+from ..models.factory import (
+    check_classifier_settings,
+    create_classifier,
+    normalization_of,
+    save_classifier,
+)
+from ..training.runtime import Runtime
+from ..training.trainer import (
     AUGMENT_DEFAULTS,
     AUGMENTATION_DEFAULTS,
     TRAIN_DEFAULTS,

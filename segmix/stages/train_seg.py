@@ -39,9 +39,14 @@ from ..data import (
     validate_data,
 )
 from ..labels import IGNORE_INDEX, PSEUDO_MASK_CONVENTION
-from ..models import check_segmenter_settings, create_segmenter, save_segmenter, segmenter_normalization
-from ..runtime import Runtime
-from ..training import (
+from ..models.factory import (
+    check_segmenter_settings,
+    create_segmenter,
+    save_segmenter,
+    segmenter_normalization,
+)
+from ..training.runtime import Runtime
+from ..training.trainer import (
     AUGMENT_DEFAULTS,
     AUGMENTATION_DEFAULTS,
     TRAIN_DEFAULTS,

@@ -2,7 +2,7 @@
 
 Each wraps a network and what it needs to be used (classes, input size, normalisation, training
 resolution), loads from a model folder or an older ``.pt`` file with ``from_pretrained`` and writes
-a model folder (``config.json`` + ``model.safetensors``, :mod:`segmix.model_folder`) with
+a model folder (``config.json`` + ``model.safetensors``, :mod:`segmix.models.folder`) with
 ``save_pretrained``::
 
     segmenter = Segmenter.from_pretrained("runs/demo/segmenter/model")
@@ -19,16 +19,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import model_transform, resized
-from .models import (
+from ..data import model_transform, resized
+from .factory import (
     class_probabilities,
     load_classifier,
     load_segmenter,
     model_kind,
     save_model_folder,
 )
-from .runtime import setup_runtime
-from .sliding_window import sliding_window_predict
+from ..training.runtime import setup_runtime
+from ..sliding_window import sliding_window_predict
 
 __all__ = ["Classifier", "Segmenter", "Prediction", "load_pretrained"]
 

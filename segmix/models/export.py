@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import resized
-from .errors import SegmixError
-from .io import atomic_path
+from ..data import resized
+from ..errors import SegmixError
+from ..io import atomic_path
 
 __all__ = ["FORMATS", "ExportError", "NormalisedModel", "check_format", "export_model",
            "load_exported", "reference_tiles"]

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .curriculum import ShuffleCurriculum
-from .shuffle import PatchShuffle, ShuffleParams, fresh_generator
+from ..curriculum import ShuffleCurriculum
+from ..shuffle import PatchShuffle, ShuffleParams, fresh_generator
 
 __all__ = ["BatchMixer", "NoMixing", "ShuffleMixing", "CutMix", "MixUp", "Mixed", "PairParams",
            "MIXERS"]

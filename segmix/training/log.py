@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from .config import ConfigError
-from .io import atomic_path
+from ..config import ConfigError
+from ..io import atomic_path
 
 __all__ = ["LOGGERS", "CURVES_FILE", "check_logger", "write_training_curves", "EpochLog"]
 

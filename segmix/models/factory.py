@@ -19,10 +19,10 @@ import timm
 import torch
 from torch import nn
 
-from .data.palette import palette_colors
-from .errors import SegmixError
-from .model_folder import folder_kind, read_model_folder, write_model_folder
-from .runtime import atomic_torch_save, load_torch_file
+from ..data.palette import palette_colors
+from ..errors import SegmixError
+from .folder import folder_kind, read_model_folder, write_model_folder
+from ..training.runtime import atomic_torch_save, load_torch_file
 
 __all__ = [
     "ModelError",
@@ -300,7 +300,7 @@ def _kind_of(info: Dict[str, Any]) -> str:
 def save_model_folder(directory: Path, info: Dict[str, Any],
                       state_dict: Dict[str, torch.Tensor]) -> Path:
     """Write a model (its file's ``info`` and weights) as a model folder
-    (:mod:`segmix.model_folder`); a segmentation model's folder names its palette too."""
+    (:mod:`segmix.models.folder`); a segmentation model's folder names its palette too."""
     kind = _kind_of(info)
     info = {key: value for key, value in info.items() if key != "state_dict"}
     if kind == "segmenter":

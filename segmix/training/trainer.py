@@ -21,22 +21,22 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from .artifacts import (
+from ..artifacts import (
     CURRICULUM_FILE,
     EPOCHS_FILE,
     MODEL_FOLDER,
     best_model_name,
     checkpoint_path,
 )
-from .config import ConfigError, check_number, config_differences, merge
-from .curriculum import ShuffleCurriculum
-from .data import build_transform
-from .errors import SegmixError
-from .io import write_csv
-from .mixing import MIXERS, BatchMixer, CutMix, MixUp, NoMixing, ShuffleMixing
-from .models import save_model_folder
-from .precision import autocast_dtype, depthwise_convs_in_float32
-from .training_log import EpochLog, check_logger
+from ..config import ConfigError, check_number, config_differences, merge
+from ..curriculum import ShuffleCurriculum
+from ..data import build_transform
+from ..errors import SegmixError
+from ..io import write_csv
+from .mixers import MIXERS, BatchMixer, CutMix, MixUp, NoMixing, ShuffleMixing
+from ..models.factory import save_model_folder
+from ..models.precision import autocast_dtype, depthwise_convs_in_float32
+from .log import EpochLog, check_logger
 from .runtime import (
     Runtime,
     atomic_torch_save,

@@ -14,8 +14,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from .errors import SegmixError
-from .data import overlay, resized
+from ..errors import SegmixError
+from ..data import overlay, resized
 from .stripped_tiff import StrippedTiff, is_stripped_tiff
 from .tissue import tissue_mask
 
@@ -68,7 +68,7 @@ class Slide:
 
     def _open(self, openslide):
         """OpenSlide's reader; a plain (stripped) TIFF, which OpenSlide would decode whole, is
-        read strip by strip (:class:`segmix.stripped_tiff.StrippedTiff`)."""
+        read strip by strip (:class:`segmix.slides.stripped_tiff.StrippedTiff`)."""
         try:
             return openslide.OpenSlide(str(self.path))
         except openslide.OpenSlideUnsupportedFormatError:
@@ -144,7 +144,7 @@ class Slide:
         return np.concatenate(bands, axis=0)
 
     def tissue(self, mpp: float, min_saturation: float) -> Tuple[np.ndarray, np.ndarray]:
-        """The thumbnail at ``mpp`` and its tissue mask (:func:`segmix.tissue.tissue_mask`)."""
+        """The thumbnail at ``mpp`` and its tissue mask (:func:`.tissue.tissue_mask`)."""
         thumbnail = self.thumbnail(mpp)
         return thumbnail, tissue_mask(thumbnail, min_saturation=min_saturation)
 

@@ -5,8 +5,8 @@ pyramid), as many exports and microscopes write, it refuses, and OpenSlide's fal
 (``ImageSlide``) decodes the whole image into memory at once (about 4 bytes a pixel: 6.4 GB for
 a 40,000 px square). :class:`StrippedTiff` decodes only the strips a region covers (with
 tifffile, any compression it knows) and keeps a few recent ones, so tiling and thumbnails row by
-row decode each strip about once. It offers the part of OpenSlide's interface :class:`segmix.slides.Slide`
-uses: ``dimensions``, ``level_downsamples``, ``properties`` (mpp from the resolution tags),
+row decode each strip about once. It offers the part of OpenSlide's
+interface :class:`segmix.slides.slide.Slide` uses: ``dimensions``, ``level_downsamples``, ``properties`` (mpp from the resolution tags),
 ``read_region`` (RGBA, transparent outside the image) and ``close``.
 """
 

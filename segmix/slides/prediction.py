@@ -1,10 +1,10 @@
 """A whole slide through a segmentation model, in memory bounded by one band of blocks.
 
-The slide is read at the model's training resolution, one band of :data:`segmix.slide_masks.TILE`
+The slide is read at the model's training resolution, one band of :data:`segmix.slides.masks.TILE`
 rows at a time, in blocks of ``block`` columns with half a window of context on every side; blocks
 without tissue (on the thumbnail's tissue mask) are not read nor predicted, and predictions outside
 tissue are background. Each band goes straight into the pyramidal mask file
-(:func:`segmix.slide_masks.write_mask_pyramid`); class areas and a small copy of the mask for the
+(:func:`segmix.slides.masks.write_mask_pyramid`); class areas and a small copy of the mask for the
 overlay picture are gathered on the way.
 """
 
@@ -20,11 +20,11 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import cv2
 import numpy as np
 
-from .data import resized
-from .pretrained import Segmenter
-from .slide_masks import TILE, write_mask_pyramid
-from .shuffle import size_pair
-from .slides import Slide
+from ..data import resized
+from ..models.pretrained import Segmenter
+from .masks import TILE, write_mask_pyramid
+from ..shuffle import size_pair
+from .slide import Slide
 
 __all__ = ["SlidePrediction", "predict_slide"]
 

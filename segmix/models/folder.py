@@ -15,9 +15,9 @@ from typing import Any, Dict
 
 import torch
 
-from . import __version__
-from .errors import SegmixError
-from .io import give_usual_mode, temporary_dir
+from .. import __version__
+from ..errors import SegmixError
+from ..io import give_usual_mode, temporary_dir
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "KINDS", "ModelFolderError", "folder_kind",
            "write_model_folder", "read_model_folder"]

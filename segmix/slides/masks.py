@@ -17,8 +17,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
-from .data import palette_colors
-from .io import atomic_path, temporary_dir
+from ..data import palette_colors
+from ..io import atomic_path, temporary_dir
 
 __all__ = ["write_mask_pyramid", "read_mask_pyramid", "TILE"]
 

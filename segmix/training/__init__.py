@@ -1,0 +1,5 @@
+"""Training: the epoch loop shared by both training stages (:mod:`.trainer`), the batch mixers
+(:mod:`.mixers`: patch shuffle with the feedback curriculum, CutMix, MixUp), the metrics log
+(:mod:`.log`) and the process runtime (:mod:`.runtime`: devices, ranks, safe checkpoint files).
+
+Kept free of imports so that ``segmix.training.mixers`` stays as light as the kernel it wraps."""
