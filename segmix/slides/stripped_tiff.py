@@ -3,11 +3,11 @@
 OpenSlide opens tiled and pyramidal TIFFs itself; a plain TIFF (image rows stored in strips, no
 pyramid), as many exports and microscopes write, it refuses, and OpenSlide's fallback
 (``ImageSlide``) decodes the whole image into memory at once (about 4 bytes a pixel: 6.4 GB for
-a 40,000 px square). :class:`StrippedTiff` decodes only the strips a region covers (with
-tifffile, any compression it knows) and keeps a few recent ones, so tiling and thumbnails row by
-row decode each strip about once. It offers the part of OpenSlide's
-interface :class:`segmix.slides.slide.Slide` uses: ``dimensions``, ``level_downsamples``, ``properties`` (mpp from the resolution tags),
-``read_region`` (RGBA, transparent outside the image) and ``close``.
+a 40,000 px square). :class:`StrippedTiff` decodes only the strips a region covers (with tifffile,
+any compression it knows) and keeps a few recent ones, so tiling and thumbnails row by row decode
+each strip about once. It offers the part of OpenSlide's interface
+:class:`segmix.slides.slide.Slide` uses: ``dimensions``, ``level_downsamples``, ``properties`` (mpp
+from the resolution tags), ``read_region`` (RGBA, transparent outside the image) and ``close``.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """``segmix export``: a trained classifier or segmenter as TorchScript or ONNX, checked on real tiles.
 
 ``model`` is a model folder (``<stage>/model/`` of a training run) or a ``.pt`` model file. The
-export (:mod:`segmix.models.export`: float32 RGB in [0, 1] in, logits out, normalisation
-inside, batch size free, the training tile size) is run beside the eager model on ``export.check_count`` real
-tiles: the images of ``export.check_images`` (a folder), or tiles of the immunohistochemistry image
-that ships with scikit-image. The largest difference of their logits is printed; above
+export (:mod:`segmix.models.export`: float32 RGB in [0, 1] in, logits out, normalisation inside,
+batch size free, the training tile size) is run beside the eager model on ``export.check_count``
+real tiles: the images of ``export.check_images`` (a folder), or tiles of the immunohistochemistry
+image that ships with scikit-image. The largest difference of their logits is printed; above
 ``export.tolerance`` the export is removed and the run fails.
 
 Outputs: ``model.torchscript.pt`` or ``model.onnx``, and ``export.json`` (marks it finished: the

@@ -4,8 +4,8 @@
 ``;``) or a folder of class subfolders (``slides/<class>/<slide>``). Each slide is opened with
 OpenSlide (:mod:`segmix.slides.slide`, the extra ``wsi``), its tissue found on a thumbnail
 (:mod:`segmix.slides.tissue`), and tiles of ``tile.size`` px at ``tile.mpp`` microns per pixel, on
-a grid with ``tile.overlap`` px shared, are written where at least ``tile.min_tissue`` of the tile is
-tissue. Slides without a split are divided by slide (``split.val_fraction``, seeded), never by
+a grid with ``tile.overlap`` px shared, are written where at least ``tile.min_tissue`` of the tile
+is tissue. Slides without a split are divided by slide (``split.val_fraction``, seeded), never by
 tile, so no patient's tissue is on both sides.
 
 Outputs: ``tiles/<slide>/<slide>_x<X>_y<Y>.png`` (X, Y: level-0 position), ``tissue/<slide>.png``
