@@ -4,8 +4,8 @@
         --k 4 6 8 12 --seeds 0 1 2 --out runs/prototypes-wbc \
         [--classifier runs/wbc/classifier/classifier.pt --fill median blur]
 
-Builds the prototypes exactly as ``segmix localise`` does (:func:`segmix.localiser_builds.build_prototypes`:
-superpixels of up to ``--fit-tiles`` train tiles, k-means, naming) for each ``k``, seed and naming
+Builds the prototypes exactly as ``segmix localise`` does
+(:func:`segmix.localisers.prototypes.build_prototypes`: superpixels of up to ``--fit-tiles`` train tiles, k-means, naming) for each ``k``, seed and naming
 (``labels``: class specificity of the prototypes' area shares; with ``--classifier``, also
 ``classifier``: the class evidence their removal costs, for each ``--fill``), then scores each val
 tile's foreground map as ``benchmarks/foreground_signals.py`` does: the **AUC inside tissue**
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict
 
@@ -31,8 +32,14 @@ from foreground_signals import SignalScore, write_report
 from pseudo_masks import ConfusionMatrix, segmentation_metrics, tissue_background
 from segmix.config import apply_overrides, load_config
 from segmix.data import mask_convention, read_label_mask, read_rgb, read_split
+from segmix.localisers.base import fit_sample
+from segmix.localisers.prototypes import (
+    PrototypeLocaliser,
+    build_prototypes,
+    class_probability_of,
+    describe,
+)
 from segmix.stages.localise import DEFAULTS as LOCALISER_DEFAULTS
-from segmix.localiser_builds import build_prototypes, class_probability_of, describe, fit_sample
 from segmix.stages.run import DEFAULTS as PIPELINE_DEFAULTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +61,8 @@ def main() -> None:
                              [f"localiser.fit_tiles={args.fit_tiles}", *args.set])
     if args.classifier:
         config["classifier"] = str(args.classifier)
-    data, settings = config["data"], config["localiser"]
+    data, section = config["data"], config["localiser"]
+    settings = PrototypeLocaliser.settings_of(section)
     classes = data["classes"]
     started = time.perf_counter()
     val = read_split(data, "val")
@@ -67,15 +75,15 @@ def main() -> None:
         trivial.update(torch.full(truth.shape, sample.labels[0] + 1, dtype=torch.uint8),
                        torch.from_numpy(truth))
     class_probability = class_probability_of(config, classes) if args.classifier else None
-    namings = [("labels", "labels", settings["fill"])] + [
+    namings = [("labels", "labels", settings.fill)] + [
         (f"classifier, {fill} fill", "classifier", fill) for fill in args.fill if args.classifier]
     results: Dict[str, Dict] = {}
     for seed in args.seeds:
-        samples = fit_sample(read_split(data, "train", progress=False), settings["fit_tiles"], seed)
+        samples = fit_sample(read_split(data, "train", progress=False), settings.fit_tiles, seed)
         fit_pixels = describe(samples, settings)
         for k in args.k:
             for naming, how, fill in namings:
-                run = {**settings, "prototypes": k, "seed": seed, "naming": how, "fill": fill}
+                run = replace(settings, prototypes=k, seed=seed, naming=how, fill=fill)
                 prototypes, shares, _ = build_prototypes(samples, run, len(classes), class_probability,
                                                          fit_pixels)
                 score = SignalScore(len(classes))
@@ -92,7 +100,7 @@ def main() -> None:
     trivial_scores = segmentation_metrics(trivial, "with_background")
     prior = next(iter(next(iter(results.values())).values()))["miou_at_0"]
     lines = [f"{args.config.name}: {len(samples)} train tiles fit the prototypes"
-             f" ({settings['segments']} superpixels each), {len(val)} val tiles scored; seeds"
+             f" ({settings.segments} superpixels each), {len(val)} val tiles scored; seeds"
              f" {args.seeds}. References: trivial mask mIoU {100 * trivial_scores['mIoU']:.1f}"
              f" (foreground IoU {100 * trivial_scores['foreground_iou']:.1f}), tissue prior mIoU"
              f" {100 * prior:.1f}.", "",

@@ -14,9 +14,9 @@ from .generate import (
     IGNORE_INDEX,
     PseudoMaskConfig,
     cams_to_masks,
-    tissue_background,
     trivial_masks,
 )
+from .tissue import tissue_background
 
 __all__ = [
     "BACKGROUNDS", "IGNORE_INDEX", "PROTOCOLS", "ConfusionMatrix", "PseudoMaskConfig",

@@ -6,7 +6,7 @@ removing it (the region replaced by the fill) must bring the class down to its p
 term keeps the full mask from winning both. The fill is a blur of the tile or, through the patch
 shuffle, other tiles' patches (a classifier trained on mosaics reads them as other tissue). The
 network reads the classifier's own features at strides 8 and 16 and the tile's colours, so it
-learns where the evidence lies, not what it is::
+learns where the evidence lies, not what it is (the fills: :mod:`pseudo_masks.fill`)::
 
     localiser = EvidenceMask(classifier)          # frozen timm classifier, eval mode
     loss, parts = evidence_loss(localiser, images, targets, tissue, fill=blur_fill(images, 16),
@@ -16,17 +16,13 @@ learns where the evidence lies, not what it is::
 
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segmix.shuffle import ShuffleParams, apply_params
-
-__all__ = ["EVIDENCE_FILLS", "EvidenceMask", "blur_fill", "evidence_loss", "feature_layers",
-           "shuffle_fill"]
+__all__ = ["EVIDENCE_FILLS", "EvidenceMask", "evidence_loss", "feature_layers"]
 
 EVIDENCE_FILLS = ("blur", "shuffle")
 
@@ -93,42 +89,6 @@ class EvidenceMask(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         return torch.sigmoid(F.interpolate(self.logits(images), size=images.shape[-2:],
                                            mode="bilinear", align_corners=False))
-
-
-def blur_fill(images: Tensor, sigma: float) -> Tensor:
-    """A separable Gaussian blur of ``images [B, C, H, W]`` (reflected borders)."""
-    radius = min(int(math.ceil(3 * sigma)), images.shape[-2] - 1, images.shape[-1] - 1)
-    if sigma <= 0 or radius < 1:
-        return images.clone()
-    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    channels = images.shape[1]
-    out = F.pad(images, (radius, radius, 0, 0), mode="reflect")
-    out = F.conv2d(out, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
-    out = F.pad(out, (0, 0, radius, radius), mode="reflect")
-    return F.conv2d(out, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
-
-
-def shuffle_fill(images: Tensor, patch_size: int,
-                 generator: Optional[torch.Generator] = None) -> Tensor:
-    """Every ``patch_size`` patch of each image replaced, through the shuffle kernel, by the patch at
-    the same place of another image of the batch (never its own: each grid position shifts the
-    batch by its own random offset in ``[1, B)``); needs a batch of at least 2."""
-    batch, height, width = images.shape[0], images.shape[-2], images.shape[-1]
-    if batch < 2:
-        raise ValueError("the shuffle fill takes patches from other tiles: needs a batch of 2+")
-    if height % patch_size or width % patch_size:
-        raise ValueError(f"the shuffle fill's patch size {patch_size} must divide the image size"
-                         f" {height}x{width}")
-    positions = (height // patch_size) * (width // patch_size)
-    offsets = torch.randint(1, batch, (positions,), generator=generator)
-    source_image = (torch.arange(batch).view(-1, 1) + offsets.view(1, -1)) % batch
-    source = source_image * positions + torch.arange(positions).view(1, -1)
-    params = ShuffleParams(source.to(images.device), torch.zeros(positions, dtype=torch.bool,
-                                                                 device=images.device),
-                           height, width, (patch_size, patch_size), "batch")
-    return apply_params(images, params)
 
 
 def _label_probability(logits: Tensor, targets: Tensor, softmax: bool) -> Tensor:

@@ -18,23 +18,22 @@ vary mostly with the kind of tissue (on EBHI-Seg: glands against stroma). So:
    reverse; the side whose keeping holds the class probability higher is foreground.
 
 Depends on torch and NumPy only; the classifier enters as a function (see
-:data:`pseudo_masks.prototypes.ClassProbability`).
+:data:`pseudo_masks.fill.ClassProbability`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .evidence import shuffle_fill
-from .prototypes import ClassProbability
+from .fill import ClassProbability
 
-__all__ = ["FeatureAxis", "fit_feature_axis", "fuse_feature_maps", "sample_cells", "shuffle_fills",
+__all__ = ["FeatureAxis", "fit_feature_axis", "fuse_feature_maps", "sample_cells",
            "side_evidence", "smoothed_centred"]
 
 PERCENTILES = (1.0, 99.0)  # the fitted cells' scores between these map to 0 and 1
@@ -145,17 +144,3 @@ def side_evidence(rgb: np.ndarray, score: np.ndarray, tissue: np.ndarray, labels
     keep_low = np.where(high[..., None], fill, rgb)
     probabilities = class_probability([keep_high, keep_low], labels)
     return float(probabilities[0] - probabilities[1])
-
-
-def shuffle_fills(images: Sequence[np.ndarray], size: Tuple[int, int], patch_size: int,
-                  generator: torch.Generator) -> List[np.ndarray]:
-    """Each uint8 RGB tile's fill from the other tiles of ``images`` (2 or more): the tiles resized
-    to ``size`` (the classifier's input), every ``patch_size`` patch taken from another tile at the
-    same place (:func:`pseudo_masks.evidence.shuffle_fill`), resized back to each tile's size."""
-    batch = torch.cat([F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(),
-                                     size=tuple(size), mode="bilinear", align_corners=False,
-                                     antialias=True) for image in images])
-    filled = shuffle_fill(batch, patch_size, generator)
-    return [F.interpolate(fill[None], size=image.shape[:2], mode="bilinear", align_corners=False)[0]
-            .round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-            for fill, image in zip(filled, images)]

@@ -35,6 +35,7 @@ from torch import Tensor
 from segmix.labels import BACKGROUND_INDEX, IGNORE_INDEX
 
 from .refine import affinity_refine
+from .tissue import tissue_background
 
 __all__ = ["PseudoMaskConfig", "BACKGROUNDS", "IGNORE_INDEX", "cams_to_masks", "tissue_background",
            "trivial_masks"]
@@ -82,24 +83,6 @@ class PseudoMaskConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
-
-
-def tissue_background(images: Tensor, white_level: int = 200, min_speck: int = 64) -> Tensor:
-    """Near-white pixels of uint8 RGB ``images [B, 3, H, W]`` (or ``[B, H, W, 3]``) -> bool
-    ``[B, H, W]``; white specks and tissue specks under ``min_speck`` pixels are removed."""
-    if images.dim() != 4:
-        raise ValueError(f"images must be [B, 3, H, W] uint8, got {tuple(images.shape)}")
-    if images.shape[1] != 3 and images.shape[-1] == 3:
-        images = images.permute(0, 3, 1, 2)
-    grey = images.float().mean(dim=1)  # [B, H, W]
-    white = (grey > white_level).cpu().numpy()
-    out = np.empty_like(white)
-    for i, mask in enumerate(white):
-        if min_speck:
-            mask = remove_small_objects(mask, max_size=min_speck)
-            mask = ~remove_small_objects(~mask, max_size=min_speck)
-        out[i] = mask
-    return torch.from_numpy(out).to(images.device)
 
 
 def _clean(mask: np.ndarray, min_region: int, max_hole: int) -> np.ndarray:

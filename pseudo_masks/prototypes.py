@@ -31,7 +31,7 @@ Only torch, numpy and scikit-image: usable from any training loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -39,8 +39,10 @@ from skimage.color import rgb2hed, rgb2hsv, rgb2lab
 from skimage.filters import gaussian, sobel
 from skimage.segmentation import slic
 
-__all__ = ["FEATURE_NAMES", "FILLS", "Prototypes", "Superpixels", "blurred", "class_specificity",
-           "cluster_evidence", "fit_prototypes", "kmeans", "median_fill", "pixel_features",
+from .fill import ClassProbability, median_fill
+
+__all__ = ["FEATURE_NAMES", "FILLS", "Prototypes", "Superpixels", "class_specificity",
+           "cluster_evidence", "fit_prototypes", "kmeans", "pixel_features",
            "prototype_shares", "superpixels"]
 
 FILLS = ("median", "blur")  # what replaces a removed prototype: the median colour, a blurred copy
@@ -186,21 +188,6 @@ def class_specificity(shares: np.ndarray, labels: Sequence[Sequence[int]],
     spread = mean / np.maximum(mean.sum(axis=0, keepdims=True), 1e-12)
     entropy = -(spread * np.log(np.maximum(spread, 1e-12))).sum(axis=0) / np.log(seen.sum())
     return np.clip(1 - entropy, 0, 1)
-
-
-def median_fill(rgb: np.ndarray) -> np.ndarray:
-    """An image of the same size in the image's per-channel median colour: what is left of a
-    region when its shape and texture are removed and no colour of the rest spreads into it."""
-    return np.broadcast_to(np.median(rgb.reshape(-1, 3), axis=0).astype(np.uint8), rgb.shape)
-
-
-def blurred(rgb: np.ndarray, sigma: float = 16.0) -> np.ndarray:
-    """The image blurred channel by channel (colour kept, texture gone), uint8."""
-    soft = gaussian(rgb, sigma=sigma, channel_axis=-1, preserve_range=True)
-    return np.clip(np.rint(soft), 0, 255).astype(np.uint8)
-
-
-ClassProbability = Callable[[List[np.ndarray], Sequence[int]], np.ndarray]
 
 
 def cluster_evidence(rgb: np.ndarray, prototype_map: np.ndarray, labels: Sequence[int], k: int,

@@ -6,7 +6,8 @@ import timm
 import torch
 from torch import nn
 
-from pseudo_masks.evidence import EvidenceMask, blur_fill, evidence_loss, feature_layers, shuffle_fill
+from pseudo_masks.evidence import EvidenceMask, evidence_loss, feature_layers
+from pseudo_masks.fill import blur_fill, shuffle_fill
 
 
 class RedDetector(nn.Module):

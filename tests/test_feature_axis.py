@@ -10,10 +10,10 @@ from pseudo_masks.feature_axis import (
     fit_feature_axis,
     fuse_feature_maps,
     sample_cells,
-    shuffle_fills,
     side_evidence,
     smoothed_centred,
 )
+from pseudo_masks.fill import shuffle_fills
 
 
 def test_fuse_resizes_every_map_to_the_finest_grid():

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from pseudo_masks.fill import blurred
 from pseudo_masks.prototypes import (
     FEATURE_NAMES,
     Prototypes,
-    blurred,
     class_specificity,
     cluster_evidence,
     fit_prototypes,

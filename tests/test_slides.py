@@ -12,12 +12,12 @@ import yaml
 from PIL import Image
 from skimage import data as skdata
 
+from pseudo_masks.tissue import thumbnail_tissue_mask
 from segmix.cli import main
 from segmix.data import read_mask_png
 from segmix.slides.geojson import geojson_to_mask, mask_to_geojson
 from segmix.slides.masks import read_mask_pyramid, write_mask_pyramid
 from segmix.slides.slide import Slide, SlideError
-from segmix.slides.tissue import tissue_mask
 
 MPP = 0.5
 TINY = ["model.name=test_efficientnet", "model.weights=null", "augment.curriculum.patch_sizes=[32, 16]",
@@ -76,9 +76,9 @@ def test_slides_open_at_their_mpp_and_read_any_resolution(tmp_path):
 
 def test_tissue_is_found_and_glass_is_empty():
     pixels = slide_pixels()[::16, ::16]
-    mask = tissue_mask(pixels)
+    mask = thumbnail_tissue_mask(pixels)
     assert mask[16:48, 16:48].mean() > 0.3 and not mask[:, 140:].any() and not mask[:12].any()
-    assert not tissue_mask(slide_pixels(tissue=False)[::16, ::16]).any()
+    assert not thumbnail_tissue_mask(slide_pixels(tissue=False)[::16, ::16]).any()
 
 
 def test_mask_pyramid_round_trip_and_opens_in_openslide(tmp_path):

@@ -14,10 +14,11 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from ..errors import SegmixError
+from pseudo_masks.tissue import thumbnail_tissue_mask
+
 from ..data import overlay, resized
+from ..errors import SegmixError
 from .stripped_tiff import StrippedTiff, is_stripped_tiff
-from .tissue import tissue_mask
 
 __all__ = ["SLIDE_SUFFIXES", "SlideError", "Slide", "require_openslide", "tissue_picture"]
 
@@ -144,9 +145,9 @@ class Slide:
         return np.concatenate(bands, axis=0)
 
     def tissue(self, mpp: float, min_saturation: float) -> Tuple[np.ndarray, np.ndarray]:
-        """The thumbnail at ``mpp`` and its tissue mask (:func:`.tissue.tissue_mask`)."""
+        """The thumbnail at ``mpp`` and its tissue mask (:func:`pseudo_masks.tissue.thumbnail_tissue_mask`)."""
         thumbnail = self.thumbnail(mpp)
-        return thumbnail, tissue_mask(thumbnail, min_saturation=min_saturation)
+        return thumbnail, thumbnail_tissue_mask(thumbnail, min_saturation=min_saturation)
 
     def close(self) -> None:
         self._slide.close()

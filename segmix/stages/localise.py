@@ -44,24 +44,24 @@ from tqdm import tqdm
 
 from ..artifacts import SUMMARY_FILE, foreground_map_path, write_foreground_map
 from ..config import ConfigError, check_number
-from ..data import DATA_DEFAULTS, Sample, dataset_classes, read_split, unique_names, validate_data
-from ..io import write_json
-from ..localiser_builds import (
-    METHOD_FILLS,
-    fill_of,
-    load_or_build_prototypes,
-    load_or_fit_axis,
-    load_or_train_evidence,
-    superpixels_of,
+from ..data import (
+    DATA_DEFAULTS,
+    Sample,
+    dataset_classes,
+    read_split,
+    unique_names,
+    validate_data,
 )
+from ..io import write_json
+from ..localisers import LOCALISERS, fit_or_reuse
+from ..localisers.axis import AXIS_FEATURES
+from ..localisers.prototypes import NAMINGS
 from ..training.runtime import check_device
 
 __all__ = ["DEFAULTS", "DONE_FILE", "METHODS", "NAMINGS", "RESUMABLE_CHANGES", "run", "validate"]
 
 DONE_FILE = SUMMARY_FILE
-METHODS = ("none", "prototypes", "evidence", "axis")
-AXIS_FEATURES = ("classifier", "imagenet")
-NAMINGS = ("labels", "classifier")
+METHODS = ("none", *LOCALISERS)
 RESUMABLE_CHANGES = {"localiser.batch_size", "localiser.device"}
 
 DEFAULTS: Dict[str, Any] = {
@@ -107,7 +107,7 @@ def validate(config: Dict[str, Any]) -> None:
         raise ConfigError(f"splits must list train and/or val, got {splits!r}")
     if settings["method"] == "none":
         return
-    method, fills = settings["method"], METHOD_FILLS[settings["method"]]
+    method, fills = settings["method"], LOCALISERS[settings["method"]].fills
     if settings["fill"] is not None and settings["fill"] not in fills:
         raise ConfigError(f"localiser.fill must be one of {', '.join(fills)} with method {method},"
                           f" got {settings['fill']!r}")
@@ -116,13 +116,14 @@ def validate(config: Dict[str, Any]) -> None:
         if key != "fit_tiles" or settings[key] is not None:
             check_number(f"localiser.{key}", settings[key], integer=True, positive=key != "seed")
     check_number("localiser.blur_sigma", settings["blur_sigma"])
-    if fill_of(settings) == "shuffle":
+    fill = settings["fill"] or fills[0]
+    if fill == "shuffle":
         check_number("localiser.patch_size", settings["patch_size"], integer=True, positive=True)
         if int(settings["batch_size"]) < 2:
             raise ConfigError("localiser.fill=shuffle takes patches from other tiles of the batch:"
                               f" localiser.batch_size must be at least 2, got {settings['batch_size']}")
     if method == "axis":
-        _validate_axis(settings)
+        _validate_axis(settings, fill)
         return
     if method == "evidence":
         for key in ("epochs", "patch_size"):
@@ -144,7 +145,7 @@ def validate(config: Dict[str, Any]) -> None:
                           f" ({k}): each prototype needs tiles to come from")
 
 
-def _validate_axis(settings: Dict[str, Any]) -> None:
+def _validate_axis(settings: Dict[str, Any], fill: str) -> None:
     if settings["features"] not in AXIS_FEATURES:
         raise ConfigError(f"localiser.features must be one of {', '.join(AXIS_FEATURES)}, got"
                           f" {settings['features']!r}")
@@ -157,14 +158,14 @@ def _validate_axis(settings: Dict[str, Any]) -> None:
     if settings["smoothing"] % 2 == 0:
         raise ConfigError(f"localiser.smoothing must be odd (a window centred on each cell), got"
                           f" {settings['smoothing']}")
-    if fill_of(settings) == "shuffle" and settings["naming_tiles"] < 2:
+    if fill == "shuffle" and settings["naming_tiles"] < 2:
         raise ConfigError("localiser.fill=shuffle names the axis with other tiles' patches:"
                           f" localiser.naming_tiles must be at least 2, got {settings['naming_tiles']}")
 
 
 def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         overwrite: bool = False) -> Dict[str, Any]:
-    """Fit (or reuse) the prototypes and write the foreground map of every tile of
+    """Fit (or reuse) the localiser and write the foreground map of every tile of
     ``config['splits']``; returns the summary written to ``summary.json``."""
     validate(config)
     settings, data = config["localiser"], config["data"]
@@ -174,22 +175,10 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         print("localiser.method is none: no foreground maps (pseudo masks from CAMs alone)")
         return summary
     classes = dataset_classes(data)
-    if settings["method"] == "evidence":
-        localiser, final_losses = load_or_train_evidence(config, classes, output_dir, overwrite)
-        written = _write_maps(config, output_dir, overwrite, localiser.maps)
-        extra: Dict[str, Any] = {"fill": fill_of(settings), "final_losses": final_losses}
-    elif settings["method"] == "axis":
-        axis_localiser, naming = load_or_fit_axis(config, classes, output_dir, overwrite)
-        written = _write_maps(config, output_dir, overwrite, axis_localiser.maps)
-        extra = {"features": settings["features"], "naming": naming}
-    else:
-        prototypes, fitted = load_or_build_prototypes(config, classes, output_dir, overwrite)
-
-        def prototype_maps(samples: List[Sample]) -> List[np.ndarray]:
-            return [prototypes.foreground(fitted[s.image] if s.image in fitted
-                                          else superpixels_of(s, settings)) for s in samples]
-        written = _write_maps(config, output_dir, overwrite, prototype_maps)
-        extra = {"naming": settings["naming"], "scores": prototypes.scores.tolist()}
+    localiser = LOCALISERS[settings["method"]].build(config, classes)
+    fit_or_reuse(localiser, data, output_dir, overwrite)
+    written = _write_maps(config, output_dir, overwrite, localiser.maps)
+    extra = localiser.summary()
     summary = {"method": settings["method"], "classes": classes, **extra, "maps_written": written,
                "splits": list(config["splits"])}
     write_json(output_dir / DONE_FILE, summary)

@@ -3,10 +3,10 @@
 ``slides`` is a CSV (``slide,label[,split]``; paths relative to the CSV; several labels joined by
 ``;``) or a folder of class subfolders (``slides/<class>/<slide>``). Each slide is opened with
 OpenSlide (:mod:`segmix.slides.slide`, the extra ``wsi``), its tissue found on a thumbnail
-(:mod:`segmix.slides.tissue`), and tiles of ``tile.size`` px at ``tile.mpp`` microns per pixel, on
-a grid with ``tile.overlap`` px shared, are written where at least ``tile.min_tissue`` of the tile
-is tissue. Slides without a split are divided by slide (``split.val_fraction``, seeded), never by
-tile, so no patient's tissue is on both sides.
+(:func:`pseudo_masks.tissue.thumbnail_tissue_mask`), and tiles of ``tile.size`` px at ``tile.mpp``
+microns per pixel, on a grid with ``tile.overlap`` px shared, are written where at least
+``tile.min_tissue`` of the tile is tissue. Slides without a split are divided by slide
+(``split.val_fraction``, seeded), never by tile, so no patient's tissue is on both sides.
 
 Outputs: ``tiles/<slide>/<slide>_x<X>_y<Y>.png`` (X, Y: level-0 position), ``tissue/<slide>.png``
 (the thumbnail with the tissue found, to check), ``labels.csv`` (``image,label,split,slide``),
@@ -28,13 +28,14 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from pseudo_masks.tissue import tissue_fraction
+
 from ..artifacts import SUMMARY_FILE
 from ..config import ConfigError, check_number, check_path
 from ..data import resized, unique_stems, write_rgb
 from ..data.readers import image_files
 from ..io import atomic_write_text, read_csv_rows, write_csv, write_json
 from ..slides.slide import SLIDE_SUFFIXES, Slide, tissue_picture
-from ..slides.tissue import tissue_fraction
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "validate", "list_slides"]
 

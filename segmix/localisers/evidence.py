@@ -1,10 +1,12 @@
-"""The evidence-removal localiser over tile files: train the mask head of
-:mod:`pseudo_masks.evidence` on labelled tiles, and map any tile with it (``segmix localise``,
-``localiser.method: evidence``)."""
+"""The evidence-removal localiser over tile files (``localiser.method: evidence``): the mask head of
+:mod:`pseudo_masks.evidence` trained against the frozen classifier on labelled tiles, and a
+foreground map for any tile."""
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 import numpy as np
@@ -12,32 +14,78 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pseudo_masks import tissue_background
-from pseudo_masks.evidence import EvidenceMask, blur_fill, evidence_loss, shuffle_fill
+from pseudo_masks.evidence import EVIDENCE_FILLS, EvidenceMask, evidence_loss
+from pseudo_masks.fill import blur_fill, shuffle_fill
+from pseudo_masks.tissue import tissue_background
 
-from .data import Sample, model_transform, read_rgb
-from .models.factory import uses_softmax
+from ..artifacts import EVIDENCE_FILE
+from ..data import Sample, model_transform, read_rgb
+from ..io import write_csv
+from ..models.factory import uses_softmax
+from .base import (
+    Localiser,
+    LocaliserSettings,
+    check_shuffle_patch,
+    draw_maps,
+    load_classifier,
+)
 
-__all__ = ["COLLAPSED_AREA", "EvidenceLocaliser", "train_evidence", "warn_if_collapsed"]
+__all__ = ["COLLAPSED_AREA", "EvidenceLocaliser", "EvidenceSettings", "train_evidence",
+           "warn_if_collapsed"]
 
 COLLAPSED_AREA = 0.02  # an evidence mask on less than this share of the tissue, or more, carries no place
 
 
-class EvidenceLocaliser:
-    """The trained mask head with the classifier's input transform: ``maps(samples)`` gives each
-    tile's foreground map at its own size, gated by the tissue prior."""
+@dataclass(frozen=True)
+class EvidenceSettings(LocaliserSettings):
+    epochs: int          # passes over the fit tiles
+    lr: float            # Adam learning rate of the mask head
+    area_weight: float   # price of the mask's share of the tissue (ramped up)
 
-    def __init__(self, head: EvidenceMask, info: Dict[str, Any], device: torch.device) -> None:
-        self.head, self.device = head.eval(), device
+
+class EvidenceLocaliser(Localiser):
+    """The mask head on the frozen classifier with the classifier's input transform: a tile's map
+    is the head's mask at the tile's size, gated by the tissue prior (``evidence.csv`` holds the
+    losses per epoch, ``evidence.png`` a few tiles beside their maps)."""
+
+    method = "evidence"
+    file_name = EVIDENCE_FILE
+    fills = EVIDENCE_FILLS[::-1]  # shuffle first: the default
+    build_keys = ("fill", "blur_sigma", "patch_size", "epochs", "lr", "area_weight", "fit_tiles",
+                  "seed")
+    settings_type = EvidenceSettings
+
+    def __init__(self, settings: EvidenceSettings, classes: List[str], head: EvidenceMask,
+                 info: Dict[str, Any], device: torch.device, built_with: Dict[str, Any]) -> None:
+        self.settings, self.classes, self.built_with = settings, classes, built_with
+        self.head, self.info, self.device = head.eval(), info, device
         self.transform = model_transform(info)
+        self.history: List[Dict[str, float]] = []
+
+    @classmethod
+    def build(cls, config: Dict[str, Any], classes: List[str]) -> "EvidenceLocaliser":
+        settings = cls.settings_of(config["localiser"])
+        classifier = load_classifier(config, classes)
+        check_shuffle_patch(settings, classifier, config["classifier"])
+        with torch.random.fork_rng(devices=[]):  # the head's start depends on the seed alone
+            torch.manual_seed(settings.seed)
+            head = EvidenceMask(classifier.network).to(classifier.device)
+        return cls(settings, classes, head, classifier.info, classifier.device,
+                   cls.build_settings(config["localiser"]))
 
     def tensors(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """RGB tiles resized and normalised as the classifier was trained, stacked."""
         return torch.stack([self.transform(image=image)["image"] for image in images])
 
+    def fit(self, samples: List[Sample], output_dir: Path) -> None:
+        self.history = train_evidence(self, samples, len(self.classes))
+        self.head.eval()
+        warn_if_collapsed(self.history[-1]["area"], self.settings.area_weight)
+        write_csv(output_dir / "evidence.csv", self.history)
+        draw_maps(output_dir / "evidence.png", samples[:4], self.maps)
+
     @torch.no_grad()
     def maps(self, samples: List[Sample]) -> List[np.ndarray]:
-        """Each sample's foreground map in [0, 1] at its tile's size, gated by the tissue prior."""
         images = [read_rgb(sample.image) for sample in samples]
         masks = self.head(self.tensors(images).to(self.device)).float().cpu()
         out = []
@@ -47,6 +95,19 @@ class EvidenceLocaliser:
             tissue = ~tissue_background(torch.from_numpy(image)[None])[0]
             out.append((mask * tissue).numpy())
         return out
+
+    def state(self) -> Dict[str, Any]:
+        return {"head": self.head.state_dict()}
+
+    def record(self) -> Dict[str, Any]:
+        return {"history": self.history}
+
+    def load_state(self, saved: Dict[str, Any]) -> None:
+        self.head.load_state_dict(saved["head"])
+        self.history = saved["history"]
+
+    def summary(self) -> Dict[str, Any]:
+        return {"fill": self.settings.fill, "final_losses": self.history[-1]}
 
 
 def warn_if_collapsed(area: float, area_weight: float) -> None:
@@ -66,13 +127,11 @@ def warn_if_collapsed(area: float, area_weight: float) -> None:
             f" localiser.area_weight={3 * area_weight:.3g}.", stacklevel=2)
 
 
-def train_evidence(localiser: EvidenceLocaliser, samples: List[Sample], settings: Dict[str, Any],
-                   info: Dict[str, Any], num_classes: int) -> List[Dict[str, float]]:
-    """Train ``localiser``'s head on ``samples`` with the ``localiser`` settings of a config
-    (``fill``, ``blur_sigma``, ``patch_size``, ``epochs``, ``lr``, ``area_weight``, ``batch_size``,
-    ``seed``; ``fill`` resolved) for the classifier described by ``info``; returns the mean losses
-    of every epoch."""
-    head, device = localiser.head, localiser.device
+def train_evidence(localiser: EvidenceLocaliser, samples: List[Sample],
+                   num_classes: int) -> List[Dict[str, float]]:
+    """Train ``localiser``'s head on ``samples`` with its settings; returns the mean losses of
+    every epoch."""
+    head, device, info, settings = localiser.head, localiser.device, localiser.info, localiser.settings
     images = localiser.tensors([read_rgb(s.image) for s in tqdm(samples, desc="evidence tiles",
                                                                   unit="tile")])
     mean = torch.tensor(info["mean"]).view(1, 3, 1, 1)
@@ -83,18 +142,18 @@ def train_evidence(localiser: EvidenceLocaliser, samples: List[Sample], settings
     for row, sample in enumerate(samples):
         targets[row, list(sample.labels)] = 1
     prior = targets.mean(dim=0)
-    fill, batch_size = settings["fill"], int(settings["batch_size"])
-    generator = torch.Generator().manual_seed(int(settings["seed"]))
+    fill, batch_size = settings.fill, settings.batch_size
+    generator = torch.Generator().manual_seed(settings.seed)
     head.train()
-    optimizer = torch.optim.Adam(head.parameters(), lr=float(settings["lr"]))
+    optimizer = torch.optim.Adam(head.parameters(), lr=settings.lr)
     softmax, history = uses_softmax(info), []
-    epochs = int(settings["epochs"])
+    epochs = settings.epochs
 
     def area_weight(epoch: int) -> float:
         """Ramped up over the first half of the epochs: the mask first learns to keep the
         evidence, then to leave what it does not need (a full-strength price from the first step
         can empty it before it has found anything)."""
-        return float(settings["area_weight"]) * min(1.0, (epoch + 1) / max(1, epochs // 2))
+        return settings.area_weight * min(1.0, (epoch + 1) / max(1, epochs // 2))
 
     for epoch in range(epochs):
         order = torch.randperm(len(samples), generator=generator)
@@ -107,8 +166,8 @@ def train_evidence(localiser: EvidenceLocaliser, samples: List[Sample], settings
             if fill == "shuffle" and len(index) < 2:
                 continue
             x = images[index].to(device)
-            filled = (shuffle_fill(x, int(settings["patch_size"]), generator) if fill == "shuffle"
-                      else blur_fill(x, float(settings["blur_sigma"])))
+            filled = (shuffle_fill(x, settings.patch_size, generator) if fill == "shuffle"
+                      else blur_fill(x, settings.blur_sigma))
             loss, parts = evidence_loss(head, x, targets[index].to(device),
                                         tissue[index].to(device), filled, prior=prior,
                                         softmax=softmax, area_weight=area_weight(epoch))
