@@ -37,11 +37,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-
 from ebhi_wsss import run_folder
+
+from segmix.artifacts import SUMMARY_FILE
 from segmix.config import apply_overrides, load_config
 from segmix.io import atomic_path, atomic_write_text
-from segmix.stages import run as pipeline
+from segmix.stages import pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = ("baseline", "segmix")
@@ -85,7 +86,7 @@ def epochs(folder: Path) -> List[Dict[str, float]]:
 
 
 def run_row(arm: str, seed: int, folder: Path) -> Dict[str, Any]:
-    metrics = json.loads((folder / pipeline.DONE_FILE).read_text())["metrics"]
+    metrics = json.loads((folder / SUMMARY_FILE).read_text())["metrics"]
     curve = epochs(folder)
     pseudo = metrics.get("pseudo_masks") or {}
     final = metrics.get("segmenter") or {}
@@ -183,7 +184,7 @@ def report(args: argparse.Namespace) -> None:
     runs = sorted((arm_dir.name, int(seed_dir.name[4:]), seed_dir)
                   for arm_dir in args.out.iterdir() if arm_dir.is_dir()
                   for seed_dir in arm_dir.glob("seed*")
-                  if (seed_dir / pipeline.DONE_FILE).exists())
+                  if (seed_dir / SUMMARY_FILE).exists())
     if not runs:
         raise SystemExit(f"no finished runs under {args.out}")
     rows = [run_row(arm, seed, folder) for arm, seed, folder in runs]

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from pseudo_masks import PROTOCOLS, ConfusionMatrix, segmentation_metrics, trivial_masks
+from segmix.artifacts import SUMMARY_FILE
 from segmix.config import apply_overrides, config_differences, load_config
 from segmix.data import (
     dataset_classes,
@@ -45,8 +46,7 @@ from segmix.data import (
     read_split,
 )
 from segmix.io import atomic_path, atomic_write_text, write_csv
-from segmix.stages import prepare_output_dir
-from segmix.stages import run as pipeline
+from segmix.stages import pipeline, prepare_output_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = ("baseline", "segmix", "segmix_fixed", "segmix_no_tta", "upper_bound")
@@ -101,14 +101,14 @@ def run_folder(config: Dict[str, Any], folder: Path, stages: Optional[List[str]]
                borrow: Optional[Dict[str, Path]] = None) -> Dict[str, Any]:
     """Run (or continue) the pipeline's ``stages`` (all by default) in ``folder``, or read its
     summary if finished with the same settings; ``borrow`` links stage folders of another run."""
-    if (folder / pipeline.DONE_FILE).exists():
+    if (folder / SUMMARY_FILE).exists():
         changed = config_differences(load_config(folder / "config.yaml", pipeline.DEFAULTS), config,
                                      {"output_dir", *pipeline.RESUMABLE_CHANGES})
         if changed:
             raise SystemExit(f"{folder} holds a finished run with other settings ({changed});"
                              " pass another --out")
-        print(f"== {folder}: done, reading {folder / pipeline.DONE_FILE}", flush=True)
-        return json.loads((folder / pipeline.DONE_FILE).read_text())
+        print(f"== {folder}: done, reading {folder / SUMMARY_FILE}", flush=True)
+        return json.loads((folder / SUMMARY_FILE).read_text())
     print(f"== {folder}", flush=True)
     prepare_output_dir(pipeline, config, folder, overwrite=False)
     for name, source in (borrow or {}).items():

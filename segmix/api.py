@@ -35,10 +35,9 @@ from .stages import STAGES, Stage, get_stage, holding_output_dir, prepare_output
 
 ConfigSource = Union[None, str, Path, Mapping[str, Any]]
 
+# and one function per stage (STAGE_FUNCTIONS, at the end): train_cls, cams, localise, ...
 __all__ = ["StageResult", "resolve_config", "run_resolved", "run_stage", "Classifier", "Segmenter",
-           "Prediction", "load_pretrained", "train_cls", "cams", "localise", "pseudo_masks",
-           "train_seg", "predict", "evaluate", "run", "demo", "shuffle_demo", "export", "tile",
-           "export_geojson"]
+           "Prediction", "load_pretrained", "STAGE_FUNCTIONS", "function_name"]
 
 
 @dataclass(frozen=True)
@@ -160,16 +159,22 @@ def _stage_function(stage: Stage) -> Callable[..., StageResult]:
              **options: Any) -> StageResult:
         return run_stage(stage, config, **options)
 
-    call.__name__ = call.__qualname__ = stage.name.replace("-", "_")
+    call.__name__ = call.__qualname__ = function_name(stage)
     call.__doc__ = (f"``segmix {stage.name}``: {stage.help}.\n\nArguments as :func:`run_stage`"
                     f" (config, output_dir, overwrite, resume, overrides, keyword sections);"
                     f" returns a :class:`StageResult`.")
     return call
 
 
-# One function per stage of segmix.stages.STAGES (tests/test_api.py checks that none is missing).
-(train_cls, cams, localise, pseudo_masks, train_seg, predict, evaluate, run, demo, shuffle_demo,
- export, tile, export_geojson) = (
-    _stage_function(get_stage(name)) for name in (
-        "train-cls", "cams", "localise", "pseudo-masks", "train-seg", "predict", "evaluate", "run",
-        "demo", "shuffle-demo", "export", "tile", "export-geojson"))
+def function_name(stage: Stage) -> str:
+    """The name of a stage's function: its subcommand with ``_`` for ``-`` (``train-cls`` ->
+    ``train_cls``)."""
+    return stage.name.replace("-", "_")
+
+
+# One function per stage, derived from the one list (segmix.stages.STAGES): a new stage gets its
+# function by being registered.
+STAGE_FUNCTIONS: Dict[str, Callable[..., StageResult]] = {
+    function_name(stage): _stage_function(stage) for stage in STAGES}
+globals().update(STAGE_FUNCTIONS)
+__all__ += list(STAGE_FUNCTIONS)

@@ -17,30 +17,39 @@ inside a stage folder are named here and nowhere else:
   ``prototypes.csv``, ``prototypes.png`` and ``summary.json`` (marks it finished);
 * pseudo-masks: ``masks/<split>/<tile stem>.png`` (palette PNG in the label space of
   :mod:`segmix.labels`), ``metrics.json`` per split, ``summary.json`` (marks it finished);
-* predict: ``masks/<image stem>.png``; evaluate: ``metrics.json``;
+* pseudo-masks and predict: ``masks/legend.json`` (each class's index, name and colour);
+* predict: ``masks/<image stem>.png``, or for slides ``masks/<slide>.tiff`` (a mask pyramid);
+  evaluate: ``metrics.json``;
+* tile: ``labels.csv`` (the tiles and their labels, as the demo's dataset) and ``data.yaml``
+  (the ``data`` section that reads them);
 * every stage folder: ``config.yaml`` (the resolved config) and, in a pipeline, ``seconds.json``.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .data import DatasetError, Sample, read_mask, unique_names, write_rgb
-from .io import atomic_write_npz, read_csv_rows, read_json, write_csv, write_json
+from .data.palette import IGNORE_COLOR, palette_colors
+from .io import atomic_write_npz, atomic_write_text, read_csv_rows, read_json, write_csv, write_json
+from .labels import IGNORE_INDEX
 
 __all__ = [
     "CONFIG_FILE", "TIMING_FILE", "SUMMARY_FILE", "CLASSIFIER_FILE", "SEGMENTER_FILE",
     "CAM_INDEX_FILE", "INPUT_FINGERPRINT_FILE", "LOCALISER_FILE", "EVIDENCE_FILE", "AXIS_FILE",
     "METRICS_FILE", "EPOCHS_FILE", "CURRICULUM_FILE", "MASKS_FOLDER", "MODEL_FOLDER",
+    "LEGEND_FILE", "SLIDE_MASK_SUFFIXES", "LABELS_CSV", "TILE_DATA_FILE",
     "RunLayout", "CamRecord", "checkpoint_path", "best_model_name", "last_epoch",
     "cam_file_path", "write_cam_file", "read_cam_file", "read_cam_labels", "top_classes",
     "cam_index_row", "write_cam_index", "read_cam_index", "foreground_map_path",
     "write_foreground_map", "read_foreground_map", "pseudo_mask_path", "with_pseudo_masks",
-    "prediction_mask_path", "write_metrics", "read_metrics", "collect_metrics",
+    "prediction_mask_path", "write_metrics", "read_metrics", "collect_metrics", "write_legend",
+    "read_legend", "legend_folder", "slide_mask_path",
 ]
 
 CONFIG_FILE = "config.yaml"      # the resolved config, in every stage folder
@@ -57,6 +66,10 @@ METRICS_FILE = "metrics.json"    # pseudo-masks (per split) and evaluate
 EPOCHS_FILE = "metrics.csv"      # a training stage's per-epoch metrics
 CURRICULUM_FILE = "curriculum.csv"
 MASKS_FOLDER = "masks"
+LEGEND_FILE = "legend.json"       # beside a folder of palette PNG masks: index -> name and colour
+SLIDE_MASK_SUFFIXES = (".tif", ".tiff")  # predict (slides): a slide's mask pyramid
+LABELS_CSV = "labels.csv"        # tile (and the demo's dataset): the tiles CSV `segmix run` reads
+TILE_DATA_FILE = "data.yaml"     # tile: the `data` section for `segmix run --config`
 MODEL_FOLDER = "model"           # a training stage's final model as a model folder (to hand on)
 
 
@@ -274,3 +287,37 @@ def collect_metrics(layout: RunLayout) -> Dict[str, Any]:
         if "classifier_label" in final:
             summary["segmenter"]["mIoU_classifier_label"] = final["classifier_label"]["mIoU"]
     return summary
+
+
+def write_legend(folder: Path, classes: Sequence[str]) -> Dict[str, Dict[str, object]]:
+    """``legend.json`` in a folder of masks (predict, pseudo-masks): index -> name and colour."""
+    colors = palette_colors(len(classes))
+    names = ["background", *classes]
+    legend = {str(i): {"name": name, "color": list(colors[i])} for i, name in enumerate(names)}
+    legend[str(IGNORE_INDEX)] = {"name": "ignore", "color": list(IGNORE_COLOR)}
+    atomic_write_text(Path(folder) / LEGEND_FILE, json.dumps(legend, indent=2))
+    return legend
+
+
+def read_legend(folder: Path) -> Tuple[List[str], List[List[int]]]:
+    """The classes (background excluded) and colours (background first) of a ``legend.json``."""
+    path = Path(folder) / LEGEND_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: a mask folder written by segmix holds one")
+    legend = json.loads(path.read_text())
+    indices = sorted(int(k) for k in legend if int(k) != IGNORE_INDEX)
+    if indices != list(range(len(indices))):
+        raise ValueError(f"{path}: class indices {indices} are not 0..K")
+    return ([legend[str(i)]["name"] for i in indices[1:]],
+            [list(legend[str(i)]["color"]) for i in indices])
+
+
+def legend_folder(mask_png: Path) -> Path:
+    """The folder whose legend names the classes of a palette PNG mask: predict keeps
+    ``legend.json`` beside its masks, pseudo-masks one folder up (masks/<split>/)."""
+    return mask_png.parent if (mask_png.parent / LEGEND_FILE).is_file() else mask_png.parent.parent
+
+
+def slide_mask_path(predictions_dir: Path, name: str) -> Path:
+    """Where ``segmix predict`` (slides) writes the mask pyramid of the slide ``name``."""
+    return predictions_dir / MASKS_FOLDER / f"{name}.tiff"

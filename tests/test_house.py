@@ -87,6 +87,79 @@ def test_a_stage_never_imports_another_stage():
     assert not offences, "\n".join(offences)
 
 
+# Only the registry and the orchestration load stage modules and run them.
+STAGE_RUNNERS = {ROOT / "segmix" / "stages" / "__init__.py", ROOT / "segmix" / "stages" / "pipeline.py"}
+
+
+def dynamic_stage_calls(source: str) -> list:
+    """The places where ``source`` reaches a stage at run time instead of through the
+    orchestration: importlib / ``__import__``, the registry's ``get_stage`` / ``STAGES`` /
+    ``pipeline_stages``, or a ``.load()`` of a stage."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [getattr(node, "module", None) or ""] + [alias.name for alias in node.names]
+            found += [(node.lineno, name) for name in names
+                      if name and name.split(".")[0] == "importlib" or name in
+                      ("import_module", "get_stage", "STAGES", "pipeline_stages")]
+        elif isinstance(node, ast.Name) and node.id == "__import__":
+            found.append((node.lineno, "__import__"))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr == "load" and not node.args and not node.keywords):
+            found.append((node.lineno, ".load()"))
+    return found
+
+
+def test_the_dynamic_call_check_sees_each_way_of_running_a_stage():
+    planted = ("import importlib\nfrom importlib import import_module\nfrom . import get_stage\n"
+               "module = get_stage('cams').load()\n__import__('segmix.stages.cams')\n")
+    assert [name for _, name in dynamic_stage_calls(planted)] == [
+        "importlib", "importlib", "import_module", "get_stage", ".load()", "__import__"]
+
+
+def test_no_stage_runs_another_stage():
+    """Stage modules and their helpers reach other stages only through segmix.stages.pipeline."""
+    offences = [f"{path.relative_to(ROOT)}:{line} uses {name}"
+                for path in sorted((ROOT / "segmix" / "stages").glob("*.py"))
+                if path not in STAGE_RUNNERS
+                for line, name in dynamic_stage_calls(path.read_text())]
+    assert not offences, "\n".join(offences)
+
+
+def test_one_list_of_stages():
+    """Only the registry lists the stages: a collection naming most of them elsewhere (the API's
+    functions, say) is a second list that a new stage would miss."""
+    names = {stage.name for stage in STAGES} | {stage.name.replace("-", "_") for stage in STAGES}
+    offences = []
+    for path in sorted((ROOT / "segmix").rglob("*.py")):
+        if path == ROOT / "segmix" / "stages" / "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                listed = {item.value for item in node.elts if isinstance(item, ast.Constant)}
+                listed |= {item.id for item in node.elts if isinstance(item, ast.Name)}
+                if len(listed & names) > len(STAGES) // 2:
+                    offences.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not offences, "stages listed outside segmix/stages/__init__.py: " + ", ".join(offences)
+
+
+def test_files_between_stages_are_named_only_in_artifacts():
+    """The names of the files one stage writes and another reads (the ``*_FILE`` / ``*_CSV`` /
+    ``*_FOLDER`` constants of segmix.artifacts) appear as text nowhere else in segmix."""
+    from segmix import artifacts
+
+    file_names = {value for name, value in vars(artifacts).items()
+                  if name.endswith(("_FILE", "_CSV")) and isinstance(value, str)}
+    offences = []
+    for path in sorted((ROOT / "segmix").rglob("*.py")):
+        if path == ROOT / "segmix" / "artifacts.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in file_names:
+                offences.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    assert not offences, "\n".join(offences)
+
+
 def test_services_never_import_stages_or_the_cli():
     """Every module of segmix but the stages, the CLI and the API (which are built on stages)."""
     above = {ROOT / "segmix" / "cli.py", ROOT / "segmix" / "api.py"}

@@ -13,7 +13,8 @@ from pseudo_masks import (
     segmentation_metrics,
     trivial_masks,
 )
-from segmix.data import overlay, read_mask_png, write_legend, write_mask_png
+from segmix.artifacts import write_legend
+from segmix.data import overlay, read_mask_png, write_mask_png
 
 # one tile, two classes, 2 x 3 pixels; class 0 present, class 1 absent but with a huge map
 CAMS = torch.tensor([[[[4.0, 2.0, 0.8], [0.4, 0.0, -1.0]],

@@ -18,9 +18,7 @@ from .images import ImageReadError, read_label_mask, read_mask, read_rgb, resize
 from .palette import (
     overlay,
     palette_colors,
-    read_legend,
     read_mask_png,
-    write_legend,
     write_mask_png,
 )
 from .readers import (
@@ -41,6 +39,6 @@ __all__ = [
     "ReadResult", "Sample", "TileDataset", "build_transform", "dataset_classes", "image_size_of",
     "overlay", "palette_colors", "parse_filename_label", "read_class_folders", "read_csv",
     "read_filename_labels", "read_label_mask", "read_mask", "read_mask_png", "read_rgb",
-    "read_split", "resolve_problems", "verify_files", "write_legend", "write_mask_png",
-    "validate_data", "write_rgb", "resized", "read_legend", "model_transform",
+    "read_split", "resolve_problems", "verify_files", "write_mask_png",
+    "validate_data", "write_rgb", "resized", "model_transform",
 ]

@@ -1,20 +1,19 @@
-"""Masks as palette PNGs (pixel value = class index), their legend, and overlays."""
+"""Masks as palette PNGs (pixel value = class index), their colours, and overlays (the legend file
+beside a mask folder is :mod:`segmix.artifacts`' :func:`~segmix.artifacts.write_legend`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import List
 
 import numpy as np
 from PIL import Image
 
-from ..io import atomic_path, atomic_write_text
+from ..io import atomic_path
 from ..labels import IGNORE_INDEX
 from .images import ImageReadError
 
-__all__ = ["palette_colors", "write_mask_png", "read_mask_png", "write_legend", "read_legend",
-           "overlay"]
+__all__ = ["IGNORE_COLOR", "palette_colors", "write_mask_png", "read_mask_png", "overlay"]
 
 IGNORE_COLOR = (128, 128, 128)
 # Background black, then well-separated colours for classes 1..K (cycled past 12).
@@ -56,29 +55,6 @@ def read_mask_png(path: Path) -> np.ndarray:
             raise ImageReadError(f"{path}: expected a palette or greyscale mask, got mode"
                                  f" {image.mode}")
         return np.asarray(image).copy()
-
-
-def write_legend(folder: Path, classes: Sequence[str]) -> Dict[str, Dict[str, object]]:
-    """``legend.json`` beside the masks: index -> name and colour."""
-    colors = palette_colors(len(classes))
-    names = ["background", *classes]
-    legend = {str(i): {"name": name, "color": list(colors[i])} for i, name in enumerate(names)}
-    legend[str(IGNORE_INDEX)] = {"name": "ignore", "color": list(IGNORE_COLOR)}
-    atomic_write_text(Path(folder) / "legend.json", json.dumps(legend, indent=2))
-    return legend
-
-
-def read_legend(folder: Path) -> Tuple[List[str], List[List[int]]]:
-    """The classes (background excluded) and colours (background first) of a ``legend.json``."""
-    path = Path(folder) / "legend.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: a mask folder written by segmix holds one")
-    legend = json.loads(path.read_text())
-    indices = sorted(int(k) for k in legend if int(k) != IGNORE_INDEX)
-    if indices != list(range(len(indices))):
-        raise ValueError(f"{path}: class indices {indices} are not 0..K")
-    return ([legend[str(i)]["name"] for i in indices[1:]],
-            [list(legend[str(i)]["color"]) for i in indices])
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, num_classes: int, alpha: float = 0.45) -> np.ndarray:

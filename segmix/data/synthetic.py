@@ -26,7 +26,6 @@ from ..io import atomic_write_text
 
 __all__ = ["TISSUES", "draw_tile", "write_dataset"]
 
-LABELS_FILE = "labels.csv"
 TISSUES = ("tumour", "stroma", "lymphocytes")
 BACKGROUND_RGB = (238, 236, 240)
 
@@ -100,9 +99,9 @@ def draw_tile(rng: np.random.Generator, size: int, classes: Sequence[int],
     return np.clip(image, 0, 255).round().astype(np.uint8), mask
 
 
-def write_dataset(root: Path, *, train_tiles: int = 240, val_tiles: int = 80, size: int = 96,
-                  seed: int = 0) -> Path:
-    """Write ``root/images``, ``root/masks`` and ``root/labels.csv`` (:data:`LABELS_FILE`; columns image, mask, label,
+def write_dataset(root: Path, *, csv_name: str, train_tiles: int = 240, val_tiles: int = 80,
+                  size: int = 96, seed: int = 0) -> Path:
+    """Write ``root/images``, ``root/masks`` and ``root/<csv_name>`` (columns image, mask, label,
     split); half of the tiles hold one class, half two. Returns the CSV path."""
     rng = np.random.default_rng(seed)
     root = Path(root)
@@ -119,6 +118,6 @@ def write_dataset(root: Path, *, train_tiles: int = 240, val_tiles: int = 80, si
         split = "train" if index < train_tiles else "val"
         label = ";".join(TISSUES[k] for k in classes)
         lines.append(f"images/{stem}.png,masks/{stem}.png,{label},{split}")
-    csv_path = root / LABELS_FILE
+    csv_path = root / csv_name
     atomic_write_text(csv_path, "\n".join(lines) + "\n")  # last: marks the dataset complete
     return csv_path

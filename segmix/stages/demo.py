@@ -15,27 +15,32 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
-
 from PIL import Image, ImageDraw
 
-from ..artifacts import CONFIG_FILE, SUMMARY_FILE, RunLayout, prediction_mask_path, pseudo_mask_path
+from ..artifacts import (
+    CONFIG_FILE,
+    LABELS_CSV,
+    SUMMARY_FILE,
+    RunLayout,
+    prediction_mask_path,
+    pseudo_mask_path,
+)
 from ..config import check_number, merge, save_config
 from ..data import Sample, overlay, read_mask_png, read_rgb, read_split
-from ..data.synthetic import LABELS_FILE, TISSUES, write_dataset
+from ..data.synthetic import TISSUES, write_dataset
 from ..io import atomic_path, write_json
 from ..training.runtime import is_main_process
-from . import get_stage
+from . import pipeline
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "constant_mask_miou",
            "validate", "write_examples_figure"]
 
-# The demo is `segmix run` on data it writes first; it reaches that stage through the registry.
-RUN_STAGE = get_stage("run").load()
+# The demo is `segmix run`'s pipeline on data it writes first.
 DONE_FILE = SUMMARY_FILE
 # The saved config.yaml names the dataset the demo wrote (so `segmix run --config` can re-run it);
 # a new `segmix demo` call, whose config leaves the paths to the demo, continues that run.
 DATA_PATH_KEYS = {f"data.{split}.{key}" for split in ("train", "val") for key in ("path", "split")}
-RESUMABLE_CHANGES = set(RUN_STAGE.RESUMABLE_CHANGES) | DATA_PATH_KEYS
+RESUMABLE_CHANGES = set(pipeline.RESUMABLE_CHANGES) | DATA_PATH_KEYS
 
 # Sized to finish in a few minutes on 2 CPU cores: 96 px tiles, the offline EfficientNet-Lite0.
 DEMO_SETTINGS: Dict[str, Any] = {
@@ -55,7 +60,7 @@ DEMO_SETTINGS: Dict[str, Any] = {
 }
 
 DEFAULTS: Dict[str, Any] = {
-    **merge(RUN_STAGE.DEFAULTS, DEMO_SETTINGS),
+    **merge(pipeline.DEFAULTS, DEMO_SETTINGS),
     "synthetic": {"train_tiles": 240, "val_tiles": 80, "size": 96, "seed": 0},
 }
 
@@ -64,7 +69,7 @@ def _pipeline_settings(config: Dict[str, Any], data_dir: Path) -> Dict[str, Any]
     """The ``segmix run`` config: the demo's, with the data paths of the dataset it writes."""
     settings = copy.deepcopy({k: v for k, v in config.items() if k != "synthetic"})
     for split in ("train", "val"):
-        settings["data"][split].update({"path": str(data_dir / LABELS_FILE), "split": split})
+        settings["data"][split].update({"path": str(data_dir / LABELS_CSV), "split": split})
     return settings
 
 
@@ -73,7 +78,7 @@ def validate(config: Dict[str, Any]) -> None:
     synthetic = config["synthetic"]
     for key in ("train_tiles", "val_tiles", "size"):
         check_number(f"synthetic.{key}", synthetic[key], integer=True)
-    RUN_STAGE.validate_stages(_pipeline_settings(config, Path(config["output_dir"]) / "data"))
+    pipeline.validate_stages(_pipeline_settings(config, Path(config["output_dir"]) / "data"))
 
 
 def constant_mask_miou(masks: list, num_classes: int) -> float:
@@ -116,17 +121,17 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     validate(config)
     synthetic = config["synthetic"]
     data_dir = output_dir / "data"
-    csv_path = data_dir / LABELS_FILE
+    csv_path = data_dir / LABELS_CSV
     if not csv_path.is_file() or overwrite:
         print(f"writing {synthetic['train_tiles']} + {synthetic['val_tiles']} synthetic tiles to"
               f" {data_dir}", flush=True)
-        write_dataset(data_dir, train_tiles=int(synthetic["train_tiles"]),
+        write_dataset(data_dir, csv_name=LABELS_CSV, train_tiles=int(synthetic["train_tiles"]),
                       val_tiles=int(synthetic["val_tiles"]), size=int(synthetic["size"]),
                       seed=int(synthetic["seed"]))
     settings = _pipeline_settings(config, data_dir)
     if is_main_process():  # config.yaml with the dataset's paths: re-runnable by `segmix run`
         save_config({**settings, "synthetic": config["synthetic"]}, output_dir / CONFIG_FILE)
-    summary = RUN_STAGE.run_pipeline(settings, output_dir, overwrite=overwrite)
+    summary = pipeline.run_pipeline(settings, output_dir, overwrite=overwrite)
 
     val = read_split(settings["data"], "val", progress=False)
     constant = constant_mask_miou([read_mask_png(s.mask) for s in val], len(TISSUES))

@@ -18,9 +18,9 @@ from typing import Any, Dict, List, Tuple
 
 from tqdm import tqdm
 
-from ..artifacts import SUMMARY_FILE
+from ..artifacts import SLIDE_MASK_SUFFIXES, SUMMARY_FILE, legend_folder, read_legend
 from ..config import ConfigError, check_path
-from ..data import read_legend, read_mask_png
+from ..data import read_mask_png
 from ..data.readers import image_files
 from ..slides.geojson import mask_to_geojson
 from ..io import atomic_write_text, write_json
@@ -29,7 +29,6 @@ from ..slides.masks import read_mask_pyramid
 __all__ = ["DEFAULTS", "DONE_FILE", "run", "validate"]
 
 DONE_FILE = SUMMARY_FILE
-SLIDE_MASK_SUFFIXES = (".tif", ".tiff")
 
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/geojson",
@@ -60,9 +59,8 @@ def _collection(path: Path) -> Tuple[Dict[str, Any], int]:
         except ValueError as error:
             raise ConfigError(str(error)) from error
         classes, colors, scale = meta["classes"], meta["colors"], float(meta.get("slide_scale", 1.0))
-    else:  # predict keeps legend.json beside its masks, pseudo-masks one folder up
-        folder = path.parent if (path.parent / "legend.json").is_file() else path.parent.parent
-        classes, colors = read_legend(folder)
+    else:
+        classes, colors = read_legend(legend_folder(path))
         mask, scale = read_mask_png(path), 1.0
     collection = mask_to_geojson(mask, classes, colors, scale=scale)
     polygons = sum(len(f["geometry"]["coordinates"]) for f in collection["features"])

@@ -2,7 +2,8 @@
 CSV made with a finished run's classifier, settings and fitted localiser, and the pseudo-mask
 config that makes their masks with the settings the run's sweep chose.
 
-The run's ``cams`` and ``localise`` steps are re-run into the output folder (skipped where done).
+The run's ``cams`` and ``localise`` steps are re-run into the output folder (skipped where done)
+through :func:`segmix.stages.pipeline.run_step`: the stage itself runs no other stage.
 The input CSV's content hash is kept in ``input.json``: when the CSV at the same path changes,
 the tiles whose rows changed are forgotten and what is missing is computed.
 """
@@ -30,7 +31,7 @@ from ..artifacts import (
 from ..config import ConfigError, load_config
 from ..data import dataset_classes, read_split, unique_names
 from ..io import read_csv_rows, read_json, write_json
-from . import get_stage, prepare_output_dir
+from . import pipeline
 
 __all__ = ["FROM_RUN_STAGES", "from_run_config", "validate_from_run"]
 
@@ -44,7 +45,7 @@ def validate_from_run(config: Dict[str, Any]) -> None:
         raise ConfigError("from_run and input go together: --from-run RUN_DIR (a finished `segmix"
                           " run` folder) --input CSV (image,label[,mask])")
     layout, csv_path = RunLayout(Path(config["from_run"])), Path(config["input"])
-    needed = [layout.classifier] + [_run_folder(layout, name) / CONFIG_FILE
+    needed = [layout.classifier] + [pipeline.stage_folder(name, layout) / CONFIG_FILE
                                     for name in FROM_RUN_STAGES]
     needed.append(layout.pseudo_masks_dir / SUMMARY_FILE)
     missing = [str(path) for path in needed if not path.is_file()]
@@ -69,26 +70,13 @@ def _chosen_settings(layout: RunLayout) -> Dict[str, Any]:
     return chosen
 
 
-def _run_folder(layout: RunLayout, stage: str) -> Path:
-    return get_stage(stage).folder(layout)
-
-
-def _run_stage(name: str, config: Dict[str, Any], overwrite: bool) -> None:
-    """Run one stage of the reuse (as `segmix run` runs its stages): skipped when finished."""
-    module, folder = get_stage(name).load(), Path(config["output_dir"])
-    if (folder / module.DONE_FILE).exists() and not overwrite:
-        print(f"{name}: done ({folder / module.DONE_FILE} exists)", flush=True)
-        return
-    prepare_output_dir(module, config, folder, overwrite=overwrite)
-    module.run(config, folder, overwrite=overwrite)
-
-
 def from_run_config(config: Dict[str, Any], output_dir: Path, overwrite: bool) -> Dict[str, Any]:
     """Compute the CAMs (and foreground maps) of ``config['input']`` with the run's classifier,
     settings and fitted localiser, under ``output_dir``; return the pseudo-mask config that makes
     their masks with the settings the run's sweep chose."""
     layout = RunLayout(Path(config["from_run"]))
-    saved = {name: load_config(_run_folder(layout, name) / CONFIG_FILE, get_stage(name).load().DEFAULTS)
+    saved = {name: load_config(pipeline.stage_folder(name, layout) / CONFIG_FILE,
+                               pipeline.stage_defaults(name))
              for name in FROM_RUN_STAGES}
     run_data = saved["pseudo-masks"]["data"]
     given = config["data"]
@@ -106,8 +94,9 @@ def from_run_config(config: Dict[str, Any], output_dir: Path, overwrite: bool) -
     if not overwrite and read_json(record) != fingerprint:
         _forget_changed_tiles(data, output_dir, cams_dir, fitted_dir)
     write_json(record, fingerprint)
-    _run_stage("cams", {**saved["cams"], "classifier": str(layout.classifier), "data": data,
-                        "splits": ["val"], "output_dir": str(cams_dir)}, overwrite)
+    pipeline.run_step("cams", {**saved["cams"], "classifier": str(layout.classifier),
+                               "data": data, "splits": ["val"], "output_dir": str(cams_dir)},
+                      overwrite)
     localiser_dir = None
     if chosen.get("localiser_dir"):
         localiser_dir = fitted_dir
@@ -116,9 +105,9 @@ def from_run_config(config: Dict[str, Any], output_dir: Path, overwrite: bool) -
             if fitted.is_file() and (overwrite or not (localiser_dir / name).is_file()):
                 localiser_dir.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(fitted, localiser_dir / name)
-        _run_stage("localise", {**saved["localise"], "classifier": str(layout.classifier),
-                                "data": {**data, "train": run_data["train"]}, "splits": ["val"],
-                                "output_dir": str(localiser_dir)}, False)
+        pipeline.run_step("localise", {**saved["localise"], "classifier": str(layout.classifier),
+                                       "data": {**data, "train": run_data["train"]},
+                                       "splits": ["val"], "output_dir": str(localiser_dir)}, False)
     return {**saved["pseudo-masks"], "output_dir": str(output_dir), "data": data,
             "cams_dir": str(cams_dir),
             "localiser_dir": str(localiser_dir) if localiser_dir else None, "splits": ["val"],

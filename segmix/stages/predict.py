@@ -31,7 +31,13 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from ..artifacts import MASKS_FOLDER, SUMMARY_FILE, prediction_mask_path
+from ..artifacts import (
+    MASKS_FOLDER,
+    SUMMARY_FILE,
+    prediction_mask_path,
+    slide_mask_path,
+    write_legend,
+)
 from ..config import ConfigError, check_number
 from ..data import (
     DATA_DEFAULTS,
@@ -43,7 +49,6 @@ from ..data import (
     read_split,
     unique_stems,
     validate_data,
-    write_legend,
     write_mask_png,
     write_rgb,
 )
@@ -222,7 +227,7 @@ def _run_slides(config: Dict[str, Any], output_dir: Path, overwrite: bool) -> Di
     write_legend(output_dir / MASKS_FOLDER, segmenter.classes)
     rows, skipped, predicted, megapixels, seconds = [], [], 0, 0.0, 0.0
     for path, name in zip(slides, names):
-        target = output_dir / MASKS_FOLDER / f"{name}.tiff"
+        target = slide_mask_path(output_dir, name)
         row_file = output_dir / "slides" / f"{name}.json"
         if target.exists() and row_file.exists() and not overwrite:
             rows.append(read_json(row_file))

@@ -42,6 +42,7 @@ from ..artifacts import (
     read_cam_index,
     read_cam_labels,
     read_foreground_map,
+    write_legend,
     write_metrics,
 )
 from ..config import ConfigError
@@ -54,7 +55,6 @@ from ..data import (
     read_mask_png,
     read_rgb,
     validate_data,
-    write_legend,
     write_mask_png,
     write_rgb,
 )

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from pseudo_masks.tissue import tissue_fraction
 
-from ..artifacts import SUMMARY_FILE
+from ..artifacts import LABELS_CSV, SUMMARY_FILE, TILE_DATA_FILE
 from ..config import ConfigError, check_number, check_path
 from ..data import resized, unique_stems, write_rgb
 from ..data.readers import image_files
@@ -41,7 +41,6 @@ __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "validate", "lis
 
 DONE_FILE = SUMMARY_FILE
 RESUMABLE_CHANGES = {"slide_mpp"}
-LABELS_FILE = "labels.csv"
 
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/tiles",
@@ -181,16 +180,16 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         rows += [{"image": f"tiles/{stem}/{name}", "label": ";".join(labels), "split": split,
                   "slide": stem} for name, _, _ in tiles]
     seconds = time.perf_counter() - start
-    write_csv(output_dir / LABELS_FILE, rows)
+    write_csv(output_dir / LABELS_CSV, rows)
     write_csv(output_dir / "slides.csv", slide_rows)
     classes = sorted({label for _, labels, _ in slides for label in labels})
     data = {"data": {"format": "csv", "classes": classes, "image_size": int(config["tile"]["size"]),
                      "mpp": float(config["tile"]["mpp"]),
-                     "train": {"path": str((output_dir / LABELS_FILE).resolve()), "split": "train"},
-                     "val": {"path": str((output_dir / LABELS_FILE).resolve()), "split": "val"}}}
+                     "train": {"path": str((output_dir / LABELS_CSV).resolve()), "split": "train"},
+                     "val": {"path": str((output_dir / LABELS_CSV).resolve()), "split": "val"}}}
     if "val" not in splits:
         data["data"]["val"] = {"path": None}
-    atomic_write_text(output_dir / "data.yaml", yaml.safe_dump(data, sort_keys=False))
+    atomic_write_text(output_dir / TILE_DATA_FILE, yaml.safe_dump(data, sort_keys=False))
     if empty:
         print(f"warning: no tissue tiles in {len(empty)} slide(s): {empty[:5]} (all glass, or"
               " lower tile.min_tissue / tissue.min_saturation)", flush=True)
@@ -199,5 +198,5 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
                "seconds": seconds, "classes": classes}
     write_json(output_dir / DONE_FILE, summary)
     print(f"wrote {len(rows)} tiles of {len(slides)} slides to {output_dir / 'tiles'};"
-          f" train on them with: segmix run --config {output_dir / 'data.yaml'}", flush=True)
+          f" train on them with: segmix run --config {output_dir / TILE_DATA_FILE}", flush=True)
     return summary
