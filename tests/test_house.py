@@ -18,7 +18,7 @@ from segmix.data import ImageReadError, read_rgb
 from segmix.training.mixers import CutMix, PairParams
 from segmix.shuffle import ShuffleParams, apply_params
 from segmix.stages import STAGES
-from segmix.training.trainer import build_mixer
+from segmix.training.settings import build_mixer
 
 from interrupt import run_killed_after_first_epoch
 from synthetic import write_csv_dataset
@@ -169,6 +169,18 @@ def test_services_never_import_stages_or_the_cli():
                 for path in services for module, line in imported_modules(path)
                 if module.startswith(("segmix.stages", "segmix.cli", "segmix.api"))]
     assert not offences, "\n".join(offences)
+
+
+def test_the_house_keeps_its_rooms_small():
+    """Families live in folders (segmix/ root: at most 12 modules) and no module grows past 400
+    lines, where a reader starts to get lost."""
+    root = sorted(path.name for path in (ROOT / "segmix").glob("*.py"))
+    assert len(root) <= 12, f"segmix/ holds {len(root)} modules: {root}"
+    long = [f"{path.relative_to(ROOT)} ({n} lines)"
+            for folder in ("segmix", "cam", "pseudo_masks")
+            for path in sorted((ROOT / folder).rglob("*.py"))
+            if (n := len(path.read_text().splitlines())) > 400]
+    assert not long, "modules over 400 lines: " + ", ".join(long)
 
 
 def test_help_imports_no_torch_and_shows_each_stage_its_own_example():

@@ -7,7 +7,7 @@ import torch
 
 from segmix.metrics import average_precision, classification_metrics
 from segmix.training.mixers import CutMix, MixUp, NoMixing, ShuffleMixing
-from segmix.training.trainer import build_mixer
+from segmix.training.settings import build_mixer
 
 
 def batch(seed=0):

@@ -38,16 +38,15 @@ from ..models.factory import (
     save_classifier,
 )
 from ..training.runtime import Runtime
-from ..training.trainer import (
+from ..training.settings import (
     AUGMENT_DEFAULTS,
     AUGMENTATION_DEFAULTS,
     TRAIN_DEFAULTS,
-    EpochTrainer,
     build_mixer,
     resumable_changes,
-    run_training,
     validate_training,
 )
+from ..training.trainer import EpochTrainer, run_training
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "validate"]
 

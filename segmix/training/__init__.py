@@ -1,4 +1,5 @@
-"""Training: the epoch loop shared by both training stages (:mod:`.trainer`), the batch mixers
+"""Training: the epoch loop shared by both training stages (:mod:`.trainer`), the config sections
+they share and the mixer they describe (:mod:`.settings`), the batch mixers
 (:mod:`.mixers`: patch shuffle with the feedback curriculum, CutMix, MixUp), the metrics log
 (:mod:`.log`) and the process runtime (:mod:`.runtime`: devices, ranks, safe checkpoint files).
 

@@ -1,7 +1,6 @@
-"""What every training stage shares: the config sections of augmentation, the batch mixer and the
-training loop (their defaults, their validation, :func:`build_mixer`), the epoch loop with the
-mixer and its curriculum feedback, deterministic per-epoch seeding, AMP, DDP, per-epoch CSVs,
-atomic checkpoints and an exact ``--resume``.
+"""The training loop every training stage shares: the epoch loop with the batch mixer and its
+curriculum feedback, deterministic per-epoch seeding, AMP, DDP, per-epoch CSVs, atomic checkpoints
+and an exact ``--resume`` (the config sections it reads: :mod:`.settings`).
 
 A stage subclasses :class:`EpochTrainer`, builds its model and datasets, calls :meth:`setup`, and
 implements :meth:`mix`, :meth:`loss`, :meth:`evaluate` and :meth:`save_model`.
@@ -28,115 +27,24 @@ from ..artifacts import (
     best_model_name,
     checkpoint_path,
 )
-from ..config import ConfigError, check_number, config_differences, merge
-from ..curriculum import ShuffleCurriculum
-from ..data import build_transform
+from ..config import config_differences
 from ..errors import SegmixError
 from ..io import write_csv
-from .mixers import MIXERS, BatchMixer, CutMix, MixUp, NoMixing, ShuffleMixing
 from ..models.factory import save_model_folder
 from ..models.precision import autocast_dtype, depthwise_convs_in_float32
-from .log import EpochLog, check_logger
+from .log import EpochLog
+from .mixers import BatchMixer
 from .runtime import (
     Runtime,
     atomic_torch_save,
-    check_device,
     load_checkpoint,
     rng_state,
     set_rng_state,
     setup_runtime,
 )
+from .settings import resumable_changes
 
-__all__ = ["AUGMENT_DEFAULTS", "AUGMENTATION_DEFAULTS", "TRAIN_DEFAULTS", "EpochTrainer",
-           "StageError", "build_mixer", "resumable_changes", "run_training", "validate_training"]
-
-# Config sections both training stages share.
-AUGMENTATION_DEFAULTS: Dict[str, Any] = {
-    "train": [
-        {"name": "HorizontalFlip", "p": 0.5},
-        {"name": "VerticalFlip", "p": 0.5},
-        {"name": "RandomRotate90", "p": 0.5},
-        {"name": "ColorJitter", "brightness": 0.1, "contrast": 0.1, "saturation": 0.1,
-         "hue": 0.03, "p": 0.5},
-    ],
-    "eval": [],
-}
-# The batch mixer (see configs/ for the keys); the keys of one mixer are ignored by the others.
-AUGMENT_DEFAULTS: Dict[str, Any] = {
-    "name": "segmix", "p": 1.0, "mode": "batch", "group_size": None, "label_mode": "area",
-    "alpha": 1.0, "cooldown_epochs": 0,
-    "curriculum": {"strategy": "loss_hold", "warmup_epochs": 1, "patch_sizes": None,
-                   "fix_ratios": None, "base": 16, "loss_threshold": None,
-                   "threshold_decay": 0.933, "start_level": 0},
-}
-# The keys a training section holds in both stages (each stage adds its own). Speed settings
-# (docs/benchmarks.md, "Training throughput"): `amp` is mixed precision where the hardware has it
-# (float16 on CUDA, bfloat16 on a CPU with native bf16), `channels_last` the memory layout oneDNN
-# and cuDNN convolve fastest, `compile` torch.compile (30-90 s of compiling at each start here).
-TRAIN_DEFAULTS: Dict[str, Any] = {"epochs": 10, "lr": 1e-3, "weight_decay": 1e-4, "amp": True,
-                                  "channels_last": True, "compile": False, "num_workers": 2,
-                                  "device": "auto", "logger": "none"}
-
-
-def build_mixer(section: Mapping[str, Any], num_classes: int, image_size: Tuple[int, int],
-                total_epochs: int) -> BatchMixer:
-    """The mixer an ``augment`` section describes (missing keys take :data:`AUGMENT_DEFAULTS`)."""
-    config = merge(AUGMENT_DEFAULTS, section)
-    name = config["name"]
-    if name == "none":
-        return NoMixing()
-    if name == "cutmix":
-        return CutMix(config["alpha"], config["p"])
-    if name == "mixup":
-        return MixUp(config["alpha"], config["p"])
-    if name != "segmix":
-        raise ValueError(f"unknown augment.name {name!r}; valid: {', '.join(MIXERS)}")
-    schedule = config["curriculum"]
-    curriculum = ShuffleCurriculum(
-        image_size, schedule["strategy"], total_epochs=total_epochs,
-        warmup_epochs=schedule["warmup_epochs"], patch_sizes=schedule["patch_sizes"],
-        fix_ratios=schedule["fix_ratios"], base=schedule["base"],
-        loss_threshold=schedule["loss_threshold"], threshold_decay=schedule["threshold_decay"],
-        start_level=schedule["start_level"],
-    )
-    cooldown = int(config["cooldown_epochs"])
-    if not 0 <= cooldown < total_epochs:
-        raise ValueError(f"cooldown_epochs must be in [0, epochs), got {cooldown} for"
-                         f" {total_epochs} epochs")
-    return ShuffleMixing(curriculum, total_epochs - cooldown if cooldown else None,
-                         mode=config["mode"], num_classes=num_classes, p=config["p"],
-                         group_size=config["group_size"], label_mode=config["label_mode"])
-
-
-def validate_training(config: Mapping[str, Any], *, train_section: str, augment_section: str,
-                      num_classes: int, image_size: Tuple[int, int]) -> None:
-    """Check a training stage's ``augmentations``, mixer and training sections (every value the
-    loop reads); a :class:`ConfigError` names the key, the value and what is allowed."""
-    train = config[train_section]
-    for key in ("epochs", "batch_size", "eval_batch_size"):
-        check_number(f"{train_section}.{key}", train[key], integer=True)
-    check_number(f"{train_section}.lr", train["lr"])
-    check_number(f"{train_section}.weight_decay", train["weight_decay"], positive=False)
-    check_number(f"{train_section}.num_workers", train["num_workers"], integer=True, positive=False)
-    check_device(train["device"], f"{train_section}.device")
-    check_logger(f"{train_section}.logger", train["logger"])
-    for split in ("train", "eval"):
-        build_transform(config["augmentations"][split], image_size, (0.5,) * 3, (0.5,) * 3)
-    try:
-        build_mixer(config[augment_section], num_classes, image_size, int(train["epochs"]))
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{augment_section}: {error}") from error
-
-
-def resumable_changes(train_section: str) -> set:
-    """Keys that may differ between the run that made a checkpoint and the run that resumes it.
-
-    Not ``epochs``: the cosine schedule and the curriculum's plan depend on it, so a resumed run
-    with other epochs would not continue the same run (start a new run from the saved model).
-    """
-    return {f"{train_section}.{key}" for key in ("num_workers", "device", "eval_batch_size",
-                                                 "compile", "logger")} | {"output_dir"}
-
+__all__ = ["EpochTrainer", "StageError", "run_training"]
 
 class StageError(SegmixError, ValueError):
     """A run that cannot start as asked (e.g. an earlier run's checkpoint is in the way)."""
