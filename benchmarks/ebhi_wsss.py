@@ -110,7 +110,7 @@ def run_folder(config: Dict[str, Any], folder: Path, stages: Optional[List[str]]
         print(f"== {folder}: done, reading {folder / SUMMARY_FILE}", flush=True)
         return json.loads((folder / SUMMARY_FILE).read_text())
     print(f"== {folder}", flush=True)
-    prepare_output_dir(pipeline, config, folder, overwrite=False)
+    prepare_output_dir(run_stage, config, folder, overwrite=False)
     for name, source in (borrow or {}).items():
         if not (folder / name).exists():
             os.symlink(os.path.relpath(source, folder), folder / name)
