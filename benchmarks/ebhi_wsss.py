@@ -47,6 +47,7 @@ from segmix.data import (
 )
 from segmix.io import atomic_path, atomic_write_text, write_csv
 from segmix.stages import pipeline, prepare_output_dir
+from segmix.stages import run as run_stage
 
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = ("baseline", "segmix", "segmix_fixed", "segmix_no_tta", "upper_bound")
