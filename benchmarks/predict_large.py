@@ -4,7 +4,8 @@ Each variant runs in a fresh subprocess (so its peak resident memory, VmHWM, is 
 random RGB image, with a U-Net + EfficientNet-Lite0 (offline weights; the decoder is untrained,
 which does not change the cost) predicting 7 classes through 224 px windows with 0.25 overlap:
 
-* **band** : ``segmix.sliding_window.sliding_window_predict`` (one band of windows in memory);
+* **band** : ``segmix.models.sliding_window.sliding_window_predict`` (one band of windows in
+  memory);
 * **full maps**: the usual approach, written here as the same-run baseline: the same windows and
   Gaussian weights accumulated into full-image logit and weight maps, argmax at the end.
 
@@ -27,7 +28,7 @@ CHILD = textwrap.dedent("""
     import json, math, sys, time
     import numpy as np, torch
     from segmix.models.factory import create_segmenter, segmenter_normalization
-    from segmix.sliding_window import blend_weights, sliding_window_predict, window_starts
+    from segmix.models.sliding_window import blend_weights, sliding_window_predict, window_starts
 
     def status_mib(field):
         with open("/proc/self/status") as f:

@@ -46,8 +46,8 @@ from segmix.config import apply_overrides, load_config
 from segmix.data import build_transform, read_rgb, read_split
 from segmix.io import write_csv
 from segmix.models.factory import create_classifier, create_segmenter
-from segmix.training.runtime import setup_runtime
-from segmix.sliding_window import sliding_window_predict
+from segmix.runtime import setup_runtime
+from segmix.models.sliding_window import sliding_window_predict
 from segmix.stages.run import DEFAULTS as PIPELINE_DEFAULTS
 from segmix.stages.train_cls import ClassifierTraining
 from segmix.stages.train_seg import SegmenterTraining

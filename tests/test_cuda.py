@@ -14,8 +14,8 @@ from cam import ShuffleTTA, cams_with_tta, create_cam
 from segmix.cli import main
 from segmix.models.factory import create_segmenter, load_classifier
 from segmix.models.precision import depthwise_convs_in_float32
-from segmix.training.runtime import setup_runtime
-from segmix.sliding_window import sliding_window_predict
+from segmix.runtime import setup_runtime
+from segmix.models.sliding_window import sliding_window_predict
 
 from synthetic import write_csv_dataset
 

@@ -25,15 +25,18 @@ from synthetic import write_csv_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE = [ROOT / "segmix" / f"{name}.py" for name in
-        ("curriculum", "sliding_window", "metrics", "labels", "errors")]
-# the mixers and the (import-free) face of their package, which importing them runs
-CORE += [ROOT / "segmix" / "training" / "mixers.py", ROOT / "segmix" / "training" / "__init__.py"]
+        ("curriculum", "metrics", "labels", "errors")]
+# the mixers, the sliding window, and the (import-free) faces of their packages, which importing
+# them runs
+CORE += [ROOT / "segmix" / folder / name for folder, name in (
+    ("training", "mixers.py"), ("training", "__init__.py"),
+    ("models", "sliding_window.py"), ("models", "__init__.py"))]
 CORE += sorted((ROOT / "segmix" / "shuffle").glob("*.py"))  # the kernel: a package of its parts
 CORE += sorted((ROOT / "cam").glob("*.py")) + sorted((ROOT / "pseudo_masks").glob("*.py"))
 SHUFFLE_PARTS = {f"segmix.shuffle.{path.stem}"
                  for path in (ROOT / "segmix" / "shuffle").glob("*.py")}
 CORE_SEGMIX = {"segmix", "segmix.shuffle", "segmix.curriculum", "segmix.training.mixers",
-               "segmix.sliding_window", "segmix.metrics", "segmix.labels", "segmix.errors",
+               "segmix.models.sliding_window", "segmix.metrics", "segmix.labels", "segmix.errors",
                *SHUFFLE_PARTS}
 # torch, NumPy and scikit-image; pydensecrf is the optional CRF backend, imported where it is used.
 CORE_THIRD_PARTY = {"torch", "numpy", "skimage", "pydensecrf", "cam", "pseudo_masks"}

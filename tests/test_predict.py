@@ -13,7 +13,7 @@ from PIL import Image
 from segmix.cli import main
 from segmix.data import read_mask_png
 from segmix.models.factory import create_segmenter, save_segmenter
-from segmix.sliding_window import blend_weights, sliding_window_predict, window_starts
+from segmix.models.sliding_window import blend_weights, sliding_window_predict, window_starts
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
@@ -97,7 +97,7 @@ def test_a_4000_by_3000_image_needs_less_memory_than_its_logit_map():
     one row of windows, not the whole image (about 110 MiB here, allocator slack included)."""
     script = textwrap.dedent("""
         import numpy as np, torch
-        from segmix.sliding_window import sliding_window_predict
+        from segmix.models.sliding_window import sliding_window_predict
         def status_mib(field):  # VmRSS now, VmHWM peak of this process image (ru_maxrss is not:
             with open("/proc/self/status") as f:  # it keeps the forking parent's peak)
                 line = next(l for l in f if l.startswith(field + ":"))

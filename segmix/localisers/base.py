@@ -32,7 +32,7 @@ import torch
 from ..config import ConfigError
 from ..data import Sample, read_rgb, read_split, write_rgb
 from ..models.pretrained import Classifier
-from ..training.runtime import atomic_torch_save, load_torch_file
+from ..runtime import atomic_torch_save, load_torch_file
 
 __all__ = ["ClassifierProbability", "Localiser", "LocaliserSettings", "check_shuffle_patch",
            "draw_maps", "fit_or_reuse", "fit_sample", "grey", "load_classifier", "write_rows"]

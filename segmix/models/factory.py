@@ -22,7 +22,7 @@ from torch import nn
 from ..data.palette import palette_colors
 from ..errors import SegmixError
 from .folder import folder_kind, read_model_folder, write_model_folder
-from ..training.runtime import atomic_torch_save, load_torch_file
+from ..runtime import atomic_torch_save, load_torch_file
 
 __all__ = [
     "ModelError",

@@ -27,8 +27,8 @@ from .factory import (
     model_kind,
     save_model_folder,
 )
-from ..training.runtime import setup_runtime
-from ..sliding_window import sliding_window_predict
+from ..runtime import setup_runtime
+from .sliding_window import sliding_window_predict
 
 __all__ = ["Classifier", "Segmenter", "Prediction", "load_pretrained"]
 
@@ -122,9 +122,9 @@ class Segmenter(_Pretrained):
                 blend: str = "gaussian", flips: Sequence[str] = (), batch_size: int = 8,
                 scale: float = 1.0, probabilities: bool = False,
                 on_row: Optional[Callable[[int, int], None]] = None) -> Prediction:
-        """Segment an RGB uint8 image of any size with a sliding window (:mod:`segmix.sliding_window`)
-        of the training size (or ``window``), after resizing by ``scale``; the mask comes back at
-        the image's size."""
+        """Segment an RGB uint8 image of any size with a sliding window (:mod:`.sliding_window`) of
+        the training size (or ``window``), after resizing by ``scale``; the mask comes back at the
+        image's size."""
         size = image.shape[:2]
         if scale != 1.0:
             image = resized(image, (max(1, round(size[0] * scale)), max(1, round(size[1] * scale))))

@@ -158,7 +158,7 @@ def holding_output_dir(folder: Path) -> Iterator[None]:
     """Hold ``folder`` for this run (:func:`segmix.io.folder_lock`: a second run into it is
     refused, a killed run's temporaries are removed); under ``torchrun`` rank 0 holds it for all."""
     from ..io import folder_lock
-    from ..training.runtime import is_main_process
+    from ..runtime import is_main_process
 
     with folder_lock(folder) if is_main_process() else nullcontext():
         yield
@@ -171,7 +171,7 @@ def prepare_output_dir(module: ModuleType, config: Dict[str, Any], output_dir: P
     that holds only the config of a run that stopped before computing anything (bad input, say)
     takes the new config."""
     from ..artifacts import CONFIG_FILE
-    from ..training.runtime import is_main_process
+    from ..runtime import is_main_process
 
     done = output_dir / module.DONE_FILE
     if done.exists() and not overwrite:

@@ -39,7 +39,7 @@ from ..data import (
     validate_data,
 )
 from ..models.factory import class_probabilities, load_classifier
-from ..training.runtime import check_device, setup_runtime
+from ..runtime import check_device, setup_runtime
 from ..shuffle import patch_grid
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "tta_settings", "validate"]

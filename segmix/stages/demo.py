@@ -29,7 +29,7 @@ from ..config import check_number, merge, save_config
 from ..data import Sample, overlay, read_mask_png, read_rgb, read_split
 from ..data.synthetic import TISSUES, write_dataset
 from ..io import atomic_path, write_json
-from ..training.runtime import is_main_process
+from ..runtime import is_main_process
 from . import pipeline
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "constant_mask_miou",

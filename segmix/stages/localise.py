@@ -56,7 +56,7 @@ from ..io import write_json
 from ..localisers import LOCALISERS, fit_or_reuse
 from ..localisers.axis import AXIS_FEATURES
 from ..localisers.prototypes import NAMINGS
-from ..training.runtime import check_device
+from ..runtime import check_device
 
 __all__ = ["DEFAULTS", "DONE_FILE", "METHODS", "NAMINGS", "RESUMABLE_CHANGES", "run", "validate"]
 

@@ -3,8 +3,9 @@
 Inputs (one of): ``input``, a folder of images or a CSV with an ``image`` column (paths relative to
 the CSV; ``input_split`` keeps the rows of one ``split``), or ``split``, a split of the ``data``
 section (as ``segmix run`` uses it). Images of any size are predicted with a sliding window
-(:mod:`segmix.sliding_window`): windows of the training size overlap by ``predict.overlap``; logits
-are blended, in memory bounded by one band of windows; ``predict.flips`` adds flip TTA.
+(:mod:`segmix.models.sliding_window`): windows of the training size overlap by
+``predict.overlap``; logits are blended, in memory bounded by one band of windows;
+``predict.flips`` adds flip TTA.
 
 Outputs: ``masks/<stem>.png`` (palette PNG: 0 background, 1..K classes) with ``masks/legend.json``,
 optional ``probabilities/<stem>.npz`` (float16 ``[K+1, H, W]`` softmax) and
@@ -55,11 +56,11 @@ from ..data import (
 from ..data.readers import IMAGE_SUFFIXES, image_files
 from ..io import atomic_write_npz, read_json, write_csv, write_json
 from ..models.pretrained import Segmenter
-from ..training.runtime import check_device
+from ..runtime import check_device
 from ..slides.prediction import predict_slide
 from ..slides.slide import SLIDE_SUFFIXES, Slide, SlideError, require_openslide, tissue_picture
 from ..shuffle import size_pair
-from ..sliding_window import BLENDS, FLIPS
+from ..models.sliding_window import BLENDS, FLIPS
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "Predictor", "run", "list_inputs",
            "validate"]

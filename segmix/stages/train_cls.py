@@ -37,7 +37,7 @@ from ..models.factory import (
     normalization_of,
     save_classifier,
 )
-from ..training.runtime import Runtime
+from ..runtime import Runtime
 from ..training.settings import (
     AUGMENT_DEFAULTS,
     AUGMENTATION_DEFAULTS,

@@ -45,7 +45,7 @@ from ..models.factory import (
     save_segmenter,
     segmenter_normalization,
 )
-from ..training.runtime import Runtime
+from ..runtime import Runtime
 from ..training.settings import (
     AUGMENT_DEFAULTS,
     AUGMENTATION_DEFAULTS,

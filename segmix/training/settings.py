@@ -11,7 +11,7 @@ from ..curriculum import ShuffleCurriculum
 from ..data import build_transform
 from .log import check_logger
 from .mixers import MIXERS, BatchMixer, CutMix, MixUp, NoMixing, ShuffleMixing
-from .runtime import check_device
+from ..runtime import check_device
 
 __all__ = ["AUGMENT_DEFAULTS", "AUGMENTATION_DEFAULTS", "TRAIN_DEFAULTS", "build_mixer",
            "resumable_changes", "validate_training"]

@@ -34,7 +34,7 @@ from ..models.factory import save_model_folder
 from ..models.precision import autocast_dtype, depthwise_convs_in_float32
 from .log import EpochLog
 from .mixers import BatchMixer
-from .runtime import (
+from ..runtime import (
     Runtime,
     atomic_torch_save,
     load_checkpoint,

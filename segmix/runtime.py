@@ -16,8 +16,8 @@ from typing import Any, Dict, Optional
 import torch
 import torch.distributed as dist
 
-from ..errors import SegmixError
-from ..io import atomic_path
+from .errors import SegmixError
+from .io import atomic_path
 
 __all__ = ["Runtime", "setup_runtime", "is_main_process", "atomic_torch_save", "load_checkpoint",
            "load_torch_file", "UnsafeFileError", "DeviceError", "DEVICES", "check_device",

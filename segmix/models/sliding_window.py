@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .shuffle import size_pair
+from ..shuffle import size_pair
 
 __all__ = ["FLIPS", "BLENDS", "window_starts", "blend_weights", "sliding_window_predict"]
 
