@@ -25,19 +25,20 @@ from synthetic import write_csv_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE = [ROOT / "segmix" / f"{name}.py" for name in
-        ("curriculum", "metrics", "labels", "errors")]
+        ("metrics", "labels", "errors")]
 # the mixers, the sliding window, and the (import-free) faces of their packages, which importing
 # them runs
 CORE += [ROOT / "segmix" / folder / name for folder, name in (
     ("training", "mixers.py"), ("training", "__init__.py"),
     ("models", "sliding_window.py"), ("models", "__init__.py"))]
 CORE += sorted((ROOT / "segmix" / "shuffle").glob("*.py"))  # the kernel: a package of its parts
+CORE += sorted((ROOT / "segmix" / "curriculum").glob("*.py"))  # the curriculum: ladder, controller
 CORE += sorted((ROOT / "cam").glob("*.py")) + sorted((ROOT / "pseudo_masks").glob("*.py"))
-SHUFFLE_PARTS = {f"segmix.shuffle.{path.stem}"
-                 for path in (ROOT / "segmix" / "shuffle").glob("*.py")}
+PARTS = {f"segmix.{package}.{path.stem}" for package in ("shuffle", "curriculum")
+         for path in (ROOT / "segmix" / package).glob("*.py")}
 CORE_SEGMIX = {"segmix", "segmix.shuffle", "segmix.curriculum", "segmix.training.mixers",
                "segmix.models.sliding_window", "segmix.metrics", "segmix.labels", "segmix.errors",
-               *SHUFFLE_PARTS}
+               *PARTS}
 # torch, NumPy and scikit-image; pydensecrf is the optional CRF backend, imported where it is used.
 CORE_THIRD_PARTY = {"torch", "numpy", "skimage", "pydensecrf", "cam", "pseudo_masks"}
 

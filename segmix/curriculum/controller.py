@@ -1,102 +1,25 @@
-"""Feedback curriculum for the patch shuffle: which (patch size, fix ratio) to use each epoch.
-
-Difficulty is a single integer *level* from 0 (easiest: coarse patches, many fixed positions) to
-``L - 1`` (hardest: fine patches, few fixed positions). Two ladders give the setting of a level:
-``patch_sizes`` (coarse to fine) and ``fix_ratios`` (easy to hard, i.e. decreasing); the longer
-ladder moves one step per level, the shorter one is spread evenly over the levels.
-
-Strategies (decided **once per epoch** from an epoch-level loss, by :meth:`ShuffleCurriculum.step`):
-
-* ``fixed``: stay at ``start_level``;
-* ``linear``: a plan by epoch, rising evenly (rounded half up) from level 0 after warm-up to the
-  hardest level at the last epoch;
-* ``loss_hold``: if the loss is below the threshold, one level harder and ``threshold *=
-  threshold_decay``; otherwise follow the plan (never stepping back below the current level);
-* ``loss_back``: if the loss is below the threshold, one level harder (threshold decays likewise);
-  otherwise one level easier.
-
-The threshold defaults to the loss of the first epoch after warm-up (decision ``calibrate``; with
-no warm-up, epoch 0).
-State (level, threshold, next epoch, history) round-trips through :meth:`state_dict` so a resumed
-run continues exactly. Depends on nothing but the standard library.
-"""
+"""The controller of the feedback curriculum: which level (hence which patch size and fix ratio)
+each epoch uses, decided once per epoch from its loss (see :mod:`segmix.curriculum`)."""
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from .shuffle import size_pair
+from ..shuffle import size_pair
+from .ladder import (
+    CurriculumLadder,
+    CurriculumSetting,
+    PatchSizeEntry,
+    default_fix_ratios,
+    default_patch_sizes,
+    round_half_up,
+)
 
-__all__ = [
-    "STRATEGIES",
-    "CurriculumSetting",
-    "ShuffleCurriculum",
-    "default_patch_sizes",
-    "default_fix_ratios",
-]
+__all__ = ["STRATEGIES", "ShuffleCurriculum"]
 
 STRATEGIES: Tuple[str, ...] = ("fixed", "linear", "loss_hold", "loss_back")
-
-PatchSizeEntry = Union[int, Tuple[int, int]]
-
-
-@dataclass(frozen=True)
-class CurriculumSetting:
-    """The shuffle setting for one epoch."""
-
-    level: int
-    patch_size: PatchSizeEntry
-    fix_ratio: float
-
-
-def default_patch_sizes(
-    image_size: Union[int, Sequence[int]], base: int = 16, max_fraction: float = 0.5
-) -> List[int]:
-    """Square patch sizes for an image, coarse to fine.
-
-    The sides that divide both image sides, are multiples of ``base`` and are at most
-    ``max_fraction`` of the shorter side (so every image has at least a 2x2 grid at 0.5).
-    224 px gives ``[112, 32, 16]``; 256 px gives ``[128, 64, 32, 16]``.
-    """
-    height, width = size_pair(image_size, "image_size")
-    if base < 1:
-        raise ValueError(f"base must be a positive int, got {base}")
-    largest = int(min(height, width) * max_fraction)
-    sizes = [
-        s for s in range(base, largest + 1, base) if height % s == 0 and width % s == 0
-    ]
-    if not sizes:
-        raise ValueError(
-            f"no patch size divides the image size {height}x{width}, is a multiple of {base} and is"
-            f" at most {max_fraction:g} of the shorter side; pass patch_sizes explicitly or resize"
-            f" the images (e.g. to a multiple of {2 * base})"
-        )
-    return sorted(sizes, reverse=True)
-
-
-def default_fix_ratios(start: float = 0.75, end: float = 0.25, steps: int = 8) -> List[float]:
-    """``steps`` evenly spaced fix ratios from ``start`` (easy) to ``end`` (hard).
-
-    The default start, 0.75, still moves one of the 4 positions of the coarsest default patch
-    (half the image side); 0.9 there would keep all 4 and shuffle nothing."""
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if steps == 1:
-        return [float(end)]
-    return [round(start + (end - start) * i / (steps - 1), 6) for i in range(steps)]
-
-
-def _ladder_index(level: int, levels: int, length: int) -> int:
-    if levels == 1:
-        return 0
-    return int(math.floor(level * (length - 1) / (levels - 1) + 0.5))
-
-
-def _round_half_up(value: float) -> int:
-    return int(math.floor(value + 0.5))
 
 
 class ShuffleCurriculum:
@@ -154,11 +77,10 @@ class ShuffleCurriculum:
             raise ValueError(f"warmup_epochs must be a non-negative int, got {warmup_epochs!r}")
         self.total_epochs = total_epochs
         self.warmup_epochs = warmup_epochs
-        self.patch_sizes = self._check_patch_sizes(
-            default_patch_sizes(self.image_size, base) if patch_sizes is None else patch_sizes
-        )
-        self.fix_ratios = self._check_ratios(
-            default_fix_ratios() if fix_ratios is None else fix_ratios
+        self.ladder = CurriculumLadder(
+            self.image_size,
+            default_patch_sizes(self.image_size, base) if patch_sizes is None else patch_sizes,
+            default_fix_ratios() if fix_ratios is None else fix_ratios,
         )
         if loss_threshold is not None and not (
             isinstance(loss_threshold, (int, float)) and math.isfinite(loss_threshold)
@@ -168,7 +90,6 @@ class ShuffleCurriculum:
             raise ValueError(f"threshold_decay must be in (0, 1], got {threshold_decay}")
         self.initial_threshold = None if loss_threshold is None else float(loss_threshold)
         self.threshold_decay = float(threshold_decay)
-        self.num_levels = max(len(self.patch_sizes), len(self.fix_ratios))
         if not isinstance(start_level, int) or not 0 <= start_level < self.num_levels:
             raise ValueError(f"start_level must be in [0, {self.num_levels}), got {start_level!r}")
         self.start_level = start_level
@@ -178,58 +99,31 @@ class ShuffleCurriculum:
         self.next_epoch = 0
         self.history: List[Dict[str, Any]] = []
 
-    def _check_patch_sizes(self, sizes: Sequence[PatchSizeEntry]) -> List[PatchSizeEntry]:
-        height, width = self.image_size
-        checked: List[PatchSizeEntry] = []
-        if len(sizes) == 0:
-            raise ValueError("patch_sizes must not be empty")
-        for size in sizes:
-            if isinstance(size, (list, tuple)) and len(size) == 2:
-                ph, pw = int(size[0]), int(size[1])
-                entry: PatchSizeEntry = (ph, pw)
-            elif isinstance(size, int) and not isinstance(size, bool):
-                ph = pw = size
-                entry = size
-            else:
-                raise ValueError(f"patch size {size!r} must be an int or a (height, width) pair")
-            if ph < 1 or pw < 1 or height % ph or width % pw:
-                raise ValueError(
-                    f"patch size {size!r} does not divide the image size {height}x{width}"
-                )
-            checked.append(entry)
-        return checked
-
-    @staticmethod
-    def _check_ratios(ratios: Sequence[float]) -> List[float]:
-        if len(ratios) == 0:
-            raise ValueError("fix_ratios must not be empty")
-        for ratio in ratios:
-            if not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1:
-                raise ValueError(f"fix ratio {ratio!r} is not in [0, 1]")
-        return [float(r) for r in ratios]
-
     def _warn_idle_levels(self) -> None:
         """Warn about levels whose fix ratio keeps every grid position: they shuffle nothing."""
         height, width = self.image_size
-        idle = []
-        for level in range(self.num_levels):
-            setting = self.setting_at(level)
-            ph, pw = (setting.patch_size, setting.patch_size) if isinstance(setting.patch_size, int) \
-                else setting.patch_size
-            positions = (height // ph) * (width // pw)
-            if int(round(setting.fix_ratio * positions)) >= positions:
-                idle.append(f"level {level} (patch {setting.patch_size}, ratio {setting.fix_ratio})")
+        idle = self.ladder.idle_levels()
         if idle:
             warnings.warn(f"{', '.join(idle)} keep every grid position of a {height}x{width} image:"
                           " these levels shuffle nothing. Use smaller patches or lower fix ratios.",
                           stacklevel=3)
 
     # -- settings ---------------------------------------------------------------------------
+    @property
+    def patch_sizes(self) -> List[PatchSizeEntry]:
+        return self.ladder.patch_sizes
+
+    @property
+    def fix_ratios(self) -> List[float]:
+        return self.ladder.fix_ratios
+
+    @property
+    def num_levels(self) -> int:
+        return self.ladder.num_levels
+
     def setting_at(self, level: int) -> CurriculumSetting:
         """The setting of a difficulty level."""
-        patch = self.patch_sizes[_ladder_index(level, self.num_levels, len(self.patch_sizes))]
-        ratio = self.fix_ratios[_ladder_index(level, self.num_levels, len(self.fix_ratios))]
-        return CurriculumSetting(level=level, patch_size=patch, fix_ratio=ratio)
+        return self.ladder.setting_at(level)
 
     @property
     def setting(self) -> CurriculumSetting:
@@ -250,7 +144,7 @@ class ShuffleCurriculum:
         if span <= 0:
             return self.hardest_level
         progress = min(epoch - self.warmup_epochs, span) / span
-        return _round_half_up(progress * self.hardest_level)
+        return round_half_up(progress * self.hardest_level)
 
     # -- feedback ---------------------------------------------------------------------------
     def step(self, epoch: int, loss: float) -> CurriculumSetting:
