@@ -52,7 +52,7 @@ AFTER_CLASSIFIER = ["cams", "localise", "pseudo-masks", "train-seg", "predict", 
 
 def arm_config(args: argparse.Namespace, arm: str, seed: int,
                variant: Sequence[str] = ()) -> Dict[str, Any]:
-    config = pipeline.DEFAULTS
+    config = pipeline.pipeline_defaults()
     for layer in args.config:
         config = load_config(layer, config)
     config = load_config(ROOT / "configs" / "ebhi_wsss" / f"{arm}.yaml", config)

@@ -86,7 +86,7 @@ def halve_patch_sizes(config: Dict[str, Any]) -> None:
 
 
 def arm_config(arm: str, data_csv: Path, args: argparse.Namespace) -> Dict[str, Any]:
-    config = load_config(ROOT / "configs" / "ebhi.yaml", pipeline.DEFAULTS)
+    config = load_config(ROOT / "configs" / "ebhi.yaml", run_stage.DEFAULTS)
     config = load_config(ROOT / "configs" / "ebhi_wsss" / f"{arm}.yaml", config)
     overrides = [f"data.train.path={data_csv}", f"data.val.path={data_csv}",
                  f"train.epochs={args.epochs}", f"seg_train.epochs={args.seg_epochs or args.epochs}"]
@@ -103,8 +103,8 @@ def run_folder(config: Dict[str, Any], folder: Path, stages: Optional[List[str]]
     """Run (or continue) the pipeline's ``stages`` (all by default) in ``folder``, or read its
     summary if finished with the same settings; ``borrow`` links stage folders of another run."""
     if (folder / SUMMARY_FILE).exists():
-        changed = config_differences(load_config(folder / "config.yaml", pipeline.DEFAULTS), config,
-                                     {"output_dir", *pipeline.RESUMABLE_CHANGES})
+        changed = config_differences(load_config(folder / "config.yaml", run_stage.DEFAULTS),
+                                     config, {"output_dir", *run_stage.RESUMABLE_CHANGES})
         if changed:
             raise SystemExit(f"{folder} holds a finished run with other settings ({changed});"
                              " pass another --out")

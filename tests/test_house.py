@@ -187,6 +187,21 @@ def test_the_house_keeps_its_rooms_small():
     assert not long, "modules over 400 lines: " + ", ".join(long)
 
 
+def test_any_stage_can_be_the_first_one_loaded():
+    """The CLI loads whichever stage it is asked for first: no stage may need another to be loaded
+    before it (an import cycle through the orchestration shows only in that order)."""
+    code = ("import importlib, sys\n"
+            "from segmix.stages import STAGES\n"
+            "for name in [stage.module_name for stage in STAGES]:\n"
+            "    for loaded in [m for m in sys.modules if m.split('.')[0] == 'segmix']:\n"
+            "        del sys.modules[loaded]\n"
+            "    importlib.import_module(name)\n"
+            "print('loaded', len(STAGES))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == f"loaded {len(STAGES)}"
+
+
 def test_help_imports_no_torch_and_shows_each_stage_its_own_example():
     code = ("import sys, segmix.cli as cli; cli.build_parser();"
             " print(sorted(m for m in ('torch', 'timm', 'cv2') if m in sys.modules))")

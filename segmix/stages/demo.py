@@ -40,7 +40,7 @@ DONE_FILE = SUMMARY_FILE
 # The saved config.yaml names the dataset the demo wrote (so `segmix run --config` can re-run it);
 # a new `segmix demo` call, whose config leaves the paths to the demo, continues that run.
 DATA_PATH_KEYS = {f"data.{split}.{key}" for split in ("train", "val") for key in ("path", "split")}
-RESUMABLE_CHANGES = set(pipeline.RESUMABLE_CHANGES) | DATA_PATH_KEYS
+RESUMABLE_CHANGES = pipeline.pipeline_resumable_changes() | DATA_PATH_KEYS
 
 # Sized to finish in a few minutes on 2 CPU cores: 96 px tiles, the offline EfficientNet-Lite0.
 DEMO_SETTINGS: Dict[str, Any] = {
@@ -60,7 +60,7 @@ DEMO_SETTINGS: Dict[str, Any] = {
 }
 
 DEFAULTS: Dict[str, Any] = {
-    **merge(pipeline.DEFAULTS, DEMO_SETTINGS),
+    **merge(pipeline.pipeline_defaults(), DEMO_SETTINGS),
     "synthetic": {"train_tiles": 240, "val_tiles": 80, "size": 96, "seed": 0},
 }
 

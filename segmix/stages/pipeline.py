@@ -31,7 +31,8 @@ from ..models.factory import create_classifier
 from . import Stage, get_stage, holding_output_dir, pipeline_stages, prepare_output_dir
 from .clock import StageClock, recorded_seconds
 
-__all__ = ["DEFAULTS", "PIPELINE", "RESUMABLE_CHANGES", "print_summary", "run_pipeline",
+__all__ = ["PIPELINE", "pipeline_defaults", "pipeline_resumable_changes", "print_summary",
+           "run_pipeline",
            "run_step", "stage_config", "stage_defaults", "stage_folder", "validate_stages"]
 
 PIPELINE = pipeline_stages()  # the stages `segmix run` executes, in order
@@ -40,7 +41,12 @@ PIPELINE = pipeline_stages()  # the stages `segmix run` executes, in order
 WIRED = frozenset(key for stage in PIPELINE for key in stage.wiring(RunLayout(Path(".")), []))
 
 
-def _pipeline_defaults() -> Dict[str, Any]:
+# Stage modules are loaded when a function below is called, never when this module is imported:
+# a pipeline stage that imports this module (pseudo-masks, for --from-run) may be the first one
+# loaded.
+def pipeline_defaults() -> Dict[str, Any]:
+    """The pipeline config: every pipeline stage's sections, without the keys the pipeline wires
+    (a new dict at each call)."""
     defaults: Dict[str, Any] = {"output_dir": "runs/pipeline"}
     for stage in PIPELINE:
         for key, value in stage.load().DEFAULTS.items():
@@ -53,10 +59,9 @@ def _pipeline_defaults() -> Dict[str, Any]:
     return defaults
 
 
-# The pipeline config: every pipeline stage's sections, without the keys the pipeline wires.
-DEFAULTS: Dict[str, Any] = _pipeline_defaults()
-# Keys that may differ when a pipeline run is continued: any stage's.
-RESUMABLE_CHANGES = set().union(*(getattr(s.load(), "RESUMABLE_CHANGES", set()) for s in PIPELINE))
+def pipeline_resumable_changes() -> set:
+    """Keys that may differ when a pipeline run is continued: any stage's."""
+    return set().union(*(getattr(s.load(), "RESUMABLE_CHANGES", set()) for s in PIPELINE))
 
 
 def stage_defaults(name: str) -> Dict[str, Any]:

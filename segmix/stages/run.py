@@ -26,8 +26,8 @@ from . import pipeline
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "validate"]
 
 DONE_FILE = SUMMARY_FILE
-DEFAULTS: Dict[str, Any] = pipeline.DEFAULTS
-RESUMABLE_CHANGES = pipeline.RESUMABLE_CHANGES
+DEFAULTS: Dict[str, Any] = pipeline.pipeline_defaults()
+RESUMABLE_CHANGES = pipeline.pipeline_resumable_changes()
 
 
 def validate(config: Dict[str, Any]) -> None:
