@@ -14,12 +14,15 @@ from .generate import (
     IGNORE_INDEX,
     PseudoMaskConfig,
     cams_to_masks,
+    class_maps,
     trivial_masks,
 )
+from .threshold import ScoreHistogram
 from .tissue import tissue_background
 
 __all__ = [
     "BACKGROUNDS", "IGNORE_INDEX", "PROTOCOLS", "ConfusionMatrix", "PseudoMaskConfig",
+    "ScoreHistogram", "class_maps",
     "affinity_refine",
     "cams_to_masks", "segmentation_metrics", "tissue_background", "trivial_masks",
 ]

@@ -37,8 +37,8 @@ from segmix.labels import BACKGROUND_INDEX, IGNORE_INDEX
 from .refine import affinity_refine
 from .tissue import tissue_background
 
-__all__ = ["PseudoMaskConfig", "BACKGROUNDS", "IGNORE_INDEX", "cams_to_masks", "tissue_background",
-           "trivial_masks"]
+__all__ = ["PseudoMaskConfig", "BACKGROUNDS", "IGNORE_INDEX", "cams_to_masks", "class_maps",
+           "tissue_background", "trivial_masks"]
 
 BACKGROUNDS = ("threshold", "power", "tissue")
 
@@ -134,13 +134,12 @@ def _blend_foreground(normalised: Tensor, present: Tensor, foreground: Optional[
     return share * strength * present
 
 
-def cams_to_masks(cams: Tensor, labels: Tensor, config: PseudoMaskConfig = PseudoMaskConfig(),
-                  images: Optional[Tensor] = None, foreground: Optional[Tensor] = None) -> Tensor:
-    """Raw CAMs ``[B, K, H, W]`` and multi-hot labels ``[B, K]`` -> uint8 masks ``[B, H, W]``.
-
-    ``images`` (uint8 RGB, same size) are needed for the tissue prior, the affinity refinement
-    and the dense CRF; ``foreground`` (``[B, H, W]`` in [0, 1]) when ``foreground_weight`` > 0.
-    """
+def class_maps(cams: Tensor, labels: Tensor, config: PseudoMaskConfig = PseudoMaskConfig(),
+               images: Optional[Tensor] = None, foreground: Optional[Tensor] = None) -> Tensor:
+    """The class maps ``[B, K, H, W]`` in [0, 1] that :func:`cams_to_masks` compares with the
+    background: the present classes' CAMs normalised by their peak, refined and blended with the
+    foreground map as ``config`` says (0 for absent classes). Their maximum over classes is the
+    score a ``threshold`` background cuts."""
     if cams.dim() != 4:
         raise ValueError(f"cams must be [B, K, H, W], got {tuple(cams.shape)}")
     if labels.shape != cams.shape[:2]:
@@ -156,6 +155,18 @@ def cams_to_masks(cams: Tensor, labels: Tensor, config: PseudoMaskConfig = Pseud
         normalised = refined / refined.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
     if config.foreground_weight:
         normalised = _blend_foreground(normalised, present, foreground, config.foreground_weight)
+    return normalised
+
+
+def cams_to_masks(cams: Tensor, labels: Tensor, config: PseudoMaskConfig = PseudoMaskConfig(),
+                  images: Optional[Tensor] = None, foreground: Optional[Tensor] = None) -> Tensor:
+    """Raw CAMs ``[B, K, H, W]`` and multi-hot labels ``[B, K]`` -> uint8 masks ``[B, H, W]``.
+
+    ``images`` (uint8 RGB, same size) are needed for the tissue prior, the affinity refinement
+    and the dense CRF; ``foreground`` (``[B, H, W]`` in [0, 1]) when ``foreground_weight`` > 0.
+    """
+    present = labels.bool()[:, :, None, None]
+    normalised = class_maps(cams, labels, config, images, foreground)
     scores = torch.where(present, normalised, torch.full_like(normalised, -torch.inf))
 
     best_class = normalised.amax(dim=1, keepdim=True)

@@ -30,7 +30,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pseudo_masks import PROTOCOLS, ConfusionMatrix, PseudoMaskConfig, cams_to_masks, segmentation_metrics
+from pseudo_masks import (
+    PROTOCOLS,
+    ConfusionMatrix,
+    PseudoMaskConfig,
+    ScoreHistogram,
+    cams_to_masks,
+    class_maps,
+    segmentation_metrics,
+    tissue_background,
+)
 from pseudo_masks.crf import require_crf
 
 from ..artifacts import (
@@ -48,12 +57,14 @@ from ..artifacts import (
 from ..config import ConfigError
 from ..data import (
     DATA_DEFAULTS,
+    DatasetError,
     dataset_classes,
     mask_convention,
     overlay,
     read_label_mask,
     read_mask_png,
     read_rgb,
+    read_split,
     validate_data,
     write_mask_png,
     write_rgb,
@@ -68,6 +79,10 @@ DONE_FILE = SUMMARY_FILE
 # file continues with data.on_bad_file=skip, as its error message suggests.
 RESUMABLE_CHANGES = {"data.on_bad_file"}
 SWEEP_METRICS = ("mIoU", "FwIoU", "foreground_iou", "mDice")
+# How the sweep chooses: `masks`, the best score against the split's ground truth; `histogram`, no
+# masks needed (pseudo_masks.threshold: the threshold that best splits the class scores in two);
+# `auto`, masks where every tile of the split has one, else the histogram.
+SWEEP_CRITERIA = ("auto", "masks", "histogram")
 
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/pseudo-masks",
@@ -78,7 +93,8 @@ DEFAULTS: Dict[str, Any] = {
     "masks": PseudoMaskConfig().to_dict(),
     "sweep": {"enabled": False, "key": "threshold",
               "values": [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5],
-              "split": "val", "protocol": "with_background", "metric": "mIoU"},
+              "split": "val", "protocol": "with_background", "metric": "mIoU",
+              "criterion": "auto"},
     "overlays": False,
     "from_run": None,  # a `segmix run` folder whose models and chosen settings make the masks
     "input": None,     # with from_run: a labelled CSV (image,label[,mask]) of the tiles to mask
@@ -122,10 +138,47 @@ def validate(config: Dict[str, Any]) -> None:
     for value in sweep_cfg["values"]:
         _mask_settings({**settings.to_dict(), sweep_cfg["key"]: value}, f"sweep.values ({value!r})")
     for key, valid in (("protocol", PROTOCOLS), ("metric", SWEEP_METRICS),
-                       ("split", ("train", "val"))):
+                       ("split", ("train", "val")), ("criterion", SWEEP_CRITERIA)):
         if sweep_cfg[key] not in valid:
             raise ConfigError(f"sweep.{key} must be one of {', '.join(valid)}, got"
                               f" {sweep_cfg[key]!r}")
+    has_masks = _split_has_masks(config["data"], sweep_cfg["split"])
+    if has_masks is not None:
+        _sweep_criterion(sweep_cfg, settings, has_masks)
+
+
+def _split_has_masks(data: Dict[str, Any], split: str) -> Optional[bool]:
+    """Whether every tile of ``split`` has a ground-truth mask; ``None`` where its list cannot be
+    read yet (a dataset a pipeline writes first, say: the stage checks again when it runs)."""
+    spec = data.get(split) or {}
+    if not spec.get("path") or not Path(spec["path"]).exists():
+        return None
+    try:
+        samples = read_split({**data, "verify_files": False}, split, progress=False)
+    except DatasetError:
+        return None
+    return bool(samples) and all(sample.mask for sample in samples)
+
+
+def _sweep_criterion(sweep_cfg: Dict[str, Any], settings: PseudoMaskConfig,
+                     has_masks: bool) -> str:
+    """The criterion the sweep uses (``masks`` or ``histogram``), or a ConfigError that says why
+    neither can choose."""
+    criterion = sweep_cfg["criterion"]
+    if criterion == "auto":
+        criterion = "masks" if has_masks else "histogram"
+    if criterion == "masks" and not has_masks:
+        raise ConfigError(f"sweep.criterion=masks needs a ground-truth mask for every tile of the"
+                          f" {sweep_cfg['split']} split, and some have none: use"
+                          " sweep.criterion=auto (the score histogram chooses without masks)")
+    if criterion == "histogram" and (sweep_cfg["key"] != "threshold"
+                                     or settings.background != "threshold"):
+        why = "the split has no ground-truth masks" if not has_masks else "sweep.criterion=histogram"
+        raise ConfigError(f"{why}, so the sweep chooses from the score histogram, which can choose"
+                          f" masks.threshold only (with masks.background=threshold); this sweep"
+                          f" is of {sweep_cfg['key']} with background {settings.background}: set"
+                          " sweep.key=threshold, or give the split masks, or sweep.enabled=false")
+    return criterion
 
 
 def uses_foreground(config: Dict[str, Any]) -> bool:
@@ -180,8 +233,6 @@ def sweep(tiles: List[CamRecord], data: Dict[str, Any], base: PseudoMaskConfig, 
           values: List[Any], protocol: str, metric: str,
           localiser_dir: Optional[Path] = None) -> Tuple[Any, List[Dict[str, Any]]]:
     """Score each value of ``key`` on ``tiles`` (with ground truth); return the best and the table."""
-    if not tiles:
-        raise ConfigError("the sweep split has no tiles: add it to splits and to the CAM run")
     num_classes = len(dataset_classes(data))
     matrices = {value: ConfusionMatrix(num_classes) for value in values}
     for tile in tqdm(tiles, desc=f"sweep {key}", unit="tile"):
@@ -203,6 +254,23 @@ def sweep(tiles: List[CamRecord], data: Dict[str, Any], base: PseudoMaskConfig, 
     return best[key], rows
 
 
+def histogram_sweep(tiles: List[CamRecord], base: PseudoMaskConfig, values: List[float],
+                    localiser_dir: Optional[Path] = None) -> Tuple[float, List[Dict[str, Any]]]:
+    """Choose the threshold among ``values`` without masks: the one that best splits the class
+    scores of ``tiles`` (inside their tissue, with the tissue prior) in two; returns it and the
+    table (:class:`pseudo_masks.ScoreHistogram`)."""
+    histogram = ScoreHistogram()
+    for tile in tqdm(tiles, desc="score histogram", unit="tile"):
+        inputs = _inputs(tile, localiser_dir)
+        scores = class_maps(inputs["cams"], inputs["labels"], base, images=inputs["images"],
+                            foreground=inputs["foreground"]).amax(dim=1)
+        inside = None
+        if base.tissue_prior:
+            inside = ~tissue_background(inputs["images"], base.white_level, base.min_speck)
+        histogram.add(scores, inside)
+    return histogram.choose(values)
+
+
 def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         overwrite: bool = False) -> Dict[str, Any]:
     """Write the pseudo masks of every tile of ``config['splits']`` (after the sweep, if any);
@@ -222,14 +290,26 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
                                **(source or {})}
     sweep_cfg = config["sweep"]
     if sweep_cfg["enabled"]:
-        chosen, table = sweep([t for t in tiles if t.split == sweep_cfg["split"]], data, settings,
-                              sweep_cfg["key"], list(sweep_cfg["values"]), sweep_cfg["protocol"],
-                              sweep_cfg["metric"], localiser_dir)
+        sweep_tiles = [t for t in tiles if t.split == sweep_cfg["split"]]
+        if not sweep_tiles:
+            raise ConfigError("the sweep split has no tiles: add it to splits and to the CAM run")
+        criterion = _sweep_criterion(sweep_cfg, settings,
+                                     all(t.mask is not None for t in sweep_tiles))
+        if criterion == "masks":
+            chosen, table = sweep(sweep_tiles, data, settings, sweep_cfg["key"],
+                                  list(sweep_cfg["values"]), sweep_cfg["protocol"],
+                                  sweep_cfg["metric"], localiser_dir)
+            by = f"{sweep_cfg['metric']} ({sweep_cfg['protocol']}) against the ground truth"
+        else:
+            chosen, table = histogram_sweep(sweep_tiles, settings, list(sweep_cfg["values"]),
+                                            localiser_dir)
+            by = "the score histogram (no masks: the threshold that best splits it, eta)"
         write_csv(output_dir / "sweep.csv", table)
         settings = PseudoMaskConfig.from_dict({**settings.to_dict(), sweep_cfg["key"]: chosen})
         summary["sweep"] = {"key": sweep_cfg["key"], "chosen": chosen, "on_split": sweep_cfg["split"],
-                            "by": f"{sweep_cfg['metric']} ({sweep_cfg['protocol']})", "table": table}
-        print(f"sweep on {sweep_cfg['split']}: {sweep_cfg['key']} = {chosen}", flush=True)
+                            "criterion": criterion, "by": by, "table": table}
+        print(f"sweep on {sweep_cfg['split']}: {sweep_cfg['key']} = {chosen}, chosen by {by}",
+              flush=True)
     summary["settings"] = settings.to_dict()
     write_legend(output_dir / MASKS_FOLDER, classes)
     rows, metrics = [], {}

@@ -1,0 +1,115 @@
+"""The pseudo-mask threshold on a dataset without a single mask: the score histogram chooses it,
+the run says so, and a sweep that needs masks is refused before anything runs."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pseudo_masks import ScoreHistogram
+from segmix.cli import main
+
+from synthetic import write_csv_dataset
+
+
+def test_the_histogram_chooses_the_valley_of_two_modes():
+    generator = torch.Generator().manual_seed(0)
+    low = 0.25 + 0.04 * torch.randn(6000, generator=generator)
+    high = 0.7 + 0.04 * torch.randn(4000, generator=generator)
+    histogram = ScoreHistogram()
+    histogram.add(torch.cat([low, high]).view(100, 100))
+    chosen, table = histogram.choose([0.1, 0.2, 0.3, 0.45, 0.6, 0.8])
+    assert chosen == 0.45
+    by_value = {row["threshold"]: row for row in table}
+    assert by_value[0.45]["eta"] > 0.9 > by_value[0.3]["eta"]
+    assert by_value[0.45]["foreground_share"] == pytest.approx(0.4, abs=0.01)
+    # counted only inside: the outside pixels (all at 0.9) change nothing
+    masked = ScoreHistogram()
+    scores = torch.cat([low, high, torch.full((5000,), 0.9)])
+    inside = torch.cat([torch.ones(10000, dtype=torch.bool), torch.zeros(5000, dtype=torch.bool)])
+    masked.add(scores, inside)
+    assert np.array_equal(masked.counts, histogram.counts)
+    assert ScoreHistogram().split(0.5) == {"eta": 0.0, "foreground_share": 0.0}
+
+
+def labels_only(csv_path):
+    """A copy of the dataset's CSV without its mask column, as a new dataset arrives."""
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    path = csv_path.with_name("labels_only.csv")
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["image", "label", "split"])
+        writer.writeheader()
+        writer.writerows({key: row[key] for key in ("image", "label", "split")} for row in rows)
+    return path
+
+
+def settings_of(csv_path, *extra):
+    settings = ["data.classes=[A, B, C]", f"data.train.path={csv_path}",
+                f"data.val.path={csv_path}", "data.image_size=32", *extra]
+    return [a for s in settings for a in ("--set", s)]
+
+
+@pytest.fixture(scope="module")
+def cams(tmp_path_factory):
+    root = tmp_path_factory.mktemp("no-masks")
+    csv_path = labels_only(write_csv_dataset(root / "tiles", per_class=4, size=32))
+    classifier = root / "classifier"
+    assert main(["train-cls", "--output-dir", str(classifier), *settings_of(
+        csv_path, "model.name=test_efficientnet", "model.weights=null", "train.epochs=1",
+        "train.batch_size=6", "train.num_workers=0",
+        "augment.curriculum.patch_sizes=[16, 8]")]) == 0
+    cams_dir = root / "cams"
+    assert main(["cams", "--output-dir", str(cams_dir), *settings_of(
+        csv_path, f"classifier={classifier / 'classifier.pt'}", "splits=[train, val]",
+        "cam.num_workers=0")]) == 0
+    return csv_path, cams_dir
+
+
+def test_without_masks_the_sweep_chooses_from_the_histogram_and_says_so(cams, tmp_path, capsys):
+    csv_path, cams_dir = cams
+    out = tmp_path / "masks"
+    values = [0.1, 0.3, 0.5, 0.7]
+    assert main(["pseudo-masks", "--output-dir", str(out), *settings_of(
+        csv_path, f"cams_dir={cams_dir}", "splits=[train, val]", "masks.tissue_prior=true",
+        f"sweep={{enabled: true, key: threshold, values: {values}, split: val}}")]) == 0
+    log = capsys.readouterr().out
+    assert "chosen by the score histogram (no masks" in log
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sweep"]["criterion"] == "histogram"
+    with open(out / "sweep.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [float(row["threshold"]) for row in table] == values
+    best = max(table, key=lambda row: float(row["eta"]))
+    assert summary["sweep"]["chosen"] == float(best["threshold"])
+    assert summary["settings"]["threshold"] == summary["sweep"]["chosen"]
+    assert len(list((out / "masks" / "val").glob("*.png"))) == 3
+    assert summary["metrics"] == {}  # nothing to score against
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("sweep.criterion=masks", "sweep.criterion=masks needs a ground-truth mask for every tile"),
+    ("sweep.key=ignore_margin", "can choose masks.threshold only"),
+])
+def test_a_sweep_that_needs_masks_is_refused_before_anything_runs(cams, tmp_path, capsys, setting,
+                                                                  message):
+    csv_path, cams_dir = cams
+    out = tmp_path / "masks"
+    assert main(["pseudo-masks", "--output-dir", str(out), *settings_of(
+        csv_path, f"cams_dir={cams_dir}", "sweep.enabled=true", "sweep.values=[0.1, 0.2]",
+        setting)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_segmix_run_refuses_a_sweep_that_needs_masks_in_its_first_second(cams, tmp_path, capsys):
+    csv_path, _ = cams
+    out = tmp_path / "run"
+    assert main(["run", "--output-dir", str(out), *settings_of(
+        csv_path, "model.name=test_efficientnet", "model.weights=null",
+        "sweep={enabled: true, key: foreground_weight, values: [0.0, 0.5], split: val}",
+        "localiser.method=prototypes")]) == 2
+    assert "can choose masks.threshold only" in capsys.readouterr().err
+    assert not out.exists()
