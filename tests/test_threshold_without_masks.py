@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pseudo_masks import ScoreHistogram
 from segmix.cli import main
@@ -87,6 +88,15 @@ def test_without_masks_the_sweep_chooses_from_the_histogram_and_says_so(cams, tm
     assert summary["settings"]["threshold"] == summary["sweep"]["chosen"]
     assert len(list((out / "masks" / "val").glob("*.png"))) == 3
     assert summary["metrics"] == {}  # nothing to score against
+    # the quality check: every tile's eta at the threshold, least clean first, and their picture
+    with open(out / "tiles_by_quality.csv", newline="") as handle:
+        quality = [float(row["quality"]) for row in csv.DictReader(handle)]
+    assert len(quality) == 12 and quality == sorted(quality) and 0 <= quality[0] <= quality[-1] <= 1
+    assert summary["quality"]["worst"][0].split("/")[0] in ("train", "val")
+    picture = np.asarray(Image.open(out / "worst_tiles.png"))
+    assert picture.shape == (8 * 32, 3 * 32, 3)  # 8 tiles: tile, mask, score
+    with open(out / "masks.csv", newline="") as handle:
+        assert all(0 <= float(row["quality"]) <= 1 for row in csv.DictReader(handle))
 
 
 @pytest.mark.parametrize("setting, message", [

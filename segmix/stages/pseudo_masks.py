@@ -71,6 +71,7 @@ from ..data import (
 )
 from ..io import write_csv, write_json
 from .from_run import from_run_config, validate_from_run
+from .tile_quality import QUALITY_FILE, WORST_PICTURE, TileQuality
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "sweep", "validate"]
 
@@ -173,7 +174,8 @@ def _sweep_criterion(sweep_cfg: Dict[str, Any], settings: PseudoMaskConfig,
                           " sweep.criterion=auto (the score histogram chooses without masks)")
     if criterion == "histogram" and (sweep_cfg["key"] != "threshold"
                                      or settings.background != "threshold"):
-        why = "the split has no ground-truth masks" if not has_masks else "sweep.criterion=histogram"
+        why = ("the split has no ground-truth masks" if not has_masks
+               else "sweep.criterion=histogram")
         raise ConfigError(f"{why}, so the sweep chooses from the score histogram, which can choose"
                           f" masks.threshold only (with masks.background=threshold); this sweep"
                           f" is of {sweep_cfg['key']} with background {settings.background}: set"
@@ -313,6 +315,8 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     summary["settings"] = settings.to_dict()
     write_legend(output_dir / MASKS_FOLDER, classes)
     rows, metrics = [], {}
+    # the quality check reads how the class scores split at a threshold background
+    checker = TileQuality(settings, len(classes)) if settings.background == "threshold" else None
     for split in config["splits"]:
         matrix = ConfusionMatrix(len(classes))
         split_tiles = [t for t in tiles if t.split == split]
@@ -322,6 +326,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         scored = 0
         for tile in tqdm(split_tiles, desc=f"masks {split}", unit="tile"):
             path = pseudo_mask_path(output_dir, split, tile.name)
+            inputs = None
             if path.exists() and not overwrite:
                 mask = read_mask_png(path)
                 labels = torch.from_numpy(read_cam_labels(tile.cam_path).astype(np.float32))[None]
@@ -330,6 +335,9 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
                 inputs = _inputs(tile, localiser_dir)
                 image, mask, labels = inputs["rgb"], _masks(inputs, settings).numpy(), inputs["labels"]
                 write_mask_png(path, mask, len(classes))
+            quality = None
+            if checker is not None:
+                quality = checker.add(split, tile.name, inputs or _inputs(tile, localiser_dir), mask)
             if config["overlays"]:
                 write_rgb(output_dir / "overlays" / split / f"{tile.name}.png",
                           overlay(image, mask, len(classes)))
@@ -341,7 +349,8 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
             rows.append({"split": split, "image": str(tile.image),
                          "mask": str(path.relative_to(output_dir)),
                          "background": fractions[0], "ignore": fractions[255],
-                         **{name: fractions[i + 1] for i, name in enumerate(classes)}})
+                         **{name: fractions[i + 1] for i, name in enumerate(classes)},
+                         **({"quality": quality} if quality is not None else {})})
         if scored:
             metrics[split] = {p: segmentation_metrics(matrix, p, classes) for p in PROTOCOLS}
             metrics[split]["tiles_scored"] = scored
@@ -349,6 +358,11 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
             print(f"{split}: {line}, foreground IoU"
                   f" {metrics[split]['with_background']['foreground_iou']:.4f}", flush=True)
     write_csv(output_dir / "masks.csv", rows)
+    if checker is not None:
+        summary["quality"] = checker.write(output_dir)
+        print(f"tile quality without masks (eta at the threshold, 0-1; median"
+              f" {summary['quality']['median']}): the least clean tiles are in"
+              f" {output_dir / QUALITY_FILE} and {output_dir / WORST_PICTURE}", flush=True)
     if metrics:
         write_metrics(output_dir, metrics)
     summary["metrics"] = {split: {p: m[p]["mIoU"] for p in PROTOCOLS} for split, m in metrics.items()}
