@@ -84,6 +84,10 @@ SWEEP_METRICS = ("mIoU", "FwIoU", "foreground_iou", "mDice")
 # masks needed (pseudo_masks.threshold: the threshold that best splits the class scores in two);
 # `auto`, masks where every tile of the split has one, else the histogram.
 SWEEP_CRITERIA = ("auto", "masks", "histogram")
+# Below this split quality (eta) the histogram's choice is uncertain: WBC-d2's axis maps split at
+# 0.81 and the choice matched the masks', EBHI-Seg's at 0.66 and it was 9.6 mIoU points off
+# (docs/benchmarks.md, "Threshold without masks").
+CLEAN_SPLIT = 0.75
 
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/pseudo-masks",
@@ -305,7 +309,13 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         else:
             chosen, table = histogram_sweep(sweep_tiles, settings, list(sweep_cfg["values"]),
                                             localiser_dir)
-            by = "the score histogram (no masks: the threshold that best splits it, eta)"
+            eta = max(row["eta"] for row in table)
+            by = f"the score histogram (no masks: the threshold that best splits it, eta {eta:.2f})"
+            if eta < CLEAN_SPLIT:
+                print(f"warning: the class scores of the {sweep_cfg['split']} split do not split"
+                      f" cleanly in two (eta {eta:.2f} < {CLEAN_SPLIT}): the threshold chosen"
+                      " without masks is uncertain. Look at worst_tiles.png; ground-truth masks"
+                      f" for the {sweep_cfg['split']} tiles let the sweep choose by them", flush=True)
         write_csv(output_dir / "sweep.csv", table)
         settings = PseudoMaskConfig.from_dict({**settings.to_dict(), sweep_cfg["key"]: chosen})
         summary["sweep"] = {"key": sweep_cfg["key"], "chosen": chosen, "on_split": sweep_cfg["split"],
