@@ -45,7 +45,7 @@ def measure(run: Path, split: str, overrides: List[str]) -> Dict[str, Any]:
     values = list(sweep_cfg["values"])
     by_masks, table = sweep(tiles, data, base, "threshold", values, "with_background", "mIoU",
                             localiser_dir)
-    by_histogram, _ = histogram_sweep(tiles, base, values, localiser_dir)
+    by_histogram, eta_table = histogram_sweep(tiles, base, values, localiser_dir)
     miou = {row["threshold"]: row["mIoU"] for row in table}
     chosen = PseudoMaskConfig.from_dict({**base.to_dict(), "threshold": by_histogram})
     quality, truth_iou = TileQuality(chosen, num_classes), []
@@ -62,6 +62,7 @@ def measure(run: Path, split: str, overrides: List[str]) -> Dict[str, Any]:
             "values": values,
             "by_masks": by_masks, "mIoU_by_masks": miou[by_masks],
             "by_histogram": by_histogram, "mIoU_by_histogram": miou[by_histogram],
+            "best_eta": max(row["eta"] for row in eta_table),
             "quality_spearman": spearman(scores, np.array(truth_iou)),
             "quality_median": float(np.median(scores))}
 
@@ -73,7 +74,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     lines = ["| run | tiles | threshold by masks | mIoU | threshold by histogram | mIoU | loss |"
-             " tile quality vs true tile IoU (Spearman) |", "|---|---|---|---|---|---|---|---|"]
+             " best eta | tile quality vs true tile IoU (Spearman) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for run in args.runs:
         result = measure(run, args.split, args.set)
         name = "threshold_without_masks" + ("_" + "_".join(args.set).replace("/", "") if args.set
@@ -83,7 +85,7 @@ def main() -> None:
                      f" {100 * result['mIoU_by_masks']:.1f} | {result['by_histogram']} |"
                      f" {100 * result['mIoU_by_histogram']:.1f} |"
                      f" {100 * (result['mIoU_by_masks'] - result['mIoU_by_histogram']):.1f} |"
-                     f" {result['quality_spearman']:.2f} |")
+                     f" {result['best_eta']:.2f} | {result['quality_spearman']:.2f} |")
     print("\n".join(lines))
 
 
