@@ -94,7 +94,7 @@ def test_without_masks_the_sweep_chooses_from_the_histogram_and_says_so(cams, tm
     assert len(quality) == 12 and quality == sorted(quality) and 0 <= quality[0] <= quality[-1] <= 1
     assert summary["quality"]["worst"][0].split("/")[0] in ("train", "val")
     picture = np.asarray(Image.open(out / "worst_tiles.png"))
-    assert picture.shape == (8 * 32, 3 * 32, 3)  # 8 tiles: tile, mask, score
+    assert picture.shape == (8 * (14 + 32), 3 * 32, 3)  # 8 tiles: caption; tile, mask, score
     with open(out / "masks.csv", newline="") as handle:
         assert all(0 <= float(row["quality"]) <= 1 for row in csv.DictReader(handle))
 

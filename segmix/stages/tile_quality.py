@@ -1,9 +1,9 @@
 """The pseudo-mask stage's quality check without masks: how cleanly each tile's class scores split
 at the threshold (Otsu's ``eta`` of the tile's own scores inside its tissue, 0 to 1), the tiles
-ordered from the least clean (``tiles_by_quality.csv``) and a picture of the worst for a person to
-look at (``worst_tiles.png``: the tile, its pseudo mask, its class score). A helper of the
-pseudo-masks stage; measured against the true tile IoU in docs/benchmarks.md ("Threshold without
-masks")."""
+ordered from the least clean (``tiles_by_quality.csv``) and a picture of the worst for a person
+to look at (``worst_tiles.png``: the tile, its pseudo mask, its class score, under its name and
+quality). A helper of the pseudo-masks stage; measured against the true tile IoU in
+docs/benchmarks.md ("Threshold without masks")."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 from pseudo_masks import PseudoMaskConfig, ScoreHistogram, class_maps, tissue_background
 
@@ -22,6 +23,14 @@ __all__ = ["QUALITY_FILE", "WORST_PICTURE", "TileQuality"]
 
 QUALITY_FILE = "tiles_by_quality.csv"
 WORST_PICTURE = "worst_tiles.png"
+CAPTION_PX = 14  # the strip above each row of the picture: the tile's name and quality
+
+
+def _captioned(row: np.ndarray, text: str) -> np.ndarray:
+    """``row`` (RGB) under a white strip with ``text``."""
+    strip = Image.new("RGB", (row.shape[1], CAPTION_PX), "white")
+    ImageDraw.Draw(strip).text((2, 1), text, fill="black")
+    return np.concatenate([np.asarray(strip), row], axis=0)
 
 
 class TileQuality:
@@ -63,7 +72,9 @@ class TileQuality:
         ordered = sorted(self.rows, key=lambda r: r["quality"])
         write_csv(output_dir / QUALITY_FILE, ordered)
         self._keep_worst()
-        cells = [self.pictures[f"{r['split']}/{r['tile']}"] for r in ordered[:self.shown]]
+        cells = [_captioned(self.pictures[f"{r['split']}/{r['tile']}"],
+                            f"{r['split']}/{r['tile']}  quality {r['quality']:.2f}")
+                 for r in ordered[:self.shown]]
         if cells:
             width = max(cell.shape[1] for cell in cells)
             write_rgb(output_dir / WORST_PICTURE, np.concatenate(
