@@ -114,15 +114,20 @@ class Localiser(ABC):
         """The method's entries of the localise stage's ``summary.json``."""
 
     @classmethod
+    def fill_of(cls, section: Dict[str, Any]) -> str:
+        """The fill a ``localiser`` section uses: its ``fill``, or the method's default."""
+        return section["fill"] or cls.fills[0]
+
+    @classmethod
     def settings_of(cls, section: Dict[str, Any]) -> LocaliserSettings:
         """The typed settings of a ``localiser`` section, its ``fill`` resolved."""
-        return cls.settings_type.from_section(section, section["fill"] or cls.fills[0])
+        return cls.settings_type.from_section(section, cls.fill_of(section))
 
     @classmethod
     def build_settings(cls, section: Dict[str, Any]) -> Dict[str, Any]:
         """The keys of ``section`` a fit depends on, as recorded in its file."""
-        fill = section["fill"] or cls.fills[0]
-        return {key: fill if key == "fill" else section[key] for key in cls.build_keys}
+        return {key: cls.fill_of(section) if key == "fill" else section[key]
+                for key in cls.build_keys}
 
     def save(self, path: Path) -> None:
         """Write the fit to ``path`` (atomically; its presence means the fit finished)."""

@@ -107,7 +107,8 @@ def validate(config: Dict[str, Any]) -> None:
         raise ConfigError(f"splits must list train and/or val, got {splits!r}")
     if settings["method"] == "none":
         return
-    method, fills = settings["method"], LOCALISERS[settings["method"]].fills
+    method, localiser = settings["method"], LOCALISERS[settings["method"]]
+    fills = localiser.fills
     if settings["fill"] is not None and settings["fill"] not in fills:
         raise ConfigError(f"localiser.fill must be one of {', '.join(fills)} with method {method},"
                           f" got {settings['fill']!r}")
@@ -116,7 +117,7 @@ def validate(config: Dict[str, Any]) -> None:
         if key != "fit_tiles" or settings[key] is not None:
             check_number(f"localiser.{key}", settings[key], integer=True, positive=key != "seed")
     check_number("localiser.blur_sigma", settings["blur_sigma"])
-    fill = settings["fill"] or fills[0]
+    fill = localiser.fill_of(settings)
     if fill == "shuffle":
         check_number("localiser.patch_size", settings["patch_size"], integer=True, positive=True)
         if int(settings["batch_size"]) < 2:
