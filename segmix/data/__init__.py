@@ -9,6 +9,7 @@ from .dataset import (
     image_size_of,
     mask_convention,
     model_transform,
+    count_masks,
     read_split,
     unique_names,
     unique_stems,
@@ -39,6 +40,6 @@ __all__ = [
     "ReadResult", "Sample", "TileDataset", "build_transform", "dataset_classes", "image_size_of",
     "overlay", "palette_colors", "parse_filename_label", "read_class_folders", "read_csv",
     "read_filename_labels", "read_label_mask", "read_mask", "read_mask_png", "read_rgb",
-    "read_split", "resolve_problems", "verify_files", "write_mask_png",
+    "read_split", "count_masks", "resolve_problems", "verify_files", "write_mask_png",
     "validate_data", "write_rgb", "resized", "model_transform",
 ]

@@ -28,7 +28,8 @@ from .readers import (
 )
 from .samples import DatasetError, ReadResult, Sample, resolve_problems
 
-__all__ = ["DATA_DEFAULTS", "TileDataset", "build_transform", "read_split", "dataset_classes",
+__all__ = ["DATA_DEFAULTS", "TileDataset", "build_transform", "read_split", "count_masks",
+           "dataset_classes",
            "image_size_of", "mask_convention", "model_transform", "unique_names", "unique_stems",
            "validate_data"]
 
@@ -158,6 +159,13 @@ def read_split(data: Mapping[str, Any], split: str, *, progress: bool = True) ->
         result = verify_files(result, progress=progress)
     where = f"data.{split} ({path}{', split ' + spec['split'] if spec.get('split') else ''})"
     return resolve_problems(result, where, data.get("on_bad_file", "raise"))
+
+
+def count_masks(data: Mapping[str, Any], split: str) -> Tuple[int, int]:
+    """How many tiles ``data[split]`` lists, and how many of them name a ground-truth mask (read
+    from the list alone, no file opened)."""
+    samples = read_split({**data, "verify_files": False}, split, progress=False)
+    return len(samples), sum(1 for sample in samples if sample.mask)
 
 
 def model_transform(info: Mapping[str, Any]) -> A.Compose:

@@ -25,7 +25,7 @@ from ..artifacts import (
     collect_metrics,
 )
 from ..config import ConfigError
-from ..data import read_split
+from ..data import count_masks
 from ..io import write_json
 from ..models.factory import create_classifier
 from . import Stage, get_stage, holding_output_dir, pipeline_stages, prepare_output_dir
@@ -147,8 +147,8 @@ def _val_state(data: Dict[str, Any]) -> str:
     """``none`` (no val split configured), ``unlabelled`` (some tiles lack masks) or ``labelled``."""
     if not (data.get("val") or {}).get("path"):
         return "none"
-    samples = read_split({**data, "verify_files": False}, "val", progress=False)
-    return "labelled" if all(s.mask for s in samples) else "unlabelled"
+    tiles, masked = count_masks(data, "val")
+    return "labelled" if masked == tiles else "unlabelled"
 
 
 def run_pipeline(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = False,

@@ -58,13 +58,13 @@ from ..config import ConfigError
 from ..data import (
     DATA_DEFAULTS,
     DatasetError,
+    count_masks,
     dataset_classes,
     mask_convention,
     overlay,
     read_label_mask,
     read_mask_png,
     read_rgb,
-    read_split,
     validate_data,
     write_mask_png,
     write_rgb,
@@ -159,10 +159,10 @@ def _split_has_masks(data: Dict[str, Any], split: str) -> Optional[bool]:
     if not spec.get("path") or not Path(spec["path"]).exists():
         return None
     try:
-        samples = read_split({**data, "verify_files": False}, split, progress=False)
+        tiles, masked = count_masks(data, split)
     except DatasetError:
         return None
-    return bool(samples) and all(sample.mask for sample in samples)
+    return 0 < tiles == masked
 
 
 def _sweep_criterion(sweep_cfg: Dict[str, Any], settings: PseudoMaskConfig,
