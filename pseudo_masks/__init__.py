@@ -15,6 +15,7 @@ from .generate import (
     PseudoMaskConfig,
     cams_to_masks,
     class_maps,
+    threshold_scores,
     trivial_masks,
 )
 from .threshold import ScoreHistogram
@@ -22,7 +23,7 @@ from .tissue import tissue_background
 
 __all__ = [
     "BACKGROUNDS", "IGNORE_INDEX", "PROTOCOLS", "ConfusionMatrix", "PseudoMaskConfig",
-    "ScoreHistogram", "class_maps",
+    "ScoreHistogram", "class_maps", "threshold_scores",
     "affinity_refine",
     "cams_to_masks", "segmentation_metrics", "tissue_background", "trivial_masks",
 ]

@@ -25,7 +25,7 @@ Steps, batched in torch (clean-up per image with scikit-image):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ from .refine import affinity_refine
 from .tissue import tissue_background
 
 __all__ = ["PseudoMaskConfig", "BACKGROUNDS", "IGNORE_INDEX", "cams_to_masks", "class_maps",
-           "tissue_background", "trivial_masks"]
+           "threshold_scores", "tissue_background", "trivial_masks"]
 
 BACKGROUNDS = ("threshold", "power", "tissue")
 
@@ -156,6 +156,20 @@ def class_maps(cams: Tensor, labels: Tensor, config: PseudoMaskConfig = PseudoMa
     if config.foreground_weight:
         normalised = _blend_foreground(normalised, present, foreground, config.foreground_weight)
     return normalised
+
+
+def threshold_scores(cams: Tensor, labels: Tensor, config: PseudoMaskConfig = PseudoMaskConfig(),
+                     images: Optional[Tensor] = None,
+                     foreground: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """The score a ``threshold`` background cuts (:func:`class_maps`' maximum over classes,
+    ``[B, H, W]``) and where that cut decides (bool ``[B, H, W]``: inside the tissue with the
+    tissue prior, everywhere without)."""
+    scores = class_maps(cams, labels, config, images, foreground).amax(dim=1)
+    if not config.tissue_prior:
+        return scores, torch.ones_like(scores, dtype=torch.bool)
+    if images is None:
+        raise ValueError("the tissue prior needs the images (uint8 RGB)")
+    return scores, ~tissue_background(images, config.white_level, config.min_speck)
 
 
 def cams_to_masks(cams: Tensor, labels: Tensor, config: PseudoMaskConfig = PseudoMaskConfig(),

@@ -36,9 +36,8 @@ from pseudo_masks import (
     PseudoMaskConfig,
     ScoreHistogram,
     cams_to_masks,
-    class_maps,
     segmentation_metrics,
-    tissue_background,
+    threshold_scores,
 )
 from pseudo_masks.crf import require_crf
 
@@ -268,12 +267,8 @@ def histogram_sweep(tiles: List[CamRecord], base: PseudoMaskConfig, values: List
     histogram = ScoreHistogram()
     for tile in tqdm(tiles, desc="score histogram", unit="tile"):
         inputs = _inputs(tile, localiser_dir)
-        scores = class_maps(inputs["cams"], inputs["labels"], base, images=inputs["images"],
-                            foreground=inputs["foreground"]).amax(dim=1)
-        inside = None
-        if base.tissue_prior:
-            inside = ~tissue_background(inputs["images"], base.white_level, base.min_speck)
-        histogram.add(scores, inside)
+        histogram.add(*threshold_scores(inputs["cams"], inputs["labels"], base,
+                                        images=inputs["images"], foreground=inputs["foreground"]))
     return histogram.choose(values)
 
 

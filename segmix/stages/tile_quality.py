@@ -7,14 +7,14 @@ docs/benchmarks.md ("Threshold without masks")."""
 
 from __future__ import annotations
 
+import heapq
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
-from pseudo_masks import PseudoMaskConfig, ScoreHistogram, class_maps, tissue_background
+from pseudo_masks import PseudoMaskConfig, ScoreHistogram, threshold_scores
 
 from ..data import overlay, write_rgb
 from ..io import write_csv
@@ -34,47 +34,46 @@ def _captioned(row: np.ndarray, text: str) -> np.ndarray:
 
 
 class TileQuality:
-    """Collects each tile's quality as its masks are made, then writes the table and picture."""
+    """Collects each tile's quality as its masks are made, then writes the table and picture; the
+    picture of a tile is drawn only while it is among the ``shown`` least clean so far."""
 
     def __init__(self, settings: PseudoMaskConfig, num_classes: int, shown: int = 8) -> None:
         self.settings, self.num_classes, self.shown = settings, num_classes, shown
         self.rows: List[Dict[str, Any]] = []
-        self.pictures: Dict[str, np.ndarray] = {}
+        # the `shown` least clean so far, as a heap whose top is the cleanest of them (the later
+        # of equals, as a stable sort by quality would place it): (-quality, -row, picture)
+        self.worst: List[Tuple[float, int, np.ndarray]] = []
 
     def add(self, split: str, name: str, inputs: Dict[str, Any], mask: np.ndarray) -> float:
         """The quality of one tile (``inputs`` as the stage builds them, ``mask`` its pseudo mask)."""
-        settings = self.settings
-        scores = class_maps(inputs["cams"], inputs["labels"], settings, images=inputs["images"],
-                            foreground=inputs["foreground"]).amax(dim=1)
-        inside = (~tissue_background(inputs["images"], settings.white_level, settings.min_speck)
-                  if settings.tissue_prior else torch.ones_like(scores, dtype=torch.bool))
+        scores, inside = threshold_scores(inputs["cams"], inputs["labels"], self.settings,
+                                          images=inputs["images"], foreground=inputs["foreground"])
         histogram = ScoreHistogram()
         histogram.add(scores, inside)
-        quality = histogram.split(settings.threshold)["eta"]
+        quality = histogram.split(self.settings.threshold)["eta"]
+        key = (-quality, -len(self.rows))
         self.rows.append({"split": split, "tile": name, "quality": quality,
                           "tissue_share": float(inside.float().mean())})
-        grey = np.rint(scores[0].clamp(0, 1).numpy() * 255).astype(np.uint8)
-        self.pictures[f"{split}/{name}"] = np.concatenate(
-            [inputs["rgb"], overlay(inputs["rgb"], mask, self.num_classes),
-             np.repeat(grey[..., None], 3, axis=2)], axis=1)
-        if len(self.pictures) > 4 * self.shown:  # keep only the worst few in memory
-            self._keep_worst()
+        if len(self.worst) < self.shown or key > self.worst[0][:2]:
+            grey = np.rint(scores[0].clamp(0, 1).numpy() * 255).astype(np.uint8)
+            picture = np.concatenate([inputs["rgb"], overlay(inputs["rgb"], mask, self.num_classes),
+                                      np.repeat(grey[..., None], 3, axis=2)], axis=1)
+            item = (*key, picture)
+            if len(self.worst) < self.shown:
+                heapq.heappush(self.worst, item)
+            else:
+                heapq.heapreplace(self.worst, item)
         return quality
-
-    def _keep_worst(self) -> None:
-        worst = {f"{r['split']}/{r['tile']}" for r in sorted(self.rows, key=lambda r: r["quality"])
-                 [:self.shown]}
-        self.pictures = {key: value for key, value in self.pictures.items() if key in worst}
 
     def write(self, output_dir: Path) -> Dict[str, Any]:
         """Write the table and the picture; return the summary entry (median quality per split,
         the worst tiles)."""
-        ordered = sorted(self.rows, key=lambda r: r["quality"])
+        order = sorted(range(len(self.rows)), key=lambda index: self.rows[index]["quality"])
+        ordered = [self.rows[index] for index in order]
         write_csv(output_dir / QUALITY_FILE, ordered)
-        self._keep_worst()
-        cells = [_captioned(self.pictures[f"{r['split']}/{r['tile']}"],
-                            f"{r['split']}/{r['tile']}  quality {r['quality']:.2f}")
-                 for r in ordered[:self.shown]]
+        pictures = {-row: picture for _, row, picture in self.worst}
+        cells = [_captioned(pictures[index], f"{r['split']}/{r['tile']}  quality {r['quality']:.2f}")
+                 for index, r in zip(order[:self.shown], ordered)]
         if cells:
             width = max(cell.shape[1] for cell in cells)
             write_rgb(output_dir / WORST_PICTURE, np.concatenate(
