@@ -72,7 +72,8 @@ class TileQuality:
         ordered = [self.rows[index] for index in order]
         write_csv(output_dir / QUALITY_FILE, ordered)
         pictures = {-row: picture for _, row, picture in self.worst}
-        cells = [_captioned(pictures[index], f"{r['split']}/{r['tile']}  quality {r['quality']:.2f}")
+        cells = [_captioned(pictures[index],
+                            f"{r['split']}/{r['tile']}  quality {r['quality']:.2f}")
                  for index, r in zip(order[:self.shown], ordered)]
         if cells:
             width = max(cell.shape[1] for cell in cells)
