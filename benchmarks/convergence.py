@@ -20,7 +20,7 @@ Usage (a GPU: seconds per epoch; seeds in parallel processes, then ``--report`` 
   python benchmarks/convergence.py --config configs/wbc.yaml --out runs/convergence-wbc --report
   # the feature-axis pipeline, both arms through the final model (docs/benchmarks.md, "Feature-axis
   # localiser"): the arms then differ in the classifier's training alone
-  python benchmarks/convergence.py --config configs/ebhi.yaml --config configs/ebhi_axis.yaml \
+  python benchmarks/convergence.py --config configs/ebhi.yaml \
       --epochs 6 --seg-epochs 12 --seeds 0 1 2 --stages train-cls cams localise pseudo-masks \
       train-seg predict evaluate --set seg_augment.name=none --set cam.shuffle_tta.enabled=false \
       --out runs/axis-arms-seeds

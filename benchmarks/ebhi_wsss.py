@@ -1,12 +1,13 @@
 """Real-data benchmark on EBHI-Seg: does shuffle feedback beat plain CAM, and how close to full
 supervision does the final model get?
 
-Arms (configs/ebhi_wsss/<arm>.yaml layered over configs/ebhi.yaml; same backbone, image size,
-epochs and seed): ``baseline`` (no shuffle anywhere), ``segmix`` (shuffle + feedback curriculum,
-shuffle TTA, joint shuffle in segmentation), ``segmix_fixed`` (curriculum off),
-``segmix_no_tta`` (reuses the segmix classifier), ``upper_bound`` (segmentation on ground truth),
-plus two references without learning: every pixel = the tile's class, and the tissue prior only.
-Train split for training; val split for every choice (the threshold sweep) and the report.
+Arms (configs/ebhi_wsss/<arm>.yaml layered over configs/ebhi.yaml and its CAM-only variant
+configs/ebhi_cam.yaml; same backbone, image size, epochs and seed): ``baseline`` (no shuffle
+anywhere), ``segmix`` (shuffle + feedback curriculum, shuffle TTA, joint shuffle in segmentation),
+``segmix_fixed`` (curriculum off), ``segmix_no_tta`` (reuses the segmix classifier),
+``upper_bound`` (segmentation on ground truth), plus two references without learning: every pixel
+= the tile's class, and the tissue prior only. Train split for training; val split for every
+choice (the threshold sweep) and the report.
 
 Each arm is a ``segmix run`` folder under ``--out``, so an interrupted benchmark continues where it
 stopped when re-run with the same arguments. Writes ``results.json``, ``results.md``,
@@ -87,6 +88,7 @@ def halve_patch_sizes(config: Dict[str, Any]) -> None:
 
 def arm_config(arm: str, data_csv: Path, args: argparse.Namespace) -> Dict[str, Any]:
     config = load_config(ROOT / "configs" / "ebhi.yaml", run_stage.DEFAULTS)
+    config = load_config(ROOT / "configs" / "ebhi_cam.yaml", config)
     config = load_config(ROOT / "configs" / "ebhi_wsss" / f"{arm}.yaml", config)
     overrides = [f"data.train.path={data_csv}", f"data.val.path={data_csv}",
                  f"train.epochs={args.epochs}", f"seg_train.epochs={args.seg_epochs or args.epochs}"]

@@ -26,6 +26,7 @@ from pseudo_masks import ConfusionMatrix, PseudoMaskConfig, segmentation_metrics
 from segmix.artifacts import read_cam_index
 from segmix.config import apply_overrides, load_config
 from segmix.data import dataset_classes
+from segmix.stages.foreground_weight import resolve_foreground_weight
 from segmix.stages.pseudo_masks import DEFAULTS, _inputs, _masks, _truth, histogram_sweep, sweep
 from segmix.stages.tile_quality import TileQuality
 
@@ -37,6 +38,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def measure(run: Path, split: str, overrides: List[str]) -> Dict[str, Any]:
     config = apply_overrides(load_config(run / "pseudo-masks" / "config.yaml", DEFAULTS), overrides)
+    config = resolve_foreground_weight(config)
     data, sweep_cfg = config["data"], config["sweep"]
     num_classes = len(dataset_classes(data))
     base = PseudoMaskConfig.from_dict(dict(config["masks"]))

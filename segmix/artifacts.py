@@ -47,7 +47,8 @@ __all__ = [
     "RunLayout", "CamRecord", "checkpoint_path", "best_model_name", "last_epoch",
     "cam_file_path", "write_cam_file", "read_cam_file", "read_cam_labels", "top_classes",
     "cam_index_row", "write_cam_index", "read_cam_index", "foreground_map_path",
-    "write_foreground_map", "read_foreground_map", "pseudo_mask_path", "with_pseudo_masks",
+    "write_foreground_map", "read_foreground_map", "localiser_method", "pseudo_mask_path",
+    "with_pseudo_masks",
     "prediction_mask_path", "write_metrics", "read_metrics", "collect_metrics", "write_legend",
     "read_legend", "legend_folder", "slide_mask_path",
 ]
@@ -222,6 +223,13 @@ def foreground_map_path(localiser_dir: Path, split: str, name: str) -> Path:
 def write_foreground_map(path: Path, foreground: np.ndarray) -> None:
     """A foreground map in [0, 1] ``[H, W]`` as a greyscale PNG (0-255), atomically."""
     write_rgb(path, np.rint(np.clip(foreground, 0, 1) * 255).astype(np.uint8))
+
+
+def localiser_method(localiser_dir: Path) -> Optional[str]:
+    """The method a finished ``segmix localise`` run in ``localiser_dir`` used (``none``: it made
+    no maps), or ``None`` when the folder holds no finished run."""
+    summary = Path(localiser_dir) / SUMMARY_FILE
+    return read_json(summary).get("method") if summary.is_file() else None
 
 
 def read_foreground_map(localiser_dir: Path, split: str, name: str) -> np.ndarray:

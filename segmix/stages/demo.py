@@ -52,6 +52,10 @@ DEMO_SETTINGS: Dict[str, Any] = {
     "cam": {"method": "gradcam", "target_layers": ["blocks.4"], "flips": ["horizontal"],
             "num_workers": 0, "batch_size": 32,
             "shuffle_tta": {"enabled": True, "patch_size": 24, "draws": 2, "fix_ratio": 0.0}},
+    # The CAMs, not the default feature axis: the synthetic tiles hold up to three tissues each, and
+    # one foreground-against-background axis fits them less well (val pseudo masks 0.674 with the
+    # axis against 0.731 with the CAMs alone, seed 0, 2026-12-02).
+    "localiser": {"method": "none"},
     "masks": {"tissue_prior": True},
     "sweep": {"enabled": True, "values": [0.1, 0.2, 0.3, 0.4, 0.5]},
     "overlays": True,

@@ -1,15 +1,15 @@
 """``segmix localise``: a foreground map per tile, from image-level labels only, by one of three
-methods (``localiser.method``).
+methods (``localiser.method``; ``axis``, the default, is the one that works on EBHI-Seg and WBC-d2).
 
-``prototypes`` (:mod:`pseudo_masks.prototypes`) fits ``localiser.prototypes`` k-means prototypes of superpixel stain and texture features on (up to
-``localiser.fit_tiles``) train tiles, names each (``localiser.naming``: ``labels``, how unevenly it
-covers the tiles of the different classes; or ``classifier``, the class evidence its removal costs
-the classifier of ``classifier``), and writes for every tile of ``splits`` its foreground map
-(``maps/<split>/<tile stem>.png``, greyscale 0-255). ``prototypes.pt`` keeps the prototypes with the
-classes and settings they were built for; ``prototypes.csv`` and ``prototypes.png`` show them;
-``summary.json`` marks the run finished. A re-run reuses the prototypes (if built with the same
-classes and settings) and writes only missing maps. ``pseudo-masks`` blends the maps with the CAMs
-by ``masks.foreground_weight``.
+``prototypes`` (:mod:`pseudo_masks.prototypes`) fits ``localiser.prototypes`` k-means prototypes of
+superpixel stain and texture features on (up to ``localiser.fit_tiles``) train tiles, names each
+(``localiser.naming``: ``labels``, how unevenly it covers the tiles of the different classes; or
+``classifier``, the class evidence its removal costs the classifier of ``classifier``), and writes
+for every tile of ``splits`` its foreground map (``maps/<split>/<tile stem>.png``, greyscale 0-255).
+``prototypes.pt`` keeps the prototypes with the classes and settings they were built for;
+``prototypes.csv`` and ``prototypes.png`` show them; ``summary.json`` marks the run finished. A
+re-run reuses the prototypes (if built with the same classes and settings) and writes only missing
+maps. ``pseudo-masks`` blends the maps with the CAMs by ``masks.foreground_weight``.
 
 ``evidence`` (:mod:`pseudo_masks.evidence`) trains a small mask head on the frozen classifier of
 ``classifier`` for ``localiser.epochs`` over (up to ``localiser.fit_tiles``) train tiles: keeping
@@ -70,7 +70,7 @@ DEFAULTS: Dict[str, Any] = {
     "data": DATA_DEFAULTS,
     "splits": ["val"],
     "localiser": {
-        "method": "none",        # none | prototypes | evidence | axis
+        "method": "axis",        # axis (default) | prototypes | evidence | none (CAMs alone)
         "naming": "labels",      # prototypes: labels (class specificity) | classifier (class evidence)
         "prototypes": 8,         # prototypes: k-means prototypes (kinds of tissue)
         "segments": 150,         # prototypes: SLIC superpixels per tile

@@ -2,11 +2,13 @@
 
 Reads the ``index.csv`` and ``.npz`` files of ``segmix cams``; CAMs are resized to each tile's own
 size. With ``masks.foreground_weight`` > 0 it also reads the foreground maps of ``segmix localise``
-(``localiser_dir``) and blends them in (:func:`pseudo_masks.cams_to_masks`). Writes
-``masks/<split>/<stem>.png`` (0 background, 1..K classes, 255 ignore) with ``masks/legend.json``,
-optional ``overlays/<split>/<stem>.png``, ``masks.csv`` (class and ignore fractions per tile),
-``metrics.json`` for splits with ground-truth masks, and ``summary.json`` (settings used, sweep
-choice; marks the run finished). A re-run writes only missing masks.
+(``localiser_dir``) and blends them in (:func:`pseudo_masks.cams_to_masks`); unset (the default, or
+``auto``) it is 1 (the maps decide foreground, the CAMs the class) where ``localiser_dir`` holds
+maps, else 0 (the CAMs alone). Writes ``masks/<split>/<stem>.png`` (0 background, 1..K classes, 255
+ignore) with ``masks/legend.json``, optional ``overlays/<split>/<stem>.png``, ``masks.csv`` (class
+and ignore fractions per tile), ``metrics.json`` for splits with ground-truth masks, and
+``summary.json`` (settings used, sweep choice; marks the run finished). A re-run writes only missing
+masks.
 
 The sweep (``sweep.enabled``) tries each value of one setting (e.g. ``threshold``) on a split with
 ground truth (the validation split: never the data you report on) and keeps the best.
@@ -69,6 +71,7 @@ from ..data import (
     write_rgb,
 )
 from ..io import write_csv, write_json
+from .foreground_weight import AUTO_WEIGHT, checked_weight, resolve_foreground_weight, uses_foreground
 from .from_run import from_run_config, validate_from_run
 from .tile_quality import QUALITY_FILE, WORST_PICTURE, TileQuality
 
@@ -94,7 +97,7 @@ DEFAULTS: Dict[str, Any] = {
     "localiser_dir": None,  # the folder of `segmix localise`; needed when masks.foreground_weight > 0
     "data": DATA_DEFAULTS,
     "splits": ["val"],
-    "masks": PseudoMaskConfig().to_dict(),
+    "masks": {**PseudoMaskConfig().to_dict(), "foreground_weight": AUTO_WEIGHT},
     "sweep": {"enabled": False, "key": "threshold",
               "values": [0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5],
               "split": "val", "protocol": "with_background", "metric": "mIoU",
@@ -121,7 +124,7 @@ def validate(config: Dict[str, Any]) -> None:
     if not splits or any(split not in ("train", "val") for split in splits):
         raise ConfigError(f"splits must list train and/or val, got {splits!r}")
     validate_data(config["data"])
-    settings = _mask_settings(dict(config["masks"]), "masks")
+    settings = _mask_settings(checked_weight(config["masks"]), "masks")
     if settings.crf or (config["sweep"]["enabled"] and config["sweep"]["key"] == "crf"):
         try:
             require_crf()
@@ -184,15 +187,6 @@ def _sweep_criterion(sweep_cfg: Dict[str, Any], settings: PseudoMaskConfig,
                           f" is of {sweep_cfg['key']} with background {settings.background}: set"
                           " sweep.key=threshold, or give the split masks, or sweep.enabled=false")
     return criterion
-
-
-def uses_foreground(config: Dict[str, Any]) -> bool:
-    """Whether the masks blend in the localiser's foreground maps (a weight above 0 or a sweep of
-    the weight)."""
-    sweep_cfg = config["sweep"]
-    return config["masks"]["foreground_weight"] > 0 or (
-        sweep_cfg["enabled"] and sweep_cfg["key"] == "foreground_weight"
-        and any(value > 0 for value in sweep_cfg["values"]))
 
 
 def _cams(record: CamRecord, size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -281,6 +275,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     if config["from_run"]:
         source = {"from_run": str(config["from_run"]), "input": str(config["input"])}
         config = from_run_config(config, output_dir, overwrite)
+    config = resolve_foreground_weight(config)
     data = config["data"]
     classes = dataset_classes(data)
     tiles = read_cam_index(Path(config["cams_dir"]))

@@ -39,9 +39,11 @@ AUGMENT_DEFAULTS: Dict[str, Any] = {
 # (docs/benchmarks.md, "Training throughput"): `amp` is mixed precision where the hardware has it
 # (float16 on CUDA, bfloat16 on a CPU with native bf16), `channels_last` the memory layout oneDNN
 # and cuDNN convolve fastest, `compile` torch.compile (30-90 s of compiling at each start here).
+# `class_balance` is the power of the class-balanced tile sampling (training/sampling.py): 0 plain
+# shuffling, 1 every class drawn equally often.
 TRAIN_DEFAULTS: Dict[str, Any] = {"epochs": 10, "lr": 1e-3, "weight_decay": 1e-4, "amp": True,
                                   "channels_last": True, "compile": False, "num_workers": 2,
-                                  "device": "auto", "logger": "none"}
+                                  "device": "auto", "logger": "none", "class_balance": 0.0}
 
 
 def build_mixer(section: Mapping[str, Any], num_classes: int, image_size: Tuple[int, int],
@@ -83,6 +85,7 @@ def validate_training(config: Mapping[str, Any], *, train_section: str, augment_
         check_number(f"{train_section}.{key}", train[key], integer=True)
     check_number(f"{train_section}.lr", train["lr"])
     check_number(f"{train_section}.weight_decay", train["weight_decay"], positive=False)
+    check_number(f"{train_section}.class_balance", train["class_balance"], positive=False)
     check_number(f"{train_section}.num_workers", train["num_workers"], integer=True, positive=False)
     check_device(train["device"], f"{train_section}.device")
     check_logger(f"{train_section}.logger", train["logger"])

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from ..artifacts import (
@@ -34,6 +34,7 @@ from ..models.factory import save_model_folder
 from ..models.precision import autocast_dtype, depthwise_convs_in_float32
 from .log import EpochLog
 from .mixers import BatchMixer
+from .sampling import ClassBalancedSampler, class_balance_weights
 from ..runtime import (
     Runtime,
     atomic_torch_save,
@@ -125,8 +126,7 @@ class EpochTrainer:
         workers, batch_size = int(train_cfg["num_workers"]), int(train_cfg["batch_size"])
         pin = runtime.device.type == "cuda"
         self.loader_generator = torch.Generator()
-        self.sampler = (DistributedSampler(train_set, shuffle=True, seed=self.seed)
-                        if runtime.distributed else None)
+        self.sampler = self._sampler(train_set)
         self.train_loader = DataLoader(
             train_set, batch_size=batch_size, shuffle=self.sampler is None, sampler=self.sampler,
             num_workers=workers, drop_last=len(train_set) > batch_size,
@@ -142,6 +142,17 @@ class EpochTrainer:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
                                                                     T_max=max(self.epochs, 1))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    def _sampler(self, train_set: Dataset) -> Optional[Sampler]:
+        """``train.class_balance`` > 0: tiles drawn by class frequency; else a plain shuffle
+        (DDP: each rank its share)."""
+        power, runtime = float(self.train_cfg["class_balance"]), self.runtime
+        if power > 0:
+            weights = class_balance_weights([s.labels for s in train_set.samples],
+                                            train_set.num_classes, power)
+            return ClassBalancedSampler(weights, self.seed, runtime.rank, runtime.world_size)
+        return (DistributedSampler(train_set, shuffle=True, seed=self.seed)
+                if runtime.distributed else None)
 
     def autocast(self) -> torch.autocast:
         """The mixed-precision context of this run's forward passes (a no-op in float32)."""

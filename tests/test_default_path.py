@@ -1,0 +1,40 @@
+"""The README's path for a user's own tiles: a copy of configs/ebhi.yaml, pointed at a CSV with
+labels only, runs every stage on the default path (the feature-axis localiser decides foreground,
+the score histogram the threshold) and writes the quality files for a person to check."""
+
+import json
+from pathlib import Path
+
+import yaml
+
+from segmix.cli import main
+
+from synthetic import write_csv_dataset
+from test_pipeline import TINY_MODELS
+from test_threshold_without_masks import labels_only
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_copy_of_the_ebhi_config_runs_the_default_path_on_labels_only(tmp_path, capsys):
+    csv_path = labels_only(write_csv_dataset(tmp_path / "tiles", per_class=8, size=32))
+    mine = yaml.safe_load((ROOT / "configs" / "ebhi.yaml").read_text())  # "copy configs/ebhi.yaml,
+    mine["data"]["classes"] = ["A", "B", "C"]                              # set data.classes,
+    mine["data"]["train"]["path"] = mine["data"]["val"]["path"] = str(csv_path)  # the paths
+    mine["output_dir"] = str(tmp_path / "runs" / "mydata")                 # and output_dir"
+    config = tmp_path / "mydata.yaml"
+    config.write_text(yaml.safe_dump(mine))
+    small = TINY_MODELS + ["localiser.smoothing=3", "localiser.naming_tiles=6"]
+    assert main(["run", "--config", str(config), *[a for s in small for a in ("--set", s)]]) == 0
+    printed = capsys.readouterr().out
+    out = tmp_path / "runs" / "mydata"
+    assert json.loads((out / "localiser" / "summary.json").read_text())["method"] == "axis"
+    assert "masks.foreground_weight (auto): 1.0 (the axis localiser's maps" in printed
+    assert "chosen by the score histogram (no masks" in printed
+    pseudo = json.loads((out / "pseudo-masks" / "summary.json").read_text())
+    assert pseudo["sweep"]["criterion"] == "histogram" and pseudo["settings"]["foreground_weight"] == 1.0
+    assert pseudo["settings"]["max_hole"] == 1000 and "val" in pseudo["quality"]["median"]
+    for name in ("tiles_by_quality.csv", "worst_tiles.png"):
+        assert (out / "pseudo-masks" / name).is_file()
+    assert len(list((out / "predictions" / "masks").glob("*.png"))) == 6
+    assert json.loads((out / "summary.json").read_text())["metrics"]["segmenter"] is None
