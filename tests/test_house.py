@@ -254,7 +254,7 @@ def test_run_validates_every_stage_before_the_first_starts(dataset, tmp_path, ca
                                                            message):
     out = tmp_path / "run"
     extra = (["sweep.enabled=true"] if setting.startswith("sweep") else
-             ["localiser.method=axis"] if setting.startswith("localiser.feature") else [])
+             ["localiser.method=none"] if setting.startswith("masks.foreground") else [])
     assert main(["run", "--output-dir", str(out), *tiny(dataset, setting, *extra)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()  # refused in its first second: no stage started
