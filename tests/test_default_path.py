@@ -5,9 +5,12 @@ the score histogram the threshold) and writes the quality files for a person to 
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from segmix.cli import main
+from segmix.config import ConfigError
+from segmix.stages.foreground_weight import checked_weight, resolve_foreground_weight
 
 from synthetic import write_csv_dataset
 from test_pipeline import TINY_MODELS
@@ -38,3 +41,23 @@ def test_a_copy_of_the_ebhi_config_runs_the_default_path_on_labels_only(tmp_path
         assert (out / "pseudo-masks" / name).is_file()
     assert len(list((out / "predictions" / "masks").glob("*.png"))) == 6
     assert json.loads((out / "summary.json").read_text())["metrics"]["segmenter"] is None
+
+
+def test_an_unset_foreground_weight_follows_the_localiser_and_auto_says_the_same(tmp_path, capsys):
+    localiser = tmp_path / "localiser"
+    localiser.mkdir()
+    config = {"masks": {"foreground_weight": None}, "localiser_dir": str(localiser)}
+    with pytest.raises(ConfigError, match="holds no finished `segmix localise` run"):
+        resolve_foreground_weight(config)
+    for method, weight in (("axis", 1.0), ("none", 0.0)):
+        (localiser / "summary.json").write_text(json.dumps({"method": method}))
+        for unset in (None, "auto"):
+            resolved = resolve_foreground_weight({**config, "masks": {"foreground_weight": unset}})
+            assert resolved["masks"]["foreground_weight"] == weight
+    assert resolve_foreground_weight({"masks": {"foreground_weight": "auto"}, "localiser_dir": None}
+                                     )["masks"]["foreground_weight"] == 0.0
+    assert resolve_foreground_weight({**config, "masks": {"foreground_weight": 0.5}}) == \
+        {**config, "masks": {"foreground_weight": 0.5}}  # a number is kept as it is
+    assert checked_weight({"foreground_weight": "auto"})["foreground_weight"] == 0.0
+    with pytest.raises(ConfigError, match="must be a number in \\[0, 1\\], or null / auto"):
+        checked_weight({"foreground_weight": "half"})

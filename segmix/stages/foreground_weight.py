@@ -35,23 +35,18 @@ def checked_weight(masks: Dict[str, Any]) -> Dict[str, Any]:
                           f" with the localiser's maps, 0 without), got {weight!r}")
     return _numeric_weight(masks, 0.0)
 
-def _numeric_weight(masks: Dict[str, Any], auto: float) -> Dict[str, Any]:
-    """The mask settings with ``foreground_weight`` ``auto`` replaced by ``auto``."""
-    weight = masks["foreground_weight"]
-    return {**masks, "foreground_weight": auto if weight == AUTO_WEIGHT else weight}
-
 
 def resolve_foreground_weight(config: Dict[str, Any]) -> Dict[str, Any]:
-    """The config with ``masks.foreground_weight: auto`` resolved: 1 where ``localiser_dir`` holds
-    a finished localiser run that made maps, 0 without ``localiser_dir`` or where its method is
-    ``none``."""
+    """The config with an unset ``masks.foreground_weight`` (null or auto) resolved: 1 where
+    ``localiser_dir`` holds a finished localiser run that made maps, 0 without ``localiser_dir``
+    or where its method is ``none``."""
     if not _is_auto(config["masks"]["foreground_weight"]):
         return config
     folder = config.get("localiser_dir")
     method = localiser_method(Path(folder)) if folder else "none"
     if method is None:
-        raise ConfigError(f"masks.foreground_weight is unset (auto) and localiser_dir={folder} holds no"
-                          " finished `segmix localise` run: run it first, or set"
+        raise ConfigError(f"masks.foreground_weight is unset (auto) and localiser_dir={folder}"
+                          " holds no finished `segmix localise` run: run it first, or set"
                           " masks.foreground_weight (0: the CAMs alone)")
     weight = 0.0 if method == "none" else 1.0
     print(f"masks.foreground_weight (auto): {weight}"
