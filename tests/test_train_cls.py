@@ -88,6 +88,25 @@ def test_resume_with_another_config_is_refused(dataset, tmp_path, monkeypatch, c
     assert main(args_for(dataset, out, "train.num_workers=1") + ["--resume"]) == 0  # allowed change
 
 
+def test_a_checkpoint_from_before_a_key_was_added_resumes(dataset, tmp_path, monkeypatch, capsys):
+    """A run interrupted by an older segmix, whose config lacks a key added since (with the
+    default that keeps the old behaviour), continues; the same key set otherwise is refused."""
+    out = tmp_path / "run"
+    run_killed_after_first_epoch(monkeypatch, lambda: main(args_for(dataset, out)))
+    checkpoint_file = out / "checkpoints" / "last.pt"
+    checkpoint = torch.load(checkpoint_file, weights_only=False)
+    del checkpoint["config"]["train"]["class_balance"]
+    torch.save(checkpoint, checkpoint_file)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["train"]["class_balance"]
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+
+    assert main(args_for(dataset, out, "train.class_balance=1.0") + ["--resume"]) == 1
+    assert "train.class_balance: 0.0 -> 1.0" in capsys.readouterr().err
+    assert main(args_for(dataset, out) + ["--resume"]) == 0
+    assert [r["epoch"] for r in read_rows(out / "metrics.csv")] == ["0", "1"]
+
+
 @pytest.mark.parametrize("augment", ["none", "cutmix", "mixup"])
 def test_baseline_augments_train(dataset, tmp_path, augment):
     out = tmp_path / augment

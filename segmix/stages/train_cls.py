@@ -96,7 +96,7 @@ def _probabilities(logits: torch.Tensor, kind: str) -> torch.Tensor:
 class ClassifierTraining(EpochTrainer):
     """Stage 1: image-level labels, multi-hot targets mixed by the batch mixer."""
 
-    final_file, best_metric = DONE_FILE, "val_macro_f1"
+    final_file, best_metric, defaults = DONE_FILE, "val_macro_f1", DEFAULTS
 
     def __init__(self, config: Dict[str, Any], output_dir: Path, runtime: Runtime) -> None:
         super().__init__(config, output_dir, runtime)

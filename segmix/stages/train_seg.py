@@ -100,7 +100,7 @@ def validate(config: Dict[str, Any]) -> None:
 class SegmenterTraining(EpochTrainer):
     """Stage 4: pixel labels from pseudo masks; images and masks shuffled together."""
 
-    final_file, best_metric = DONE_FILE, "val_mIoU"
+    final_file, best_metric, defaults = DONE_FILE, "val_mIoU", DEFAULTS
     train_section = "seg_train"
 
     def __init__(self, config: Dict[str, Any], output_dir: Path, runtime: Runtime) -> None:

@@ -27,7 +27,7 @@ from ..artifacts import (
     best_model_name,
     checkpoint_path,
 )
-from ..config import config_differences
+from ..config import config_differences, merge
 from ..errors import SegmixError
 from ..io import write_csv
 from ..models.factory import save_model_folder
@@ -62,11 +62,13 @@ def _seed_worker(_: int) -> None:
 
 
 class EpochTrainer:
-    """The loop of a training stage. Subclasses set ``final_file`` (marks the run finished) and
-    ``best_metric`` (a validation column to maximise: its best epoch's model is kept too)."""
+    """The loop of a training stage. Subclasses set ``final_file`` (marks the run finished),
+    ``best_metric`` (a validation column to maximise: its best epoch's model is kept too) and
+    ``defaults`` (the stage's config defaults)."""
 
     final_file: str
     best_metric: str  # maximised
+    defaults: Mapping[str, Any]  # fills the keys a checkpoint of an older version lacks
     train_section = "train"  # the config section with epochs, batch_size, lr, ...
 
     def __init__(self, config: Dict[str, Any], output_dir: Path, runtime: Runtime) -> None:
@@ -184,7 +186,9 @@ class EpochTrainer:
         """Load ``checkpoints/last.pt`` and continue after its epoch."""
         state = load_checkpoint(self.checkpoint_path)
         allowed = resumable_changes(self.train_section)
-        differences = config_differences(state["config"], self.config, allowed)
+        # a key added since the checkpoint was written counts as its default, as for config.yaml
+        saved = merge(self.defaults, state["config"])
+        differences = config_differences(saved, self.config, allowed)
         if differences:
             raise StageError(f"cannot resume: the config differs from the checkpoint's"
                              f" ({differences}). Only {', '.join(sorted(allowed))} may"
