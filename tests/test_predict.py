@@ -12,7 +12,10 @@ from PIL import Image
 
 from segmix.cli import main
 from segmix.data import read_mask_png
-from segmix.models.factory import create_segmenter, save_segmenter
+from segmix.models.factory import (create_classifier, create_segmenter, save_classifier,
+                                   save_segmenter)
+from segmix.models.fusion import fuse_tile_class
+from segmix.models.pretrained import Classifier
 from segmix.models.sliding_window import blend_weights, sliding_window_predict, window_starts
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -210,3 +213,66 @@ def test_predict_input_errors(segmenter_file, tmp_path, capsys):
     assert "overlap must be in [0, 1)" in capsys.readouterr().err
     assert predict(tmp_path / "f", "segmenter_path=nothing.pt", f"input={tmp_path / 'imgs'}") == 1
     assert "segmentation model file or folder nothing.pt not found" in capsys.readouterr().err
+
+
+# -- fusion with a tile classifier ------------------------------------------------------------
+
+def test_fusion_keeps_the_segmenters_tissue_and_weighs_its_class_by_the_tile_classifier():
+    # background, A, B at three pixels: tissue of A, tissue of B, background
+    probs = np.array([[[0.1, 0.2, 0.7]],
+                      [[0.6, 0.3, 0.2]],
+                      [[0.3, 0.5, 0.1]]], dtype=np.float32)
+    assert fuse_tile_class(probs, [0.5, 0.5], 1.0).tolist() == [[1, 2, 0]]
+    assert fuse_tile_class(probs, [0.2, 0.9], 0.0).tolist() == [[1, 2, 0]]  # the segmenter alone
+    assert fuse_tile_class(probs, [0.2, 0.9], 1.0).tolist() == [[2, 2, 0]]  # 0.12 < 0.27
+    assert fuse_tile_class(probs, [0.9, 0.2], 1.0).tolist() == [[1, 1, 0]]  # 0.45 > 0.1
+    assert fuse_tile_class(probs, [0.9, 0.6], 1.0).tolist() == [[1, 2, 0]]  # unsure: pixels decide
+    # foreground where background < the sum of the classes, though background is the argmax
+    assert fuse_tile_class(np.array([[[0.4]], [[0.3]], [[0.3]]]), [0.1, 0.9]).tolist() == [[2]]
+    with pytest.raises(ValueError, match=r"class_probabilities \[K\]"):
+        fuse_tile_class(probs, [0.5, 0.3, 0.2])
+    with pytest.raises(ValueError, match="weight must be >= 0"):
+        fuse_tile_class(probs, [0.5, 0.5], -1.0)
+
+
+@pytest.fixture(scope="module")
+def classifier_file(tmp_path_factory):
+    def save(classes):
+        torch.manual_seed(1)
+        model = create_classifier("test_efficientnet", len(classes)).eval()
+        with torch.no_grad():  # sure of B, which the segmenter names in a few pixels only
+            model.get_classifier().bias.copy_(torch.tensor([-4.0, 4.0, -4.0]))
+        path = tmp_path_factory.mktemp("classifier") / "classifier.pt"
+        save_classifier(path, model, name="test_efficientnet", classes=classes, image_size=(64, 64))
+        return path
+    return save
+
+
+def test_predict_with_a_tile_classifier_fuses_its_class(segmenter_file, classifier_file, tmp_path,
+                                                        capsys):
+    images = tmp_path / "images"
+    write_images(images, [(64, 64), (80, 96)])
+    base = [f"segmenter_path={segmenter_file}", f"input={images}", "predict.probabilities=true"]
+    classifier = f"classifier_path={classifier_file(['A', 'B', 'C'])}"
+    assert predict(tmp_path / "alone", *base, classifier, "predict.classifier_weight=0") == 0
+    assert predict(tmp_path / "tile", *base, classifier, "predict.classifier_weight=1000") == 0
+    tile_probs = Classifier.from_pretrained(classifier_file(["A", "B", "C"])).predict(
+        [np.asarray(Image.open(images / f"img{i}.png")) for i in range(2)])
+    for i in range(2):
+        with np.load(tmp_path / "alone" / "probabilities" / f"img{i}.npz") as data:
+            probs = data["probabilities"].astype(np.float32)
+        foreground = probs[0] < probs[1:].sum(0)
+        alone = read_mask_png(tmp_path / "alone" / "masks" / f"img{i}.png")
+        assert np.array_equal(alone, np.where(foreground, probs[1:].argmax(0) + 1, 0))
+        tile = read_mask_png(tmp_path / "tile" / "masks" / f"img{i}.png")
+        assert tile_probs[i].argmax() == 1 and (alone[foreground] != 2).any()
+        assert np.array_equal(tile, np.where(foreground, 2, 0))
+    summary = json.loads((tmp_path / "tile" / "summary.json").read_text())
+    assert summary["classifier"].endswith("classifier.pt") and summary["classifier_weight"] == 1000
+
+    other = f"classifier_path={classifier_file(['A', 'B', 'D'])}"
+    assert predict(tmp_path / "other", *base, other) == 1
+    assert "'D'" in capsys.readouterr().err
+    assert predict(tmp_path / "slides", f"segmenter_path={segmenter_file}", f"input={images}",
+                   classifier, "predict.slides=true") == 2
+    assert "a whole slide holds many" in capsys.readouterr().err

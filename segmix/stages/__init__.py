@@ -93,7 +93,8 @@ STAGES: Tuple[Stage, ...] = (
           " (pyramidal TIFF masks, class areas)",
           folder=lambda layout: layout.predictions_dir,
           wiring=lambda layout, splits: {"segmenter_path": str(layout.segmenter), "split": "val",
-                                         "input": None, "input_split": None},
+                                         "input": None, "input_split": None,
+                                         "classifier_path": None},
           needs_val=True, example="predict.overlap=0.5",
           flags=(("--model", "segmenter_path", "a model folder or .pt model file", str),
                  ("--mpp", "predict.slide_mpp", "microns per pixel of slides whose metadata"

@@ -5,7 +5,11 @@ the CSV; ``input_split`` keeps the rows of one ``split``), or ``split``, a split
 section (as ``segmix run`` uses it). Images of any size are predicted with a sliding window
 (:mod:`segmix.models.sliding_window`): windows of the training size overlap by
 ``predict.overlap``; logits are blended, in memory bounded by one band of windows;
-``predict.flips`` adds flip TTA.
+``predict.flips`` adds flip TTA. With ``classifier_path`` (a ``segmix train-cls`` classifier of the
+same classes) each image is also classified whole, resized to the classifier's training size as
+the stages read tiles, and the mask fuses both (:func:`segmix.models.fusion.fuse_tile_class`: the
+segmenter finds the tissue, the classifier's probabilities weigh its class by
+``predict.classifier_weight``).
 
 Outputs: ``masks/<stem>.png`` (palette PNG: 0 background, 1..K classes) with ``masks/legend.json``,
 optional ``probabilities/<stem>.npz`` (float16 ``[K+1, H, W]`` softmax) and
@@ -55,7 +59,8 @@ from ..data import (
 )
 from ..data.readers import IMAGE_SUFFIXES, image_files
 from ..io import atomic_write_npz, read_json, write_csv, write_json
-from ..models.pretrained import Segmenter
+from ..models.fusion import fuse_tile_class
+from ..models.pretrained import Classifier, Segmenter
 from ..runtime import check_device
 from ..slides.prediction import predict_slide
 from ..slides.slide import SLIDE_SUFFIXES, Slide, SlideError, require_openslide, tissue_picture
@@ -72,6 +77,7 @@ RESUMABLE_CHANGES = {"predict.batch_size", "predict.device", "predict.max_megapi
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/predict",
     "segmenter_path": "runs/segmenter/segmenter.pt",
+    "classifier_path": None,  # a tile classifier of the same classes: its class weighs the mask's
     "input": None,           # a folder of images or a CSV with an `image` column
     "input_split": None,     # with a CSV input: keep rows whose `split` column has this value
     "split": None,           # instead of input: a split of the `data` section (train, val)
@@ -84,7 +90,8 @@ DEFAULTS: Dict[str, Any] = {
         "scale": 1.0,            # resize factor before prediction (if training tiles were resized)
         "batch_size": 8,
         "device": "auto",
-        "probabilities": False,  # also write float16 softmax maps
+        "probabilities": False,  # also write float16 softmax maps (the segmenter's)
+        "classifier_weight": 1.0,  # with classifier_path: 0 the segmenter's class, large the tile's
         "overlays": True,
         "on_bad_file": "raise",  # or skip: leave unreadable images out with a warning and a count
         "max_megapixels": 1000,  # larger images are refused by name (about 3 bytes a pixel to hold)
@@ -125,7 +132,11 @@ def validate(config: Dict[str, Any]) -> None:
     for key in ("slide_mpp", "model_mpp"):
         if settings[key] is not None:
             check_number(f"predict.{key}", settings[key])
+    check_number("predict.classifier_weight", settings["classifier_weight"], positive=False)
     if settings["slides"]:
+        if config["classifier_path"]:
+            raise ConfigError("classifier_path gives each image one tile class, and a whole slide"
+                              " holds many: leave it unset with predict.slides")
         if config["split"]:
             raise ConfigError("predict.slides: give the slides as input (a slide, a folder of"
                               " slides or a CSV with an `image` column), not split")
@@ -180,17 +191,30 @@ def window_settings(settings: Dict[str, Any]) -> Dict[str, Any]:
 
 
 class Predictor:
-    """A loaded segmentation model and the ``predict`` settings to segment one image with."""
+    """A loaded segmentation model (and tile classifier, if any) and the ``predict`` settings to
+    segment one image with."""
 
-    def __init__(self, segmenter_path: Path, config: Dict[str, Any]) -> None:
+    def __init__(self, segmenter_path: Path, config: Dict[str, Any],
+                 classifier_path: Optional[Path] = None) -> None:
         self.segmenter = Segmenter.from_pretrained(Path(segmenter_path), device=config["device"])
         self.classes: List[str] = self.segmenter.classes
+        self.classifier = (None if classifier_path is None else Classifier.from_pretrained(
+            Path(classifier_path), classes=self.classes, device=config["device"]))
+        self.classifier_weight = float(config["classifier_weight"])
         self.settings = {**window_settings(config), "scale": float(config["scale"])}
 
     def __call__(self, image: np.ndarray, probabilities: bool,
                  on_row=None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        return self.segmenter.predict(image, probabilities=probabilities, on_row=on_row,
-                                      **self.settings)
+        """``(mask, the segmenter's softmax if probabilities)``; the mask fused with the tile
+        classifier's class, if there is one."""
+        mask, probs = self.segmenter.predict(
+            image, probabilities=probabilities or self.classifier is not None, on_row=on_row,
+            **self.settings)
+        if self.classifier is None:
+            return mask, probs
+        tile = self.classifier.predict([image])[0]
+        mask = fuse_tile_class(probs, tile, self.classifier_weight)
+        return mask, probs if probabilities else None
 
 
 def _outputs(output_dir: Path, name: str, settings: Dict[str, Any]) -> Dict[str, Path]:
@@ -297,7 +321,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     max_pixels = int(settings["max_megapixels"] * 1e6)
     images = list_inputs(config)
     names = unique_stems(images)
-    predictor = Predictor(config["segmenter_path"], settings)
+    predictor = Predictor(config["segmenter_path"], settings, config["classifier_path"])
     num_classes = len(predictor.classes)
     write_legend(output_dir / MASKS_FOLDER, predictor.classes)
     rows, skipped, predicted, pixels = [], [], 0, 0
@@ -316,8 +340,9 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
                                          " predict.on_bad_file=skip") from error
                 skipped.append(str(error))
                 continue
-            mask, probs = predictor(image, settings["probabilities"],
-                                    on_row=lambda done, total: bar.set_postfix(rows=f"{done}/{total}"))
+            mask, probs = predictor(
+                image, settings["probabilities"],
+                on_row=lambda done, total: bar.set_postfix(rows=f"{done}/{total}"))
             write_mask_png(paths["mask"], mask, num_classes)
             if probs is not None:
                 atomic_write_npz(paths["probabilities"], probabilities=probs,
@@ -333,7 +358,9 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     seconds = time.perf_counter() - start
     _warn_skipped(skipped, "image")
     write_csv(output_dir / "predictions.csv", rows)
-    summary = {"segmenter": str(config["segmenter_path"]), "images": len(rows),
+    summary = {"segmenter": str(config["segmenter_path"]),
+               "classifier": config["classifier_path"] and str(config["classifier_path"]),
+               "classifier_weight": settings["classifier_weight"], "images": len(rows),
                "predicted_now": predicted, "already_done": len(rows) - predicted,
                "skipped": skipped, "seconds": seconds,
                "megapixels_per_s": pixels / 1e6 / seconds if predicted else None}
