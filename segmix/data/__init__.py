@@ -15,7 +15,16 @@ from .dataset import (
     unique_stems,
     validate_data,
 )
-from .images import ImageReadError, read_label_mask, read_mask, read_rgb, resized, write_rgb
+from .images import (
+    ImageReadError,
+    captioned,
+    picture_grid,
+    read_label_mask,
+    read_mask,
+    read_rgb,
+    resized,
+    write_rgb,
+)
 from .palette import (
     overlay,
     palette_colors,
@@ -41,5 +50,5 @@ __all__ = [
     "overlay", "palette_colors", "parse_filename_label", "read_class_folders", "read_csv",
     "read_filename_labels", "read_label_mask", "read_mask", "read_mask_png", "read_rgb",
     "read_split", "count_masks", "resolve_problems", "verify_files", "write_mask_png",
-    "validate_data", "write_rgb", "resized", "model_transform",
+    "validate_data", "write_rgb", "resized", "model_transform", "captioned", "picture_grid",
 ]

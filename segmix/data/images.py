@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from ..errors import SegmixError
 from ..io import atomic_path
@@ -20,7 +20,7 @@ from ..labels import MaskConvention, decode_mask
 from .samples import DatasetError
 
 __all__ = ["ImageReadError", "MAX_PIXELS", "read_rgb", "read_mask", "read_label_mask",
-           "check_image", "write_rgb", "resized"]
+           "check_image", "write_rgb", "resized", "captioned", "picture_grid"]
 
 # Pillow's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS); callers may allow more.
 MAX_PIXELS = 2 * 89_478_485
@@ -115,3 +115,24 @@ def resized(array: np.ndarray, size: Tuple[int, int], nearest: bool = False) -> 
     else:
         interpolation = cv2.INTER_AREA if size[0] < array.shape[0] else cv2.INTER_LINEAR
     return cv2.resize(array, (size[1], size[0]), interpolation=interpolation)
+
+
+CAPTION_PX = 14  # the white strip above a captioned picture
+
+
+def captioned(picture: np.ndarray, text: str) -> np.ndarray:
+    """An RGB ``picture`` under a white strip with ``text``."""
+    strip = Image.new("RGB", (picture.shape[1], CAPTION_PX), "white")
+    ImageDraw.Draw(strip).text((2, 1), text, fill="black")
+    return np.concatenate([np.asarray(strip), picture], axis=0)
+
+
+def picture_grid(cells: Sequence[np.ndarray], columns: int = 1) -> np.ndarray:
+    """RGB ``cells`` in rows of ``columns``, each padded (black) to the largest cell's size."""
+    if not cells:
+        raise ValueError("picture_grid needs at least one picture")
+    height, width = max(c.shape[0] for c in cells), max(c.shape[1] for c in cells)
+    padded = [np.pad(c, ((0, height - c.shape[0]), (0, width - c.shape[1]), (0, 0))) for c in cells]
+    padded += [np.zeros_like(padded[0])] * (-len(padded) % columns)
+    rows = [np.concatenate(padded[i:i + columns], axis=1) for i in range(0, len(padded), columns)]
+    return np.concatenate(rows, axis=0)

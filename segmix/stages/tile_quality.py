@@ -12,27 +12,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from pseudo_masks import PseudoMaskConfig, ScoreHistogram, threshold_scores
 
-from ..data import overlay, write_rgb
+from ..data import captioned, overlay, picture_grid, write_rgb
 from ..io import write_csv
 
 __all__ = ["QUALITY_FILE", "WORST_PICTURE", "TileQuality"]
 
 QUALITY_FILE = "tiles_by_quality.csv"
 WORST_PICTURE = "worst_tiles.png"
-CAPTION_PX = 14  # the strip above each row of the picture: the tile's name and quality
-
-
-def _captioned(row: np.ndarray, text: str) -> np.ndarray:
-    """``row`` (RGB) under a white strip with ``text``."""
-    strip = Image.new("RGB", (row.shape[1], CAPTION_PX), "white")
-    ImageDraw.Draw(strip).text((2, 1), text, fill="black")
-    return np.concatenate([np.asarray(strip), row], axis=0)
-
-
 class TileQuality:
     """Collects each tile's quality as its masks are made, then writes the table and picture; the
     picture of a tile is drawn only while it is among the ``shown`` least clean so far."""
@@ -72,13 +61,10 @@ class TileQuality:
         ordered = [self.rows[index] for index in order]
         write_csv(output_dir / QUALITY_FILE, ordered)
         pictures = {-row: picture for _, row, picture in self.worst}
-        cells = [_captioned(pictures[index],
-                            f"{r['split']}/{r['tile']}  quality {r['quality']:.2f}")
+        cells = [captioned(pictures[index], f"{r['split']}/{r['tile']}  quality {r['quality']:.2f}")
                  for index, r in zip(order[:self.shown], ordered)]
         if cells:
-            width = max(cell.shape[1] for cell in cells)
-            write_rgb(output_dir / WORST_PICTURE, np.concatenate(
-                [np.pad(c, ((0, 0), (0, width - c.shape[1]), (0, 0))) for c in cells], axis=0))
+            write_rgb(output_dir / WORST_PICTURE, picture_grid(cells))
         splits = sorted({r["split"] for r in self.rows})
         return {"median": {s: float(np.median([r["quality"] for r in self.rows if r["split"] == s]))
                            for s in splits},

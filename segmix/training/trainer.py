@@ -102,6 +102,18 @@ class EpochTrainer:
     def describe(self) -> str:
         return f"training for {self.epochs} epochs"
 
+    def after_epoch(self, epoch: int) -> Dict[str, Any]:
+        """Rank 0, after an epoch's validation (model in eval mode, no gradients): the stage's own
+        per-epoch work; returns extra columns for the epoch's row."""
+        return {}
+
+    def stage_state(self) -> Dict[str, Any]:
+        """What the stage keeps in the checkpoint beside the loop's state."""
+        return {}
+
+    def load_stage_state(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`stage_state` from a checkpoint (``{}`` from one written without it)."""
+
     @property
     def model_extra(self) -> Dict[str, Any]:
         """What every saved model records beside its weights: the tiles' resolution."""
@@ -135,15 +147,20 @@ class EpochTrainer:
             generator=self.loader_generator, worker_init_fn=_seed_worker if workers else None,
             pin_memory=pin,
         )
-        self.val_loader = None if val_set is None else DataLoader(
-            val_set, batch_size=int(train_cfg["eval_batch_size"]), shuffle=False,
-            num_workers=workers, pin_memory=pin,
-        )
+        self.val_loader = None if val_set is None else self.eval_loader(val_set)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=float(train_cfg["lr"]),
                                            weight_decay=float(train_cfg["weight_decay"]))
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer,
                                                                     T_max=max(self.epochs, 1))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    def eval_loader(self, dataset: Dataset,
+                    generator: Optional[torch.Generator] = None) -> DataLoader:
+        """``dataset`` in order, in evaluation batches. Each pass over it draws its seed from
+        ``generator``, or from the global random numbers (which the checkpoint keeps) without."""
+        return DataLoader(dataset, batch_size=int(self.train_cfg["eval_batch_size"]), shuffle=False,
+                          num_workers=int(self.train_cfg["num_workers"]),
+                          pin_memory=self.runtime.device.type == "cuda", generator=generator)
 
     def _sampler(self, train_set: Dataset) -> Optional[Sampler]:
         """``train.class_balance`` > 0: tiles drawn by class frequency; else a plain shuffle
@@ -179,7 +196,7 @@ class EpochTrainer:
             "epoch": epoch, "config": self.config, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "mixer": self.mixer.state_dict(),
-            "rows": self.rows, "best": self.best, "rng": rng_state(),
+            "rows": self.rows, "best": self.best, "rng": rng_state(), "stage": self.stage_state(),
         })
 
     def resume(self) -> None:
@@ -199,6 +216,7 @@ class EpochTrainer:
         self.scaler.load_state_dict(state["scaler"])
         self.mixer.load_state_dict(state["mixer"])
         self.rows, self.best = list(state["rows"]), state["best"]
+        self.load_stage_state(state.get("stage", {}))
         set_rng_state(state["rng"])
         self.start_epoch = state["epoch"] + 1
         if self.runtime.is_main:
@@ -277,10 +295,12 @@ class EpochTrainer:
             row: Dict[str, Any] = {"epoch": epoch, "train_loss": loss, "lr": lr,
                                    "images_per_s": images / seconds, "train_seconds": seconds,
                                    **settings}
-            if main and self.val_loader is not None:
+            if main:
                 self.model.eval()
                 with torch.no_grad():
-                    row.update(self.evaluate())
+                    if self.val_loader is not None:
+                        row.update(self.evaluate())
+                    row.update(self.after_epoch(epoch))
             self.rows.append(row)
             if main:
                 self._write_epoch(epoch, row)

@@ -1,0 +1,119 @@
+"""The difficulty memory (DASC): grades from remembered label evidence, the train-cls outputs, a
+planted wrong label found, and an exact resume of the memory."""
+
+import csv
+
+import pytest
+import torch
+
+from segmix.cli import main
+from segmix.training.difficulty import DifficultyMemory, DifficultySettings, label_evidence
+
+from interrupt import run_killed_after_first_epoch
+from synthetic import write_csv_dataset
+
+
+def test_label_evidence_takes_the_least_probable_label_and_the_top_class():
+    probabilities = torch.tensor([[0.9, 0.05, 0.05], [0.2, 0.7, 0.6], [0.1, 0.3, 0.6]])
+    targets = torch.tensor([[1, 0, 0], [0, 1, 1], [1, 0, 0]])
+    evidence = label_evidence(probabilities, targets)
+    assert torch.allclose(evidence["probability"], torch.tensor([0.9, 0.6, 0.1]))
+    assert evidence["top"].tolist() == [0, 1, 2]
+    assert evidence["correct"].tolist() == [True, True, False]
+    assert torch.allclose(evidence["loss"], -torch.log(torch.tensor([0.9, 0.6, 0.1])))
+
+
+def _evidence(probability, correct):
+    probability = torch.tensor(probability)
+    return {"probability": probability, "top": torch.zeros(len(probability), dtype=torch.long),
+            "correct": torch.tensor(correct), "loss": -torch.log(probability)}
+
+
+def test_grades_over_the_last_window_of_epochs_and_a_state_round_trip():
+    memory = DifficultyMemory(4)
+    # tile 0 easy, 1 noisy, 2 hard (right but unsure), 3 wrong once only in the window
+    memory.record(_evidence([0.1, 0.9, 0.5, 0.05], [False, True, True, False]))  # left out
+    memory.record(_evidence([0.9, 0.1, 0.6, 0.1], [True, False, True, False]))
+    memory.record(_evidence([0.95, 0.05, 0.5, 0.8], [True, False, True, True]))
+    rows = memory.table(DifficultySettings(window=2))
+    assert [r["difficulty"] for r in rows] == ["easy", "noisy", "hard", "hard"]
+    assert rows[1]["times_correct"] == 0 and rows[1]["epochs"] == 2
+    assert rows[0]["mean_probability"] == pytest.approx(0.925)
+    assert [r["difficulty"] for r in memory.table(DifficultySettings(window=3))] == \
+        ["hard", "hard", "hard", "hard"]
+    copy = DifficultyMemory(4)
+    copy.load_state_dict(memory.state_dict())
+    assert copy.table(DifficultySettings(window=2)) == rows
+    with pytest.raises(ValueError, match="holds 4 tiles, the train split 5"):
+        DifficultyMemory(5).load_state_dict(memory.state_dict())
+    with pytest.raises(ValueError, match="noisy_probability <= easy_probability"):
+        DifficultySettings(easy_probability=0.1, noisy_probability=0.5)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Colour-coded tiles, 12 train tiles a class, one red (A) tile labelled B."""
+    csv_path = write_csv_dataset(tmp_path_factory.mktemp("tiles"), per_class=16, size=32)
+    lines = csv_path.read_text().splitlines()
+    wrong = next(i for i, line in enumerate(lines) if line.startswith("images/A_0.png"))
+    lines[wrong] = lines[wrong].replace(",A,train", ",B,train")
+    csv_path.write_text("\n".join(lines) + "\n")
+    return csv_path
+
+
+def args_for(csv_path, out, *extra):
+    settings = [
+        "data.classes=[A, B, C]", f"data.train.path={csv_path}", f"data.val.path={csv_path}",
+        "data.image_size=32", "model.name=test_efficientnet", "model.weights=null",
+        "train.epochs=6", "train.batch_size=8", "train.num_workers=0", "train.lr=0.003",
+        "train.loss=ce", "augment.name=none", "augmentations.train=[]",
+        "train.difficulty.enabled=true", "train.difficulty.window=2",
+        "train.difficulty.noisy_probability=0.3", *extra,
+    ]
+    return ["train-cls", "--output-dir", str(out)] + [a for s in settings for a in ("--set", s)]
+
+
+def read_rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_planted_wrong_label_is_graded_noisy_and_pictured(planted, tmp_path):
+    out = tmp_path / "run"
+    assert main(args_for(planted, out)) == 0
+    rows = read_rows(out / "difficulty.csv")
+    assert len(rows) == 36
+    noisy = [r for r in rows if r["difficulty"] == "noisy"]
+    assert [r["image"].split("/")[-1] for r in noisy] == ["A_0.png"]
+    assert noisy[0]["label"] == "B" and noisy[0]["predicted"] == "A"
+    assert float(noisy[0]["mean_probability"]) < 0.3
+    assert sum(r["difficulty"] == "easy" for r in rows) >= 24
+    metrics = read_rows(out / "metrics.csv")
+    assert metrics[-1]["train_noisy"] == "1"
+    assert (out / "likely_mislabelled.png").stat().st_size > 0
+
+
+def test_the_memory_survives_a_resume_bit_identically(planted, tmp_path, monkeypatch):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert main(args_for(planted, straight, "train.epochs=3")) == 0
+    run_killed_after_first_epoch(monkeypatch,
+                                 lambda: main(args_for(planted, interrupted, "train.epochs=3")))
+    checkpoint = torch.load(interrupted / "checkpoints" / "last.pt", weights_only=False)
+    assert len(checkpoint["stage"]["difficulty"]["epochs"]) == 1
+    assert main(args_for(planted, interrupted, "train.epochs=3") + ["--resume"]) == 0
+    assert (straight / "difficulty.csv").read_text() == (interrupted / "difficulty.csv").read_text()
+    timing = {"images_per_s", "train_seconds"}
+    assert [{k: v for k, v in r.items() if k not in timing}
+            for r in read_rows(straight / "metrics.csv")] == \
+        [{k: v for k, v in r.items() if k not in timing}
+         for r in read_rows(interrupted / "metrics.csv")]
+
+
+def test_bad_difficulty_settings_are_refused_by_name(planted, tmp_path, capsys):
+    assert main(args_for(planted, tmp_path / "a", "train.difficulty.window=0")) == 2
+    assert "train.difficulty: window must be at least 1 epoch" in capsys.readouterr().err
+    assert main(args_for(planted, tmp_path / "b", "train.difficulty.enabled=yes please")) == 2
+    assert "'train.difficulty.enabled' must be true or false" in capsys.readouterr().err
+    assert main(args_for(planted, tmp_path / "c", "train.difficulty.shown=-1")) == 2
+    assert "train.difficulty.shown must be an integer >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "config.yaml").exists()  # refused before anything was written
