@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from segmix.cli import main
-from segmix.training.difficulty import DifficultyMemory, DifficultySettings, label_evidence
+from segmix.training.difficulty import (DifficultyMemory, DifficultySettings, grade_weights,
+                                        label_evidence)
 
 from interrupt import run_killed_after_first_epoch
 from synthetic import write_csv_dataset
@@ -117,3 +118,47 @@ def test_bad_difficulty_settings_are_refused_by_name(planted, tmp_path, capsys):
     assert main(args_for(planted, tmp_path / "c", "train.difficulty.shown=-1")) == 2
     assert "train.difficulty.shown must be an integer >= 0" in capsys.readouterr().err
     assert not (tmp_path / "c" / "config.yaml").exists()  # refused before anything was written
+
+
+def test_grade_weights():
+    weights = grade_weights(["easy", "hard", "noisy", "hard"], hard_weight=2.0, noisy_weight=0.0)
+    assert weights.tolist() == [1.0, 2.0, 0.0, 2.0]
+    with pytest.raises(ValueError, match="must be >= 0"):
+        grade_weights(["easy"], hard_weight=-1.0, noisy_weight=1.0)
+
+
+def test_noisy_tiles_left_out_once_graded_and_the_resume_draws_the_same(planted, tmp_path,
+                                                                         monkeypatch):
+    """noisy_weight 0: from the epoch after the window is full, the sampler never draws the
+    planted tile; an interrupted run resumes to the same metrics and grades."""
+    extra = ("train.difficulty.noisy_weight=0", "train.difficulty.hard_weight=2",
+             "train.epochs=7")
+    straight = tmp_path / "straight"
+    seen = []
+    from segmix.training.sampling import ClassBalancedSampler
+    draw = ClassBalancedSampler.__iter__
+
+    def recording(self):
+        indices = list(draw(self))
+        seen.append((self.epoch, indices, self.weights.clone()))
+        return iter(indices)
+
+    monkeypatch.setattr(ClassBalancedSampler, "__iter__", recording)
+    assert main(args_for(planted, straight, *extra)) == 0
+    monkeypatch.undo()
+    rows = read_rows(straight / "difficulty.csv")
+    planted_index = next(i for i, r in enumerate(rows) if r["image"].endswith("A_0.png"))
+    assert rows[planted_index]["difficulty"] == "noisy"
+    late = [(epoch, indices, weights) for epoch, indices, weights in seen if epoch == 6]
+    assert late and planted_index not in late[0][1] and float(late[0][2][planted_index]) == 0
+    hard = [i for i, r in enumerate(rows) if r["difficulty"] == "hard"]
+    easy = [i for i, r in enumerate(rows) if r["difficulty"] == "easy"]
+    if hard and easy:
+        assert float(late[0][2][hard[0]]) == pytest.approx(2 * float(late[0][2][easy[0]]))
+    assert all(float(w.max()) == pytest.approx(float(w.min())) for e, _, w in seen if e < 2)
+
+    interrupted = tmp_path / "interrupted"
+    run_killed_after_first_epoch(monkeypatch,
+                                 lambda: main(args_for(planted, interrupted, *extra)))
+    assert main(args_for(planted, interrupted, *extra) + ["--resume"]) == 0
+    assert (straight / "difficulty.csv").read_text() == (interrupted / "difficulty.csv").read_text()

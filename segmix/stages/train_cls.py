@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..artifacts import CLASSIFIER_FILE
-from ..config import ConfigError
+from ..config import ConfigError, check_number
 from ..data import (
     DATA_DEFAULTS,
     TileDataset,
@@ -58,8 +58,14 @@ from ..training.settings import (
     resumable_changes,
     validate_training,
 )
-from ..training.difficulty import GRADES, DifficultyMemory, DifficultySettings, label_evidence
-from ..training.trainer import EpochTrainer, run_training
+from ..training.difficulty import (
+    GRADES,
+    DifficultyMemory,
+    DifficultySettings,
+    grade_weights,
+    label_evidence,
+)
+from ..training.trainer import EpochTrainer, StageError, run_training
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "validate"]
 
@@ -77,7 +83,9 @@ DEFAULTS: Dict[str, Any] = {
     "train": {**TRAIN_DEFAULTS, "batch_size": 32, "eval_batch_size": 64, "loss": "bce",
               # the difficulty memory (DASC): off, or every train tile graded after each epoch
               "difficulty": {"enabled": False, "window": 3, "easy_probability": 0.7,
-                             "noisy_probability": 0.2, "shown": 16}},
+                             "noisy_probability": 0.2, "shown": 16,
+                             # sampling factors once `window` epochs are graded (1: unchanged)
+                             "hard_weight": 1.0, "noisy_weight": 1.0}},
 }
 
 DIFFICULTY_FILE = "difficulty.csv"
@@ -109,6 +117,8 @@ def _difficulty_settings(section: Dict[str, Any]) -> DifficultySettings:
             or section["shown"] < 0:
         raise ConfigError(f"train.difficulty.shown must be an integer >= 0, got"
                           f" {section['shown']!r}")
+    for key in ("hard_weight", "noisy_weight"):
+        check_number(f"train.difficulty.{key}", section[key], positive=False)
     try:
         return DifficultySettings(window=int(section["window"]),
                                   easy_probability=float(section["easy_probability"]),
@@ -157,9 +167,13 @@ class ClassifierTraining(EpochTrainer):
         self.setup(model, mixer, train_set, val_set)
         difficulty = config["train"]["difficulty"]
         self.memory = None
+        if self.weighted_sampling and runtime.distributed:
+            raise StageError("train.difficulty.hard_weight / noisy_weight reweigh tiles in one"
+                             " process only for now: set them to 1 under torchrun")
         if difficulty["enabled"]:
             self.difficulty = _difficulty_settings(difficulty)
             self.memory = DifficultyMemory(len(train_set))
+            self.base_weights = self.sampler.weights.clone() if self.weighted_sampling else None
             self.memory_loader = self.eval_loader(
                 TileDataset(train_set.samples, len(self.classes),
                             build_transform(augs["eval"], self.image_size, mean, std)),
@@ -192,6 +206,12 @@ class ClassifierTraining(EpochTrainer):
         metrics["loss"] = float(_loss(all_logits, all_targets, self.loss_kind))
         return {f"val_{k}": v for k, v in metrics.items()}
 
+    @property
+    def weighted_sampling(self) -> bool:
+        difficulty = self.config["train"]["difficulty"]
+        return bool(difficulty["enabled"]) and (float(difficulty["hard_weight"]) != 1
+                                                or float(difficulty["noisy_weight"]) != 1)
+
     def after_epoch(self, epoch: int) -> Dict[str, Any]:
         """With the difficulty memory: read every train tile, remember, grade and write."""
         if self.memory is None:
@@ -207,7 +227,20 @@ class ClassifierTraining(EpochTrainer):
         rows = self._difficulty_rows()
         write_csv(self.output_dir / DIFFICULTY_FILE, rows)
         self._draw_likely_mislabelled(rows)
+        self._reweigh()
         return {f"train_{grade}": sum(r["difficulty"] == grade for r in rows) for grade in GRADES}
+
+    def _reweigh(self) -> None:
+        """Once ``window`` epochs are graded: the sampler draws by class balance times the grade
+        factors (from the next epoch on)."""
+        if not self.weighted_sampling or len(self.memory.epochs) < self.difficulty.window:
+            return
+        difficulty = self.config["train"]["difficulty"]
+        grades = [row["difficulty"] for row in self.memory.table(self.difficulty)]
+        weights = self.base_weights * grade_weights(grades, float(difficulty["hard_weight"]),
+                                                    float(difficulty["noisy_weight"]))
+        if float(weights.sum()) > 0:  # every tile left out: keep drawing as before
+            self.sampler.weights = weights / weights.sum()
 
     def _difficulty_rows(self) -> List[Dict[str, Any]]:
         samples = self.train_set.samples
@@ -233,6 +266,7 @@ class ClassifierTraining(EpochTrainer):
     def load_stage_state(self, state: Dict[str, Any]) -> None:
         if self.memory is not None and "difficulty" in state:
             self.memory.load_state_dict(state["difficulty"])
+            self._reweigh()
 
     def save_model(self, path: Path, extra: Dict[str, Any]) -> Dict[str, Any]:
         return save_classifier(path, self.model, name=self.config["model"]["name"],

@@ -11,19 +11,21 @@ tile with several), whether the top class is one of its labels, and its loss. Ov
 - **easy** when it was always right with a mean probability of at least ``easy_probability``;
 - **hard** otherwise.
 
-Only torch and NumPy; the stage decides when to record and what to write.
+:func:`grade_weights` turns the grades into sampling factors (hard tiles drawn more often, noisy ones
+less or never). Only torch and NumPy; the stage decides when to record, what to write and when the
+grades start to count.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["GRADES", "DifficultyMemory", "DifficultySettings", "label_evidence"]
+__all__ = ["GRADES", "DifficultyMemory", "DifficultySettings", "grade_weights", "label_evidence"]
 
 GRADES = ("easy", "hard", "noisy")
 
@@ -55,6 +57,16 @@ def label_evidence(probabilities: Tensor, targets: Tensor) -> Dict[str, Tensor]:
     loss = -torch.log(probability.clamp_min(1e-7))
     return {"probability": probability.float(), "top": top, "correct": correct,
             "loss": loss.float()}
+
+
+def grade_weights(grades: Sequence[str], hard_weight: float, noisy_weight: float) -> Tensor:
+    """Per-tile sampling factors ``[N]`` (float64) of ``grades``: easy 1, hard ``hard_weight``,
+    noisy ``noisy_weight`` (0 leaves noisy tiles out)."""
+    if hard_weight < 0 or noisy_weight < 0:
+        raise ValueError(f"hard_weight and noisy_weight must be >= 0, got {hard_weight} and"
+                         f" {noisy_weight}")
+    factor = {"easy": 1.0, "hard": float(hard_weight), "noisy": float(noisy_weight)}
+    return torch.tensor([factor[grade] for grade in grades], dtype=torch.float64)
 
 
 class DifficultyMemory:

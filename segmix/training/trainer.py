@@ -102,6 +102,12 @@ class EpochTrainer:
     def describe(self) -> str:
         return f"training for {self.epochs} epochs"
 
+    @property
+    def weighted_sampling(self) -> bool:
+        """Whether the stage reweighs tiles during training (a :class:`ClassBalancedSampler` even
+        without ``class_balance``; its ``weights`` are the stage's to change between epochs)."""
+        return False
+
     def after_epoch(self, epoch: int) -> Dict[str, Any]:
         """Rank 0, after an epoch's validation (model in eval mode, no gradients): the stage's own
         per-epoch work; returns extra columns for the epoch's row."""
@@ -166,7 +172,7 @@ class EpochTrainer:
         """``train.class_balance`` > 0: tiles drawn by class frequency; else a plain shuffle
         (DDP: each rank its share)."""
         power, runtime = float(self.train_cfg["class_balance"]), self.runtime
-        if power > 0:
+        if power > 0 or self.weighted_sampling:
             weights = class_balance_weights([s.labels for s in train_set.samples],
                                             train_set.num_classes, power)
             return ClassBalancedSampler(weights, self.seed, runtime.rank, runtime.world_size)
