@@ -1,5 +1,6 @@
 """Tiny synthetic tile datasets written by the tests themselves."""
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -36,3 +37,18 @@ def write_csv_dataset(root: Path, per_class: int = 4, size: int = 32, classes=("
             lines.append(f"images/{stem}.png,masks/{stem}.png,{name},{split}")
     (root / "labels.csv").write_text("\n".join(lines) + "\n")
     return root / "labels.csv"
+
+
+def train_cls_args(csv_path: Path, out: Path, *settings: str) -> list:
+    """``segmix train-cls`` arguments for a tiny classifier (classes A, B, C, 32 px, no weights,
+    no workers) on a synthetic CSV's train and val rows, then ``settings`` (``key=value``)."""
+    base = [f"data.train.path={csv_path}", f"data.val.path={csv_path}", "data.classes=[A, B, C]",
+            "data.image_size=32", "model.name=test_efficientnet", "model.weights=null",
+            "train.num_workers=0", *settings]
+    return ["train-cls", "--output-dir", str(out)] + [a for s in base for a in ("--set", s)]
+
+
+def read_rows(path: Path) -> list:
+    """The rows of a CSV file as dicts."""
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))

@@ -10,7 +10,7 @@ from segmix.cli import main
 from segmix.training.sampling import ClassBalancedSampler, class_balance_weights
 
 from interrupt import run_killed_after_first_epoch
-from synthetic import write_csv_dataset
+from synthetic import train_cls_args, write_csv_dataset
 
 # 6 tiles of class 0, 2 of class 1, 1 of class 2 and one tile of classes 0 and 2
 LABELS = [(0,)] * 6 + [(1,)] * 2 + [(2,), (0, 2)]
@@ -75,12 +75,9 @@ def unbalanced(tmp_path_factory):
 
 
 def cls_args(csv_path, out, *extra):
-    settings = [
-        "data.classes=[A, B, C]", f"data.train.path={csv_path}", f"data.val.path={csv_path}",
-        "data.image_size=32", "model.name=test_efficientnet", "model.weights=null",
-        "train.epochs=2", "train.batch_size=4", "train.num_workers=0", "train.class_balance=1.0",
-        "augment.curriculum.patch_sizes=[16, 8]", "augment.curriculum.warmup_epochs=0", *extra]
-    return ["train-cls", "--output-dir", str(out)] + [a for s in settings for a in ("--set", s)]
+    return train_cls_args(csv_path, out, "train.epochs=2", "train.batch_size=4",
+                          "train.class_balance=1.0", "augment.curriculum.patch_sizes=[16, 8]",
+                          "augment.curriculum.warmup_epochs=0", *extra)
 
 
 def test_a_class_balanced_run_resumes_exactly(unbalanced, tmp_path, monkeypatch):

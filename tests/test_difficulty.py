@@ -1,8 +1,6 @@
 """The difficulty memory (DASC): grades from remembered label evidence, the train-cls outputs, a
 planted wrong label found, and an exact resume of the memory."""
 
-import csv
-
 import pytest
 import torch
 
@@ -11,7 +9,7 @@ from segmix.training.difficulty import (DifficultyMemory, DifficultySettings, gr
                                         label_evidence)
 
 from interrupt import run_killed_after_first_epoch
-from synthetic import write_csv_dataset
+from synthetic import read_rows, train_cls_args, write_csv_dataset
 
 
 def test_label_evidence_takes_the_least_probable_label_and_the_top_class():
@@ -63,20 +61,10 @@ def planted(tmp_path_factory):
 
 
 def args_for(csv_path, out, *extra):
-    settings = [
-        "data.classes=[A, B, C]", f"data.train.path={csv_path}", f"data.val.path={csv_path}",
-        "data.image_size=32", "model.name=test_efficientnet", "model.weights=null",
-        "train.epochs=6", "train.batch_size=8", "train.num_workers=0", "train.lr=0.003",
-        "train.loss=ce", "augment.name=none", "augmentations.train=[]",
-        "train.difficulty.enabled=true", "train.difficulty.window=2",
-        "train.difficulty.noisy_probability=0.3", *extra,
-    ]
-    return ["train-cls", "--output-dir", str(out)] + [a for s in settings for a in ("--set", s)]
-
-
-def read_rows(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    return train_cls_args(csv_path, out, "train.epochs=6", "train.batch_size=8", "train.lr=0.003",
+                          "train.loss=ce", "augment.name=none", "augmentations.train=[]",
+                          "train.difficulty.enabled=true", "train.difficulty.window=2",
+                          "train.difficulty.noisy_probability=0.3", *extra)
 
 
 def test_a_planted_wrong_label_is_graded_noisy_and_pictured(planted, tmp_path):

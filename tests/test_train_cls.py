@@ -1,6 +1,5 @@
 """Stage 1 end to end on tiny synthetic data: outputs, exact resume, refusals, baselines, DDP."""
 
-import csv
 import os
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from segmix.cli import main
 from segmix.models.factory import load_classifier
 
 from interrupt import run_killed_after_first_epoch
-from synthetic import write_csv_dataset
+from synthetic import read_rows, train_cls_args, write_csv_dataset
 
 TIMING = {"images_per_s", "train_seconds"}
 
@@ -24,19 +23,9 @@ def dataset(tmp_path_factory):
 
 
 def args_for(csv_path, out, *extra):
-    settings = [
-        "data.classes=[A, B, C]", f"data.train.path={csv_path}", f"data.val.path={csv_path}",
-        "data.image_size=32", "model.name=test_efficientnet", "model.weights=null",
-        "train.epochs=2", "train.batch_size=4", "train.num_workers=0",
-        "augment.curriculum.patch_sizes=[16, 8]", "augment.curriculum.warmup_epochs=0",
-        *extra,
-    ]
-    return ["train-cls", "--output-dir", str(out)] + [a for s in settings for a in ("--set", s)]
-
-
-def read_rows(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    return train_cls_args(csv_path, out, "train.epochs=2", "train.batch_size=4",
+                          "augment.curriculum.patch_sizes=[16, 8]",
+                          "augment.curriculum.warmup_epochs=0", *extra)
 
 
 def test_two_epochs_write_every_output(dataset, tmp_path):

@@ -32,14 +32,14 @@ from ..data import (
     TileDataset,
     build_transform,
     captioned,
-    picture_grid,
-    read_rgb,
-    resized,
-    write_rgb,
     dataset_classes,
     image_size_of,
+    picture_grid,
+    read_rgb,
     read_split,
+    resized,
     validate_data,
+    write_rgb,
 )
 from ..io import write_csv
 from ..metrics import classification_metrics
