@@ -150,3 +150,20 @@ def test_noisy_tiles_left_out_once_graded_and_the_resume_draws_the_same(planted,
                                  lambda: main(args_for(planted, interrupted, *extra)))
     assert main(args_for(planted, interrupted, *extra) + ["--resume"]) == 0
     assert (straight / "difficulty.csv").read_text() == (interrupted / "difficulty.csv").read_text()
+
+
+def test_the_memory_only_reads_training_is_unchanged(planted, tmp_path):
+    """The memory's pass (own loader seed, eval mode) leaves the training as it is without it."""
+    timing = {"images_per_s", "train_seconds"}
+    rows = {}
+    for enabled in (True, False):
+        out = tmp_path / str(enabled)
+        assert main(args_for(planted, out, "train.epochs=2",
+                             f"train.difficulty.enabled={str(enabled).lower()}")) == 0
+        rows[enabled] = [{k: v for k, v in r.items() if k not in timing and not
+                          k.startswith("train_") or k == "train_loss"}
+                         for r in read_rows(out / "metrics.csv")]
+    assert rows[True] == rows[False]
+    with_memory = torch.load(tmp_path / "True" / "classifier.pt", weights_only=True)["state_dict"]
+    without = torch.load(tmp_path / "False" / "classifier.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(with_memory[k], without[k]) for k in with_memory)
