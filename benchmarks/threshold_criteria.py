@@ -30,13 +30,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pseudo_masks import ConfusionMatrix, PseudoMaskConfig, segmentation_metrics
+from pseudo_masks import ConfusionMatrix, PseudoMaskConfig, ScoreHistogram, segmentation_metrics
 from pseudo_masks.generate import threshold_scores
-from segmix.artifacts import read_cam_index
-from segmix.config import load_config
 from segmix.data import dataset_classes
-from segmix.stages.foreground_weight import resolve_foreground_weight
-from segmix.stages.pseudo_masks import DEFAULTS, _inputs, _masks, _truth
+from segmix.stages.pseudo_masks import _inputs, _masks, _truth
+from threshold_without_masks import run_inputs
 
 BINS = 256
 CENTRES = (np.arange(BINS) + 0.5) / BINS
@@ -58,10 +56,10 @@ def _cuts(p: np.ndarray) -> List[int]:
 
 
 def otsu(counts: np.ndarray) -> float:
-    p = counts / counts.sum()
-    best = max(_cuts(p), key=lambda c: (lambda w0, w1, m0, m1, *_: w0 * w1 * (m1 - m0) ** 2)(
-        *_sides(p, c)))
-    return best / BINS
+    """Otsu's threshold over every bin edge, by the stage's own criterion (``ScoreHistogram``)."""
+    histogram = ScoreHistogram(BINS)
+    histogram.counts = counts.astype(float)
+    return float(histogram.choose([c / BINS for c in _cuts(counts / counts.sum())])[0])
 
 
 def min_error_cost(p: np.ndarray, cut: int) -> float:
@@ -106,13 +104,9 @@ def two_normals(counts: np.ndarray, iterations: int = 500) -> float:
 
 def collect(run: Path, split: str) -> Dict[str, np.ndarray]:
     """Per tile: the score histogram inside its tissue and its confusion matrix at each of GRID."""
-    config = resolve_foreground_weight(
-        load_config(run / "pseudo-masks" / "config.yaml", DEFAULTS))
+    config, base, localiser_dir, tiles = run_inputs(run, split)
     data = config["data"]
     num_classes = len(dataset_classes(data))
-    base = PseudoMaskConfig.from_dict(dict(config["masks"]))
-    localiser_dir = Path(config["localiser_dir"]) if base.foreground_weight > 0 else None
-    tiles = [t for t in read_cam_index(Path(config["cams_dir"])) if t.split == split]
     histograms, confusions = [], []
     for tile in tqdm(tiles, desc=f"{run.name} {split}", unit="tile"):
         inputs = _inputs(tile, localiser_dir)

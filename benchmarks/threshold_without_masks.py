@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from pseudo_masks import ConfusionMatrix, PseudoMaskConfig, segmentation_metrics
-from segmix.artifacts import read_cam_index
+from segmix.artifacts import CamRecord, read_cam_index
 from segmix.config import apply_overrides, load_config
 from segmix.data import dataset_classes
 from segmix.stages.foreground_weight import resolve_foreground_weight
@@ -36,14 +36,23 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(*ranks)[0, 1])
 
 
-def measure(run: Path, split: str, overrides: List[str]) -> Dict[str, Any]:
-    config = apply_overrides(load_config(run / "pseudo-masks" / "config.yaml", DEFAULTS), overrides)
+def run_inputs(run: Path, split: str, overrides: List[str] = ()
+               ) -> Tuple[Dict[str, Any], PseudoMaskConfig, Optional[Path], List[CamRecord]]:
+    """A run's pseudo-mask config (``overrides`` applied, the foreground weight resolved), its mask
+    settings, the localiser folder they read (or None) and the CAM records of ``split``."""
+    config = apply_overrides(load_config(run / "pseudo-masks" / "config.yaml", DEFAULTS),
+                             list(overrides))
     config = resolve_foreground_weight(config)
-    data, sweep_cfg = config["data"], config["sweep"]
-    num_classes = len(dataset_classes(data))
     base = PseudoMaskConfig.from_dict(dict(config["masks"]))
     localiser_dir = Path(config["localiser_dir"]) if base.foreground_weight > 0 else None
     tiles = [t for t in read_cam_index(Path(config["cams_dir"])) if t.split == split]
+    return config, base, localiser_dir, tiles
+
+
+def measure(run: Path, split: str, overrides: List[str]) -> Dict[str, Any]:
+    config, base, localiser_dir, tiles = run_inputs(run, split, overrides)
+    data, sweep_cfg = config["data"], config["sweep"]
+    num_classes = len(dataset_classes(data))
     values = list(sweep_cfg["values"])
     by_masks, table = sweep(tiles, data, base, "threshold", values, "with_background", "mIoU",
                             localiser_dir)

@@ -7,6 +7,7 @@ import torch
 from segmix.cli import main
 from segmix.training.difficulty import (DifficultyMemory, DifficultySettings, grade_weights,
                                         label_evidence)
+from segmix.training.sampling import ClassBalancedSampler
 
 from interrupt import run_killed_after_first_epoch
 from synthetic import read_rows, train_cls_args, write_csv_dataset
@@ -118,12 +119,12 @@ def test_grade_weights():
 def test_noisy_tiles_left_out_once_graded_and_the_resume_draws_the_same(planted, tmp_path,
                                                                          monkeypatch):
     """noisy_weight 0: from the epoch after the window is full, the sampler never draws the
-    planted tile; an interrupted run resumes to the same metrics and grades."""
+    planted tile; a run interrupted after the weights changed resumes with them (re-derived from
+    the memory) to the same grades."""
     extra = ("train.difficulty.noisy_weight=0", "train.difficulty.hard_weight=2",
              "train.epochs=7")
     straight = tmp_path / "straight"
     seen = []
-    from segmix.training.sampling import ClassBalancedSampler
     draw = ClassBalancedSampler.__iter__
 
     def recording(self):
@@ -147,7 +148,7 @@ def test_noisy_tiles_left_out_once_graded_and_the_resume_draws_the_same(planted,
 
     interrupted = tmp_path / "interrupted"
     run_killed_after_first_epoch(monkeypatch,
-                                 lambda: main(args_for(planted, interrupted, *extra)))
+                                 lambda: main(args_for(planted, interrupted, *extra)), epochs=3)
     assert main(args_for(planted, interrupted, *extra) + ["--resume"]) == 0
     assert (straight / "difficulty.csv").read_text() == (interrupted / "difficulty.csv").read_text()
 

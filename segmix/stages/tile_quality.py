@@ -22,6 +22,8 @@ __all__ = ["QUALITY_FILE", "WORST_PICTURE", "TileQuality"]
 
 QUALITY_FILE = "tiles_by_quality.csv"
 WORST_PICTURE = "worst_tiles.png"
+
+
 class TileQuality:
     """Collects each tile's quality as its masks are made, then writes the table and picture; the
     picture of a tile is drawn only while it is among the ``shown`` least clean so far."""

@@ -19,10 +19,11 @@ shows the tiles whose label the classifier believes least, and ``metrics.csv`` c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..artifacts import CLASSIFIER_FILE
@@ -193,15 +194,19 @@ class ClassifierTraining(EpochTrainer):
     def loss(self, images, targets):
         return _loss(self.train_model(images).float(), targets, self.loss_kind)
 
-    def evaluate(self) -> Dict[str, float]:
-        """Loss and metrics of the current model on the validation split (rank 0's view)."""
+    def _logits(self, loader: DataLoader, desc: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The current model's logits on every tile of ``loader`` and their targets, on the CPU."""
         logits, targets = [], []
-        for batch in tqdm(self.val_loader, desc="validating", unit="batch", leave=False):
+        for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
             with self.autocast():
                 images = self.input_layout(batch["image"].to(self.runtime.device))
                 logits.append(self.model(images).float().cpu())
             targets.append(batch["target"])
-        all_logits, all_targets = torch.cat(logits), torch.cat(targets)
+        return torch.cat(logits), torch.cat(targets)
+
+    def evaluate(self) -> Dict[str, float]:
+        """Loss and metrics of the current model on the validation split (rank 0's view)."""
+        all_logits, all_targets = self._logits(self.val_loader, "validating")
         metrics = classification_metrics(_probabilities(all_logits, self.loss_kind), all_targets)
         metrics["loss"] = float(_loss(all_logits, all_targets, self.loss_kind))
         return {f"val_{k}": v for k, v in metrics.items()}
@@ -216,27 +221,20 @@ class ClassifierTraining(EpochTrainer):
         """With the difficulty memory: read every train tile, remember, grade and write."""
         if self.memory is None:
             return {}
-        probabilities, targets = [], []
-        for batch in tqdm(self.memory_loader, desc="difficulty", unit="batch", leave=False):
-            with self.autocast():
-                images = self.input_layout(batch["image"].to(self.runtime.device))
-                probabilities.append(_probabilities(self.model(images).float(),
-                                                    self.loss_kind).cpu())
-            targets.append(batch["target"])
-        self.memory.record(label_evidence(torch.cat(probabilities), torch.cat(targets)))
+        logits, targets = self._logits(self.memory_loader, "difficulty")
+        self.memory.record(label_evidence(_probabilities(logits, self.loss_kind), targets))
         rows = self._difficulty_rows()
         write_csv(self.output_dir / DIFFICULTY_FILE, rows)
         self._draw_likely_mislabelled(rows)
-        self._reweigh()
+        self._reweigh([row["difficulty"] for row in rows])
         return {f"train_{grade}": sum(r["difficulty"] == grade for r in rows) for grade in GRADES}
 
-    def _reweigh(self) -> None:
-        """Once ``window`` epochs are graded: the sampler draws by class balance times the grade
-        factors (from the next epoch on)."""
+    def _reweigh(self, grades: List[str]) -> None:
+        """Once ``window`` epochs are graded: the sampler draws by class balance times the factors
+        of the tiles' ``grades`` (from the next epoch on)."""
         if not self.weighted_sampling or len(self.memory.epochs) < self.difficulty.window:
             return
         difficulty = self.config["train"]["difficulty"]
-        grades = [row["difficulty"] for row in self.memory.table(self.difficulty)]
         weights = self.base_weights * grade_weights(grades, float(difficulty["hard_weight"]),
                                                     float(difficulty["noisy_weight"]))
         if float(weights.sum()) > 0:  # every tile left out: keep drawing as before
@@ -266,7 +264,8 @@ class ClassifierTraining(EpochTrainer):
     def load_stage_state(self, state: Dict[str, Any]) -> None:
         if self.memory is not None and "difficulty" in state:
             self.memory.load_state_dict(state["difficulty"])
-            self._reweigh()
+            if self.memory.epochs:
+                self._reweigh([row["difficulty"] for row in self.memory.table(self.difficulty)])
 
     def save_model(self, path: Path, extra: Dict[str, Any]) -> Dict[str, Any]:
         return save_classifier(path, self.model, name=self.config["model"]["name"],

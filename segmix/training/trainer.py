@@ -169,8 +169,9 @@ class EpochTrainer:
                           pin_memory=self.runtime.device.type == "cuda", generator=generator)
 
     def _sampler(self, train_set: Dataset) -> Optional[Sampler]:
-        """``train.class_balance`` > 0: tiles drawn by class frequency; else a plain shuffle
-        (DDP: each rank its share)."""
+        """``train.class_balance`` > 0 or a stage that reweighs tiles (:attr:`weighted_sampling`):
+        tiles drawn with replacement by class frequency; else a plain shuffle (DDP: each rank its
+        share)."""
         power, runtime = float(self.train_cfg["class_balance"]), self.runtime
         if power > 0 or self.weighted_sampling:
             weights = class_balance_weights([s.labels for s in train_set.samples],
