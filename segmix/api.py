@@ -136,7 +136,7 @@ def run_resolved(stage: Union[str, Stage], config: Dict[str, Any], *, overwrite:
     if resume and overwrite:
         raise ConfigError("resume and overwrite exclude each other")
     module, output_dir = stage.load(), Path(config["output_dir"])
-    with holding_output_dir(output_dir):
+    with holding_output_dir(output_dir, config):
         prepare_output_dir(module, config, output_dir, overwrite=overwrite)
         options = {"resume": resume} if stage.resumable else {}
         value = module.run(config, output_dir, overwrite=overwrite, **options)

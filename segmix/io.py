@@ -28,7 +28,6 @@ __all__ = ["atomic_path", "atomic_write_text", "atomic_write_bytes", "atomic_wri
 
 TEMP_MARK = ".tmp"  # every temporary's name starts with "." and holds this
 LOCK_FILE = ".segmix.lock"
-HOLDER_FILE = ".segmix.lock.holder"  # who holds the lock (pid, host), for the refusal message
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -74,11 +73,15 @@ _HELD: Set[Path] = set()  # folders this process holds (a nested call for one of
 
 
 @contextmanager
-def folder_lock(folder: PathLike) -> Iterator[None]:
+def folder_lock(folder: PathLike, share: Optional[str] = None) -> Iterator[None]:
     """Hold ``folder`` for this process: a second segmix run into it is refused at once with a
     :class:`FolderLockedError` naming the holder (pid, host). The lock is an OS file lock
     (``filelock``), so a killed process never blocks the next run. Stale temporaries under
-    ``folder`` are removed once it is held. Re-entrant within a process."""
+    ``folder`` are removed once it is held. Re-entrant within a process.
+
+    ``share`` (e.g. ``"1-of-4"``): hold only that share of a run whose processes write into the
+    folder together (:mod:`segmix.sharding`); the same share twice is refused, and temporaries are
+    left alone (another share may be writing them; a later whole run removes what is stale)."""
     from filelock import FileLock, Timeout
 
     folder = Path(folder).resolve()
@@ -86,18 +89,21 @@ def folder_lock(folder: PathLike) -> Iterator[None]:
         yield
         return
     folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(folder / LOCK_FILE), timeout=0)
-    holder = folder / HOLDER_FILE
+    name = LOCK_FILE if share is None else f"{LOCK_FILE}.{share}"
+    lock = FileLock(str(folder / name), timeout=0)
+    holder = folder / f"{name}.holder"
     try:
         lock.acquire()
     except Timeout:
         who = holder.read_text(encoding="utf-8").strip() if holder.is_file() else "unknown"
-        raise FolderLockedError(f"{folder} is in use by another segmix run ({who}); wait for it to"
-                                " finish, or use another --output-dir") from None
+        what = "" if share is None else f" (share {share})"
+        raise FolderLockedError(f"{folder}{what} is in use by another segmix run ({who}); wait for"
+                                " it to finish, or use another --output-dir") from None
     _HELD.add(folder)
     try:
         atomic_write_text(holder, f"pid {os.getpid()} on host {socket.gethostname()}")
-        remove_stale_temporaries(folder)
+        if share is None:
+            remove_stale_temporaries(folder)
         yield
     finally:
         holder.unlink(missing_ok=True)

@@ -155,12 +155,20 @@ def _holds_work(folder: Path) -> bool:
 
 
 @contextmanager
-def holding_output_dir(folder: Path) -> Iterator[None]:
+def holding_output_dir(folder: Path, config: Optional[Dict[str, Any]] = None) -> Iterator[None]:
     """Hold ``folder`` for this run (:func:`segmix.io.folder_lock`: a second run into it is
-    refused, a killed run's temporaries are removed); under ``torchrun`` rank 0 holds it for all."""
+    refused, a killed run's temporaries are removed). A training stage under ``torchrun``: rank 0
+    holds it for all. A stage whose processes share the items (``config`` has a ``shard`` key,
+    :mod:`segmix.sharding`): each process holds its own share."""
     from ..io import folder_lock
     from ..runtime import is_main_process
+    from ..sharding import current_shard
 
+    shard = current_shard(config["shard"]) if config and "shard" in config else None
+    if shard is not None and shard.count > 1:
+        with folder_lock(folder, share=shard.name):
+            yield
+        return
     with folder_lock(folder) if is_main_process() else nullcontext():
         yield
 
@@ -175,6 +183,9 @@ def prepare_output_dir(module: ModuleType, config: Dict[str, Any], output_dir: P
     from ..runtime import is_main_process
 
     done = output_dir / module.DONE_FILE
+    shared = "shard" in config  # every share of a run saves the same config, without its share
+    if shared:
+        config = {**config, "shard": None}
     if done.exists() and not overwrite:
         raise OutputDirError(f"{done} exists: this run is finished. Use --overwrite to replace it"
                              " or --output-dir for a new folder.")
@@ -185,6 +196,6 @@ def prepare_output_dir(module: ModuleType, config: Dict[str, Any], output_dir: P
         if differences:
             raise OutputDirError(f"{saved} holds a run with other settings ({differences}). Use"
                                  " --overwrite to start again or --output-dir for a new folder.")
-    if is_main_process():
+    if is_main_process() or shared:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, saved)

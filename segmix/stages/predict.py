@@ -28,7 +28,6 @@ by one band (:mod:`segmix.slides.prediction`): ``masks/<slide>.tiff`` (pyramidal
 from __future__ import annotations
 
 import csv
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -62,6 +61,7 @@ from ..io import atomic_write_npz, read_json, write_csv, write_json
 from ..models.fusion import fuse_tile_class
 from ..models.pretrained import Classifier, Segmenter
 from ..runtime import check_device
+from ..sharding import Shard, Skipped, check_shard, current_shard, run_share
 from ..slides.prediction import predict_slide
 from ..slides.slide import SLIDE_SUFFIXES, Slide, SlideError, require_openslide, tissue_picture
 from ..shuffle import size_pair
@@ -82,6 +82,7 @@ DEFAULTS: Dict[str, Any] = {
     "input_split": None,     # with a CSV input: keep rows whose `split` column has this value
     "split": None,           # instead of input: a split of the `data` section (train, val)
     "data": DATA_DEFAULTS,
+    "shard": None,           # i/n or slurm: this process's share of the inputs (docs/slides.md)
     "predict": {
         "window": None,          # null: the model's training size; or an int / [height, width]
         "overlap": 0.25,         # fraction of a window shared with its neighbour
@@ -109,6 +110,7 @@ DEFAULTS: Dict[str, Any] = {
 def validate(config: Dict[str, Any]) -> None:
     """Check every value this stage reads (see :mod:`segmix.stages`)."""
     check_device(config["predict"]["device"], "predict.device")
+    check_shard(config["shard"])
     if (config["input"] is None) == (config["split"] is None):
         raise ConfigError("set exactly one of input (a folder of images or a CSV with an `image`"
                           " column) and split (a split of the data section, e.g. val)")
@@ -238,54 +240,64 @@ def _slide_paths(config: Dict[str, Any]) -> List[Path]:
     return list_inputs(config)
 
 
-def _run_slides(config: Dict[str, Any], output_dir: Path, overwrite: bool) -> Dict[str, Any]:
+def _run_slides(config: Dict[str, Any], output_dir: Path, overwrite: bool,
+                shard: Shard) -> Dict[str, Any]:
     """Predict whole slides: ``masks/<slide>.tiff`` (pyramidal), ``overlays/<slide>.png``,
     ``tissue/<slide>.png`` and class areas in mm^2 per slide in ``predictions.csv``."""
     settings = config["predict"]
     slides = _slide_paths(config)
-    names = unique_stems(slides)
+    items = list(zip(slides, unique_stems(slides)))
     segmenter = Segmenter.from_pretrained(Path(config["segmenter_path"]), device=settings["device"])
     mpp = settings["model_mpp"] or segmenter.mpp
     if not mpp:
         raise ConfigError(f"the segmenter {config['segmenter_path']} does not record the mpp it was"
                           " trained at (data.mpp was not set): set predict.model_mpp")
     write_legend(output_dir / MASKS_FOLDER, segmenter.classes)
-    rows, skipped, predicted, megapixels, seconds = [], [], 0, 0.0, 0.0
-    for path, name in zip(slides, names):
+
+    def row_file(name: str) -> Path:
+        return output_dir / "slides" / f"{name}.json"
+
+    def compute(item: Tuple[Path, str], bar: Any) -> Any:
+        path, name = item
         target = slide_mask_path(output_dir, name)
-        row_file = output_dir / "slides" / f"{name}.json"
-        if target.exists() and row_file.exists() and not overwrite:
-            rows.append(read_json(row_file))
-            continue
+        if target.exists() and row_file(name).exists() and not overwrite:
+            return False
         try:
             result = _predict_one_slide(segmenter, path, name, target, float(mpp), settings)
         except SlideError as error:
             if settings["on_bad_file"] == "raise":
                 raise SlideError(f"{error}. Fix or remove it, or set predict.on_bad_file=skip"
                                  ) from error
-            skipped.append(str(error))
-            continue
+            return Skipped(str(error))
         write_rgb(output_dir / "tissue" / f"{name}.png",
                   tissue_picture(result.thumbnail, result.tissue))
         if settings["overlays"]:
             write_rgb(output_dir / "overlays" / f"{name}.png",
                       overlay(result.thumbnail, result.preview, len(segmenter.classes)))
-        row = {"image": str(path), "mask": str(target.relative_to(output_dir)),
-               "width": result.width, "height": result.height, "mpp": result.mpp,
-               "blocks_predicted": result.blocks_predicted, "seconds": result.seconds,
-               **{f"{k}_mm2": v for k, v in result.areas_mm2.items()}}
-        write_json(row_file, row)
-        rows.append(row)
-        predicted += 1
-        megapixels += result.width * result.height / 1e6
-        seconds += result.seconds
+        write_json(row_file(name), {
+            "image": str(path), "mask": str(target.relative_to(output_dir)),
+            "width": result.width, "height": result.height, "mpp": result.mpp,
+            "blocks_predicted": result.blocks_predicted, "seconds": result.seconds,
+            **{f"{k}_mm2": v for k, v in result.areas_mm2.items()}})
+        return True
+
+    report = run_share(items, compute, shard, output_dir, desc="slides", unit="slide")
+    if report is None:
+        return {"shard": shard.name, "merged": False}
+    rows = {position: read_json(row_file(name)) for position, (_, name) in enumerate(items)
+            if position not in report.skipped}
+    now = [rows[position] for position in report.computed]
+    seconds = sum(row["seconds"] for row in now)
+    skipped = list(report.skipped.values())
     _warn_skipped(skipped, "slide")
-    write_csv(output_dir / "predictions.csv", rows)
+    write_csv(output_dir / "predictions.csv", list(rows.values()))
     summary = {"segmenter": str(config["segmenter_path"]), "slides": len(rows),
-               "predicted_now": predicted, "skipped": skipped, "mpp": mpp, "seconds": seconds,
-               "megapixels_per_s": megapixels / seconds if predicted else None}
+               "predicted_now": len(now), "skipped": skipped, "mpp": mpp, "seconds": seconds,
+               "ranks": report.ranks,
+               "megapixels_per_s": (sum(row["width"] * row["height"] for row in now) / 1e6
+                                    / seconds if now else None)}
     write_json(output_dir / DONE_FILE, summary)
-    print(f"predicted {predicted} slide(s) ({len(rows) - predicted} already done,"
+    print(f"predicted {len(now)} slide(s) ({len(rows) - len(now)} already done,"
           f" {len(skipped)} skipped) into {output_dir / MASKS_FOLDER}", flush=True)
     return summary
 
@@ -313,58 +325,68 @@ def _warn_skipped(skipped: List[str], what: str) -> None:
 
 def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         overwrite: bool = False) -> Dict[str, Any]:
-    """Predict every input image (or slide); returns the summary written to ``summary.json``."""
+    """Predict every input image (or slide) of this process's share (:mod:`segmix.sharding`);
+    returns the summary written to ``summary.json`` once every share is done."""
     validate(config)
+    shard = current_shard(config["shard"])
     if config["predict"]["slides"]:
-        return _run_slides(config, output_dir, overwrite)
+        return _run_slides(config, output_dir, overwrite, shard)
     settings = config["predict"]
     max_pixels = int(settings["max_megapixels"] * 1e6)
     images = list_inputs(config)
-    names = unique_stems(images)
+    items = list(zip(images, unique_stems(images)))
     predictor = Predictor(config["segmenter_path"], settings, config["classifier_path"])
     num_classes = len(predictor.classes)
     write_legend(output_dir / MASKS_FOLDER, predictor.classes)
-    rows, skipped, predicted, pixels = [], [], 0, 0
-    start = time.perf_counter()
-    bar = tqdm(list(zip(images, names)), desc="predicting", unit="image")
-    for image_path, name in bar:
+
+    def compute(item: Tuple[Path, str], bar: Any) -> Any:
+        image_path, name = item
         paths = _outputs(output_dir, name, settings)
         if not overwrite and all(p.exists() for p in paths.values()):
-            mask = read_mask_png(paths["mask"])
-        else:
-            try:
-                image = read_rgb(image_path, max_pixels)
-            except ImageReadError as error:
-                if settings["on_bad_file"] == "raise":
-                    raise ImageReadError(f"{error}. Fix or remove it, or set"
-                                         " predict.on_bad_file=skip") from error
-                skipped.append(str(error))
-                continue
-            mask, probs = predictor(
-                image, settings["probabilities"],
-                on_row=lambda done, total: bar.set_postfix(rows=f"{done}/{total}"))
-            write_mask_png(paths["mask"], mask, num_classes)
-            if probs is not None:
-                atomic_write_npz(paths["probabilities"], probabilities=probs,
-                                 classes=np.array(["background", *predictor.classes]))
-            if "overlay" in paths:
-                write_rgb(paths["overlay"], overlay(image, mask, num_classes))
-            predicted += 1
-            pixels += mask.size
+            return False
+        try:
+            image = read_rgb(image_path, max_pixels)
+        except ImageReadError as error:
+            if settings["on_bad_file"] == "raise":
+                raise ImageReadError(f"{error}. Fix or remove it, or set"
+                                     " predict.on_bad_file=skip") from error
+            return Skipped(str(error))
+        mask, probs = predictor(image, settings["probabilities"],
+                                on_row=lambda done, total: bar.set_postfix(rows=f"{done}/{total}"))
+        write_mask_png(paths["mask"], mask, num_classes)
+        if probs is not None:
+            atomic_write_npz(paths["probabilities"], probabilities=probs,
+                             classes=np.array(["background", *predictor.classes]))
+        if "overlay" in paths:
+            write_rgb(paths["overlay"], overlay(image, mask, num_classes))
+        return True
+
+    report = run_share(items, compute, shard, output_dir, desc="predicting", unit="image")
+    if report is None:
+        return {"shard": shard.name, "merged": False}
+    rows: Dict[int, Dict[str, Any]] = {}  # by position in items: merged from the masks on disk
+    for position, (image_path, name) in enumerate(items):
+        if position in report.skipped:
+            continue
+        mask_path = prediction_mask_path(output_dir, name)
+        mask = read_mask_png(mask_path)
         fractions = np.bincount(mask.ravel(), minlength=num_classes + 1) / mask.size
-        rows.append({"image": str(image_path), "mask": str(paths["mask"].relative_to(output_dir)),
-                     "height": mask.shape[0], "width": mask.shape[1],
-                     **{c: fractions[i] for i, c in enumerate(["background", *predictor.classes])}})
-    seconds = time.perf_counter() - start
+        rows[position] = {
+            "image": str(image_path), "mask": str(mask_path.relative_to(output_dir)),
+            "height": mask.shape[0], "width": mask.shape[1],
+            **{c: fractions[i] for i, c in enumerate(["background", *predictor.classes])}}
+    pixels = sum(rows[p]["height"] * rows[p]["width"] for p in report.computed)
+    skipped = list(report.skipped.values())
     _warn_skipped(skipped, "image")
-    write_csv(output_dir / "predictions.csv", rows)
+    write_csv(output_dir / "predictions.csv", list(rows.values()))
     summary = {"segmenter": str(config["segmenter_path"]),
                "classifier": config["classifier_path"] and str(config["classifier_path"]),
                "classifier_weight": settings["classifier_weight"], "images": len(rows),
-               "predicted_now": predicted, "already_done": len(rows) - predicted,
-               "skipped": skipped, "seconds": seconds,
-               "megapixels_per_s": pixels / 1e6 / seconds if predicted else None}
+               "predicted_now": len(report.computed),
+               "already_done": len(rows) - len(report.computed), "skipped": skipped,
+               "seconds": report.seconds, "ranks": report.ranks,
+               "megapixels_per_s": pixels / 1e6 / report.seconds if report.computed else None}
     write_json(output_dir / DONE_FILE, summary)
-    print(f"predicted {predicted} image(s) ({len(rows) - predicted} already done,"
+    print(f"predicted {len(report.computed)} image(s) ({summary['already_done']} already done,"
           f" {len(skipped)} skipped) into {output_dir / MASKS_FOLDER}", flush=True)
     return summary

@@ -71,6 +71,7 @@ from ..data import (
     write_rgb,
 )
 from ..io import write_csv, write_json
+from ..sharding import check_shard, current_shard, run_share
 from .foreground_weight import AUTO_WEIGHT, checked_weight, resolve_foreground_weight, uses_foreground
 from .from_run import from_run_config, validate_from_run
 from .tile_quality import QUALITY_FILE, WORST_PICTURE, TileQuality
@@ -103,6 +104,7 @@ DEFAULTS: Dict[str, Any] = {
               "split": "val", "protocol": "with_background", "metric": "mIoU",
               "criterion": "auto"},
     "overlays": False,
+    "shard": None,     # i/n or slurm: this process's share of the tiles (docs/slides.md)
     "from_run": None,  # a `segmix run` folder whose models and chosen settings make the masks
     "input": None,     # with from_run: a labelled CSV (image,label[,mask]) of the tiles to mask
 }
@@ -117,7 +119,12 @@ def _mask_settings(values: Dict[str, Any], where: str) -> PseudoMaskConfig:
 
 def validate(config: Dict[str, Any]) -> None:
     """Check every value this stage reads (see :mod:`segmix.stages`)."""
+    check_shard(config["shard"])
     if config["from_run"] or config["input"]:
+        if current_shard(config["shard"]).count > 1:
+            raise ConfigError("from_run runs in one process: the CAMs and foreground maps it"
+                              " computes first are not shared between processes yet; leave shard"
+                              " unset and run it without torchrun")
         validate_from_run(config)
         return
     splits = config["splits"]
@@ -271,6 +278,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     """Write the pseudo masks of every tile of ``config['splits']`` (after the sweep, if any);
     returns the summary written to ``summary.json``."""
     validate(config)
+    shard = current_shard(config["shard"])
     source = None
     if config["from_run"]:
         source = {"from_run": str(config["from_run"]), "input": str(config["input"])}
@@ -314,33 +322,43 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
               flush=True)
     summary["settings"] = settings.to_dict()
     write_legend(output_dir / MASKS_FOLDER, classes)
-    rows, metrics = [], {}
-    # the quality check reads how the class scores split at a threshold background
-    checker = TileQuality(settings, len(classes)) if settings.background == "threshold" else None
-    for split in config["splits"]:
-        matrix = ConfusionMatrix(len(classes))
-        split_tiles = [t for t in tiles if t.split == split]
+    by_split = {split: [t for t in tiles if t.split == split] for split in config["splits"]}
+    for split, split_tiles in by_split.items():
         if not split_tiles:
             raise ConfigError(f"no CAMs for split {split!r} in {config['cams_dir']}; run `segmix"
                               f" cams` with splits including {split!r}")
+
+    def compute(tile: CamRecord, bar: Any) -> bool:
+        outputs = [pseudo_mask_path(output_dir, tile.split, tile.name)]
+        if config["overlays"]:
+            outputs.append(output_dir / "overlays" / tile.split / f"{tile.name}.png")
+        if all(path.exists() for path in outputs) and not overwrite:
+            return False
+        inputs = _inputs(tile, localiser_dir)
+        mask = _masks(inputs, settings).numpy()
+        write_mask_png(outputs[0], mask, len(classes))
+        if config["overlays"]:
+            write_rgb(outputs[1], overlay(inputs["rgb"], mask, len(classes)))
+        return True
+
+    everything = [tile for split_tiles in by_split.values() for tile in split_tiles]
+    report = run_share(everything, compute, shard, output_dir, desc="masks", unit="tile")
+    if report is None:
+        return {"shard": shard.name, "merged": False}
+    summary["ranks"] = report.ranks
+    rows, metrics = [], {}
+    # the quality check reads how the class scores split at a threshold background
+    checker = TileQuality(settings, len(classes)) if settings.background == "threshold" else None
+    for split, split_tiles in by_split.items():  # merged from the masks on disk
+        matrix = ConfusionMatrix(len(classes))
         scored = 0
-        for tile in tqdm(split_tiles, desc=f"masks {split}", unit="tile"):
+        for tile in tqdm(split_tiles, desc=f"scoring {split}", unit="tile"):
             path = pseudo_mask_path(output_dir, split, tile.name)
-            inputs = None
-            if path.exists() and not overwrite:
-                mask = read_mask_png(path)
-                labels = torch.from_numpy(read_cam_labels(tile.cam_path).astype(np.float32))[None]
-                image = read_rgb(tile.image) if config["overlays"] else None
-            else:
-                inputs = _inputs(tile, localiser_dir)
-                image, mask, labels = inputs["rgb"], _masks(inputs, settings).numpy(), inputs["labels"]
-                write_mask_png(path, mask, len(classes))
+            mask = read_mask_png(path)
+            labels = torch.from_numpy(read_cam_labels(tile.cam_path).astype(np.float32))[None]
             quality = None
             if checker is not None:
-                quality = checker.add(split, tile.name, inputs or _inputs(tile, localiser_dir), mask)
-            if config["overlays"]:
-                write_rgb(output_dir / "overlays" / split / f"{tile.name}.png",
-                          overlay(image, mask, len(classes)))
+                quality = checker.add(split, tile.name, _inputs(tile, localiser_dir), mask)
             truth = _truth(tile, data, labels, len(classes))
             if truth is not None:
                 matrix.update(torch.from_numpy(mask), torch.from_numpy(truth))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import math
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -35,6 +34,7 @@ from ..config import ConfigError, check_number, check_path
 from ..data import resized, unique_stems, write_rgb
 from ..data.readers import image_files
 from ..io import atomic_write_text, read_csv_rows, write_csv, write_json
+from ..sharding import check_shard, current_shard, run_share
 from ..slides.slide import SLIDE_SUFFIXES, Slide, tissue_picture
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "validate", "list_slides"]
@@ -46,6 +46,7 @@ DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/tiles",
     "slides": None,       # a CSV slide,label[,split] or a folder of class subfolders
     "slide_mpp": None,    # microns per pixel of level 0 for slides whose metadata lacks it
+    "shard": None,        # i/n or slurm: this process's share of the slides (docs/slides.md)
     "tile": {"mpp": 0.5, "size": 224, "overlap": 0, "min_tissue": 0.5},
     "split": {"val_fraction": 0.2, "seed": 0},
     "tissue": {"thumbnail_mpp": 16.0, "min_saturation": 0.05},
@@ -54,6 +55,7 @@ DEFAULTS: Dict[str, Any] = {
 
 def validate(config: Dict[str, Any]) -> None:
     """Check every value this stage reads (see :mod:`segmix.stages`)."""
+    check_shard(config["shard"])
     check_path("slides", config["slides"], "a CSV slide,label[,split] or a folder of class"
                " subfolders holding the slides")
     tile = config["tile"]
@@ -154,32 +156,40 @@ def _grid_float(length: int, window: float, step: float) -> List[float]:
 
 def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         overwrite: bool = False) -> Dict[str, Any]:
-    """Tile every slide; returns the summary written to ``summary.json``."""
+    """Tile every slide of this process's share (:mod:`segmix.sharding`); returns the summary
+    written to ``summary.json`` once every share is done."""
     validate(config)
+    shard = current_shard(config["shard"])
     slides = list_slides(Path(config["slides"]))
     stems = unique_stems([path for path, _, _ in slides])  # tiles are named by slide
     splits = _splits(slides, config["split"])
-    rows, slide_rows, empty = [], [], []
-    start = time.perf_counter()
-    for (path, labels, _), stem, split in tqdm(list(zip(slides, stems, splits)), desc="slides",
-                                               unit="slide"):
-        folder = output_dir / "tiles" / stem
-        done = folder / "tiles.csv"
+    items = list(zip(slides, stems, splits))
+
+    def compute(item: Tuple[Tuple[Path, List[str], Optional[str]], str, str], bar: Any) -> bool:
+        (path, labels, _), stem, split = item
+        done = output_dir / "tiles" / stem / "tiles.csv"
         if done.is_file() and not overwrite:
-            tiles = [(r["file"], int(r["x"]), int(r["y"])) for r in read_csv_rows(done)]
-            slide_rows.append(read_csv_rows(done.with_name("slide.csv"))[0])
-        else:
-            with Slide(path, config["slide_mpp"]) as slide:
-                tiles, slide_row = _tile_slide(slide, stem, folder, config,
-                                               output_dir / "tissue" / f"{stem}.png")
-            slide_rows.append({**slide_row, "label": ";".join(labels), "split": split})
-            write_csv(done.with_name("slide.csv"), [slide_rows[-1]])
-            write_csv(done, [{"file": f, "x": x, "y": y} for f, x, y in tiles])
+            return False
+        with Slide(path, config["slide_mpp"]) as slide:
+            tiles, slide_row = _tile_slide(slide, stem, done.parent, config,
+                                           output_dir / "tissue" / f"{stem}.png")
+        write_csv(done.with_name("slide.csv"), [{**slide_row, "label": ";".join(labels),
+                                                 "split": split}])
+        write_csv(done, [{"file": f, "x": x, "y": y} for f, x, y in tiles])
+        return True
+
+    report = run_share(items, compute, shard, output_dir, desc="slides", unit="slide")
+    if report is None:
+        return {"shard": shard.name, "merged": False}
+    rows, slide_rows, empty = [], [], []
+    for (path, labels, _), stem, split in items:
+        done = output_dir / "tiles" / stem / "tiles.csv"
+        tiles = [row["file"] for row in read_csv_rows(done)]
+        slide_rows.append(read_csv_rows(done.with_name("slide.csv"))[0])
         if not tiles:
             empty.append(str(path))
         rows += [{"image": f"tiles/{stem}/{name}", "label": ";".join(labels), "split": split,
-                  "slide": stem} for name, _, _ in tiles]
-    seconds = time.perf_counter() - start
+                  "slide": stem} for name in tiles]
     write_csv(output_dir / LABELS_CSV, rows)
     write_csv(output_dir / "slides.csv", slide_rows)
     classes = sorted({label for _, labels, _ in slides for label in labels})
@@ -195,7 +205,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
               " lower tile.min_tissue / tissue.min_saturation)", flush=True)
     summary = {"slides": len(slides), "tiles": len(rows), "empty_slides": empty,
                "tiles_per_split": {s: sum(r["split"] == s for r in rows) for s in ("train", "val")},
-               "seconds": seconds, "classes": classes}
+               "seconds": report.seconds, "ranks": report.ranks, "classes": classes}
     write_json(output_dir / DONE_FILE, summary)
     print(f"wrote {len(rows)} tiles of {len(slides)} slides to {output_dir / 'tiles'};"
           f" train on them with: segmix run --config {output_dir / TILE_DATA_FILE}", flush=True)
