@@ -32,8 +32,8 @@ from tqdm import tqdm
 from .config import ConfigError
 from .io import read_json, write_json
 
-__all__ = ["Shard", "ShareReport", "Skipped", "current_shard", "check_shard", "run_share",
-           "SHARDS_FOLDER", "BARRIER_TIMEOUT"]
+__all__ = ["Shard", "ShareReport", "Skipped", "current_shard", "check_shard", "join", "run_share",
+           "finish_share", "SHARDS_FOLDER", "BARRIER_TIMEOUT"]
 
 SHARDS_FOLDER = "shards"
 # How long torchrun's ranks wait at the end for the slowest one (a share of whole slides can take
@@ -128,9 +128,11 @@ class ShareReport:
         return max((float(rank["seconds"]) for rank in self.ranks), default=0.0)
 
 
-def _join(shard: Shard) -> None:
+def join(shard: Shard) -> None:
     """Under torchrun: join the process group (gloo, for the barrier; models keep their device,
-    each rank on its own GPU) unless a stage joined it already."""
+    each rank on its own GPU) unless a stage joined it already. Call before loading models."""
+    if not shard.torchrun:
+        return
     import torch
     import torch.distributed as dist
 
@@ -146,8 +148,7 @@ def run_share(items: Sequence[Item], compute: Callable[[Item, Any], Any], shard:
     item's outputs unless they exist and returns True (computed now), False (already there) or a
     :class:`Skipped` reason. Returns the merged :class:`ShareReport` on the process that writes
     the merged outputs once every share is done, ``None`` on the others."""
-    if shard.torchrun:
-        _join(shard)
+    join(shard)
     start = time.perf_counter()
     mine = shard.take(items)
     computed, skipped = [], {}
@@ -159,9 +160,17 @@ def run_share(items: Sequence[Item], compute: Callable[[Item, Any], Any], shard:
             skipped[position] = str(outcome)
         elif outcome:
             computed.append(position)
-    record = {"rank": shard.index, "items": len(mine), "computed": computed,
-              "skipped": {str(k): v for k, v in skipped.items()},
-              "seconds": time.perf_counter() - start}
+    return finish_share(shard, output_dir, items=len(mine), computed=computed, skipped=skipped,
+                        seconds=time.perf_counter() - start)
+
+
+def finish_share(shard: Shard, output_dir: Path, *, items: int, computed: List[int],
+                 skipped: Dict[int, str], seconds: float) -> Optional[ShareReport]:
+    """Record this process's share (``items`` in it; the positions it ``computed`` and
+    ``skipped``, in the whole list) and wait for the others as :func:`run_share` does; returns
+    the merged report on the process that writes the merged outputs, ``None`` on the others."""
+    record = {"rank": shard.index, "items": items, "computed": computed,
+              "skipped": {str(k): v for k, v in skipped.items()}, "seconds": seconds}
     if shard.count == 1:
         return _report([record])
     write_json(output_dir / SHARDS_FOLDER / f"{shard.name}.json", record)

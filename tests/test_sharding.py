@@ -204,16 +204,41 @@ def test_tile_and_predict_slides_under_torchrun_equal_one_process(segmenter_file
     assert_ranks(json.loads((tmp_path / "slides-two" / "summary.json").read_text()), 2, 2)
 
 
-def test_pseudo_masks_under_torchrun_equal_one_process(tmp_path):
-    csv_path = write_csv_dataset(tmp_path / "tiles", per_class=4, size=32)
-    classifier = tmp_path / "classifier"
+@pytest.fixture(scope="module")
+def cams(tmp_path_factory):
+    """A tiny classifier's CAMs of a synthetic dataset (one process): the data settings, the
+    classifier and the CAM folder."""
+    root = tmp_path_factory.mktemp("cams")
+    csv_path = write_csv_dataset(root / "tiles", per_class=4, size=32)
+    classifier = root / "classifier"
     assert main(train_cls_args(csv_path, classifier, "train.epochs=1", "train.batch_size=6",
                                "augment.curriculum.patch_sizes=[16, 8]")) == 0
     data = ["data.classes=[A, B, C]", f"data.train.path={csv_path}", f"data.val.path={csv_path}",
             "data.image_size=32"]
-    cams = tmp_path / "cams"
-    assert cli("cams", cams, data + [f"classifier={classifier / 'classifier.pt'}",
-                                     "splits=[train, val]", "cam.num_workers=0"]) == 0
+    settings = data + [f"classifier={classifier / 'classifier.pt'}", "splits=[train, val]",
+                       "cam.num_workers=0", "cam.batch_size=4"]
+    assert cli("cams", root / "cams", settings) == 0
+    return data, settings, root / "cams"
+
+
+def test_cams_under_torchrun_equal_one_process(cams, tmp_path):
+    _, settings, reference = cams
+    out = tmp_path / "cams"
+    result = torchrun(2, "cams", out, settings)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "index.csv").read_bytes() == (reference / "index.csv").read_bytes()
+    one, two = files(reference, "*.npz"), files(out, "*.npz")
+    assert sorted(one) == sorted(two) and len(one) == 12
+    for name in one:  # the same tiles in other batches (4, 4, 1 and 3 against 2s and 1s)
+        with np.load(reference / name) as a, np.load(out / name) as b:
+            for key in ("cams", "labels", "probabilities"):
+                np.testing.assert_array_equal(a[key], b[key])
+    records = [json.loads(p.read_text()) for p in sorted((out / "shards").glob("*-of-2.json"))]
+    assert sorted(p for r in records for p in r["computed"]) == list(range(12))
+
+
+def test_pseudo_masks_under_torchrun_equal_one_process(cams, tmp_path):
+    data, _, cams = cams
     settings = data + [f"cams_dir={cams}", "splits=[train, val]", "overlays=true",
                        "sweep={enabled: true, key: threshold, values: [0.1, 0.3], split: val}"]
     assert cli("pseudo-masks", tmp_path / "one", settings) == 0

@@ -9,6 +9,7 @@ the classifier's input size, raw: not normalised), ``labels`` (multi-hot image-l
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, List
@@ -40,6 +41,7 @@ from ..data import (
 )
 from ..models.factory import class_probabilities, load_classifier
 from ..runtime import check_device, setup_runtime
+from ..sharding import check_shard, current_shard, finish_share, join
 from ..shuffle import patch_grid
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "tta_settings", "validate"]
@@ -53,6 +55,7 @@ DEFAULTS: Dict[str, Any] = {
     "classifier": "runs/classifier/classifier.pt",
     "data": DATA_DEFAULTS,
     "splits": ["val"],
+    "shard": None,  # i/n or slurm: this process's share of the tiles (docs/slides.md)
     "cam": {
         "method": "gradcam",          # cam | gradcam | gradcam++ | layercam
         "target_layers": None,        # null: the final feature map; or module names to fuse
@@ -72,6 +75,7 @@ DEFAULTS: Dict[str, Any] = {
 def validate(config: Dict[str, Any]) -> None:
     """Check every value this stage reads (see :mod:`segmix.stages`); the target layers are
     checked against the classifier when it is loaded."""
+    check_shard(config["shard"])
     splits = config["splits"]
     if not splits or any(split not in ("train", "val") for split in splits):
         raise ConfigError(f"splits must list train and/or val, got {splits!r}")
@@ -132,8 +136,12 @@ def tta_settings(config: Dict[str, Any]):
 
 def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         overwrite: bool = False) -> List[dict]:
-    """Write the CAMs of every tile of ``config['splits']``; returns the index rows."""
+    """Write the CAMs of this process's share (:mod:`segmix.sharding`) of the tiles of
+    ``config['splits']``; returns the index rows, written once every share is done."""
     validate(config)
+    shard = current_shard(config["shard"])
+    join(shard)  # before the model joins the process group with its own backend
+    start = time.perf_counter()
     cam_cfg, data = config["cam"], config["data"]
     runtime = setup_runtime(cam_cfg["device"])
     classes = dataset_classes(data)
@@ -148,17 +156,22 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
           f" {image_size[0]}x{image_size[1]} px tiles", flush=True)
     tta = tta_settings(config)
     generator = torch.Generator().manual_seed(int(cam_cfg["seed"]))
-    rows: List[dict] = []
-    for split in config["splits"]:
-        samples = read_split(data, split)
+    splits = {split: read_split(data, split) for split in config["splits"]}
+    items = [(split, i) for split, samples in splits.items() for i in range(len(samples))]
+    mine = shard.take(items)
+    computed: List[int] = []
+    for split, samples in splits.items():
         names = unique_names(samples)
-        dataset = TileDataset(samples, len(classes),
-                              model_transform(info))
-        todo = [i for i, name in enumerate(names)
-                if overwrite or not cam_file_path(output_dir, split, name).exists()]
-        print(f"{split}: {len(samples)} tiles, {len(samples) - len(todo)} already done", flush=True)
+        dataset = TileDataset(samples, len(classes), model_transform(info))
+        share = [(position, items[position][1]) for position in mine
+                 if items[position][0] == split]
+        todo = [(position, i) for position, i in share
+                if overwrite or not cam_file_path(output_dir, split, names[i]).exists()]
+        print(f"{split}: {len(samples)} tiles, {len(share)} in this share,"
+              f" {len(share) - len(todo)} already done", flush=True)
         # Shuffled batches: shuffle TTA then mixes tiles of different classes, as in training.
-        loader = DataLoader(Subset(dataset, todo), batch_size=int(cam_cfg["batch_size"]), shuffle=True,
+        loader = DataLoader(Subset(dataset, [i for _, i in todo]),
+                            batch_size=int(cam_cfg["batch_size"]), shuffle=True,
                             generator=torch.Generator().manual_seed(int(cam_cfg["seed"])),
                             num_workers=int(cam_cfg["num_workers"]))
         for batch in tqdm(loader, desc=f"CAMs {split}", unit="batch"):
@@ -170,7 +183,13 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
             for j, index in enumerate(batch["index"].tolist()):
                 write_cam_file(cam_file_path(output_dir, split, names[index]),
                                maps[j].cpu().numpy(), batch["target"][j].numpy(), probabilities[j])
-        rows += [cam_index_row(split, s, name, classes) for s, name in zip(samples, names)]
+        computed += [position for position, _ in todo]
+    report = finish_share(shard, output_dir, items=len(mine), computed=sorted(computed),
+                          skipped={}, seconds=time.perf_counter() - start)
+    if report is None:
+        return []
+    rows = [cam_index_row(split, s, name, classes) for split, samples in splits.items()
+            for s, name in zip(samples, unique_names(samples))]
     write_cam_index(output_dir, rows)
     print(f"wrote {len(rows)} CAM files and {output_dir / DONE_FILE}")
     return rows

@@ -61,7 +61,7 @@ from ..io import atomic_write_npz, read_json, write_csv, write_json
 from ..models.fusion import fuse_tile_class
 from ..models.pretrained import Classifier, Segmenter
 from ..runtime import check_device
-from ..sharding import Shard, Skipped, check_shard, current_shard, run_share
+from ..sharding import Shard, Skipped, check_shard, current_shard, join, run_share
 from ..slides.prediction import predict_slide
 from ..slides.slide import SLIDE_SUFFIXES, Slide, SlideError, require_openslide, tissue_picture
 from ..shuffle import size_pair
@@ -329,6 +329,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     returns the summary written to ``summary.json`` once every share is done."""
     validate(config)
     shard = current_shard(config["shard"])
+    join(shard)  # before any model joins the process group with its own backend
     if config["predict"]["slides"]:
         return _run_slides(config, output_dir, overwrite, shard)
     settings = config["predict"]

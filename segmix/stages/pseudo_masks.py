@@ -71,7 +71,7 @@ from ..data import (
     write_rgb,
 )
 from ..io import write_csv, write_json
-from ..sharding import check_shard, current_shard, run_share
+from ..sharding import check_shard, current_shard, join, run_share
 from .foreground_weight import AUTO_WEIGHT, checked_weight, resolve_foreground_weight, uses_foreground
 from .from_run import from_run_config, validate_from_run
 from .tile_quality import QUALITY_FILE, WORST_PICTURE, TileQuality
@@ -279,6 +279,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     returns the summary written to ``summary.json``."""
     validate(config)
     shard = current_shard(config["shard"])
+    join(shard)  # before any model joins the process group with its own backend
     source = None
     if config["from_run"]:
         source = {"from_run": str(config["from_run"]), "input": str(config["input"])}

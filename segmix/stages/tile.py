@@ -34,7 +34,7 @@ from ..config import ConfigError, check_number, check_path
 from ..data import resized, unique_stems, write_rgb
 from ..data.readers import image_files
 from ..io import atomic_write_text, read_csv_rows, write_csv, write_json
-from ..sharding import check_shard, current_shard, run_share
+from ..sharding import check_shard, current_shard, join, run_share
 from ..slides.slide import SLIDE_SUFFIXES, Slide, tissue_picture
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "validate", "list_slides"]
@@ -160,6 +160,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     written to ``summary.json`` once every share is done."""
     validate(config)
     shard = current_shard(config["shard"])
+    join(shard)
     slides = list_slides(Path(config["slides"]))
     stems = unique_stems([path for path, _, _ in slides])  # tiles are named by slide
     splits = _splits(slides, config["split"])
