@@ -32,8 +32,8 @@ from tqdm import tqdm
 from .config import ConfigError
 from .io import read_json, write_json
 
-__all__ = ["Shard", "ShareReport", "Skipped", "current_shard", "check_shard", "join", "run_share",
-           "finish_share", "SHARDS_FOLDER", "BARRIER_TIMEOUT"]
+__all__ = ["Shard", "ShareReport", "Skipped", "current_shard", "check_shard", "join", "barrier",
+           "wait_for_file", "run_share", "finish_share", "SHARDS_FOLDER", "BARRIER_TIMEOUT"]
 
 SHARDS_FOLDER = "shards"
 # How long torchrun's ranks wait at the end for the slowest one (a share of whole slides can take
@@ -142,6 +142,25 @@ def join(shard: Shard) -> None:
         dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
 
 
+def barrier() -> None:
+    """Under torchrun (after :func:`join`): wait for every rank."""
+    import torch.distributed as dist
+
+    dist.barrier()
+
+
+def wait_for_file(path: Path, what: str, poll_seconds: float = 10.0) -> None:
+    """In a job array: wait until another share has written ``path`` (``what`` it is, for the log),
+    up to :data:`BARRIER_TIMEOUT`; a ``TimeoutError`` names it after that."""
+    deadline = time.monotonic() + BARRIER_TIMEOUT.total_seconds()
+    if not path.is_file():
+        print(f"waiting for {what}: {path}", flush=True)
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} ({what}) did not appear within {BARRIER_TIMEOUT}")
+        time.sleep(poll_seconds)
+
+
 def run_share(items: Sequence[Item], compute: Callable[[Item, Any], Any], shard: Shard,
               output_dir: Path, *, desc: str, unit: str) -> Optional[ShareReport]:
     """Run ``compute(item, progress_bar)`` on this process's share of ``items``: it writes the
@@ -177,7 +196,7 @@ def finish_share(shard: Shard, output_dir: Path, *, items: int, computed: List[i
     if shard.torchrun:
         import torch.distributed as dist
 
-        dist.barrier()
+        barrier()
         dist.destroy_process_group()
         if shard.index != 0:
             return None

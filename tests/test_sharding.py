@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from PIL import Image
 from segmix.cli import main
 from segmix.config import ConfigError
 from segmix.models.factory import create_segmenter, save_segmenter
-from segmix.sharding import Shard, check_shard, current_shard
+from segmix.sharding import Shard, check_shard, current_shard, wait_for_file
 from segmix.slides.masks import read_mask_pyramid
 
 from synthetic import read_rows, train_cls_args, write_csv_dataset
@@ -84,6 +85,14 @@ def test_shard_settings_are_checked(monkeypatch):
     assert current_shard(None) == Shard(1, 2, torchrun=True)
     with pytest.raises(ConfigError, match="under torchrun"):
         check_shard("0/2")
+
+
+def test_a_share_waits_for_a_file_another_share_writes(tmp_path, capsys):
+    path = tmp_path / "fit.pt"
+    writer = threading.Timer(0.3, path.write_bytes, args=(b"fit",))
+    writer.start()
+    wait_for_file(path, "the fit", poll_seconds=0.05)
+    assert path.read_bytes() == b"fit" and "waiting for the fit" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
@@ -235,6 +244,34 @@ def test_cams_under_torchrun_equal_one_process(cams, tmp_path):
                 np.testing.assert_array_equal(a[key], b[key])
     records = [json.loads(p.read_text()) for p in sorted((out / "shards").glob("*-of-2.json"))]
     assert sorted(p for r in records for p in r["computed"]) == list(range(12))
+
+
+def test_localise_fits_once_and_shares_its_maps(cams, tmp_path, capsys):
+    data, settings, _ = cams
+    settings = [s for s in settings if not s.startswith("cam.")] + [
+        "localiser.feature_layers=[blocks.1, blocks.2]", "localiser.naming_tiles=4",
+        "localiser.batch_size=4"]
+    assert cli("localise", tmp_path / "one", settings) == 0
+    result = torchrun(2, "localise", tmp_path / "two", settings)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("localiser: reusing") == 1  # rank 1 took rank 0's fit
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert files(two / "maps") == files(one / "maps") and len(files(one / "maps")) == 12
+    assert (two / "axis.pt").is_file()
+    summary = json.loads((two / "summary.json").read_text())
+    assert_ranks(summary, 2, 12)
+    assert summary["maps_written"] == 12
+
+    array = tmp_path / "array"  # share 1 waits for share 0's fit; the last share merges
+    (array).mkdir()
+    (array / "axis.pt").write_bytes((one / "axis.pt").read_bytes())
+    assert cli("localise", array, settings + ["shard=1/2"]) == 0
+    assert "localiser: reusing" in capsys.readouterr().out
+    assert not (array / "summary.json").exists()
+    assert cli("localise", array, settings + ["shard=0/2"]) == 0
+    assert files(array / "maps") == files(one / "maps")
+    assert cli("localise", array, settings + ["shard=0/2"], "--overwrite") == 1
+    assert "new --output-dir" in capsys.readouterr().err
 
 
 def test_pseudo_masks_under_torchrun_equal_one_process(cams, tmp_path):

@@ -36,8 +36,9 @@ maps.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -53,10 +54,11 @@ from ..data import (
     validate_data,
 )
 from ..io import write_json
-from ..localisers import LOCALISERS, fit_or_reuse
+from ..localisers import LOCALISERS, Localiser, fit_or_reuse
 from ..localisers.axis import AXIS_FEATURES
 from ..localisers.prototypes import NAMINGS
 from ..runtime import check_device
+from ..sharding import Shard, barrier, check_shard, current_shard, finish_share, join, wait_for_file
 
 __all__ = ["DEFAULTS", "DONE_FILE", "METHODS", "NAMINGS", "RESUMABLE_CHANGES", "run", "validate"]
 
@@ -69,6 +71,7 @@ DEFAULTS: Dict[str, Any] = {
     "classifier": "runs/classifier/classifier.pt",
     "data": DATA_DEFAULTS,
     "splits": ["val"],
+    "shard": None,  # i/n or slurm: this process's share of the tiles (docs/slides.md)
     "localiser": {
         "method": "axis",        # axis (default) | prototypes | evidence | none (CAMs alone)
         "naming": "labels",      # prototypes: labels (class specificity) | classifier (class evidence)
@@ -97,6 +100,7 @@ DEFAULTS: Dict[str, Any] = {
 
 def validate(config: Dict[str, Any]) -> None:
     """Check every value this stage reads (see :mod:`segmix.stages`)."""
+    check_shard(config["shard"])
     settings = config["localiser"]
     check_device(settings["device"], "localiser.device")
     if settings["method"] not in METHODS:
@@ -166,44 +170,67 @@ def _validate_axis(settings: Dict[str, Any], fill: str) -> None:
 
 def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         overwrite: bool = False) -> Dict[str, Any]:
-    """Fit (or reuse) the localiser and write the foreground map of every tile of
-    ``config['splits']``; returns the summary written to ``summary.json``."""
+    """Fit (or reuse) the localiser and write the foreground map of every tile of this process's
+    share (:mod:`segmix.sharding`) of ``config['splits']``; returns the summary written to
+    ``summary.json`` once every share is done."""
     validate(config)
+    shard = current_shard(config["shard"])
     settings, data = config["localiser"], config["data"]
     if settings["method"] == "none":
         summary = {"method": "none"}
         write_json(output_dir / DONE_FILE, summary)
         print("localiser.method is none: no foreground maps (pseudo masks from CAMs alone)")
         return summary
+    if overwrite and shard.count > 1 and not shard.torchrun:
+        raise ConfigError("--overwrite with shard: the shares of a job array cannot tell a new fit"
+                          " of the localiser from the old one; start the array in a new"
+                          " --output-dir instead")
+    join(shard)  # before the classifier joins the process group with its own backend
+    start = time.perf_counter()
     classes = dataset_classes(data)
     localiser = LOCALISERS[settings["method"]].build(config, classes)
-    fit_or_reuse(localiser, data, output_dir, overwrite)
-    written = _write_maps(config, output_dir, overwrite, localiser.maps)
-    extra = localiser.summary()
-    summary = {"method": settings["method"], "classes": classes, **extra, "maps_written": written,
-               "splits": list(config["splits"])}
+    _fit_once(localiser, data, output_dir, overwrite, shard)
+    items = [(split, sample, foreground_map_path(output_dir, split, name))
+             for split in config["splits"]
+             for samples in (read_split(data, split),)
+             for sample, name in zip(samples, unique_names(samples))]
+    mine = shard.take(items)
+    todo = [position for position in mine if overwrite or not items[position][2].exists()]
+    _write_maps(items, todo, int(settings["batch_size"]), localiser.maps)
+    report = finish_share(shard, output_dir, items=len(mine), computed=todo, skipped={},
+                          seconds=time.perf_counter() - start)
+    if report is None:
+        return {"shard": shard.name, "merged": False}
+    summary = {"method": settings["method"], "classes": classes, **localiser.summary(),
+               "maps_written": len(report.computed), "splits": list(config["splits"]),
+               "ranks": report.ranks}
     write_json(output_dir / DONE_FILE, summary)
-    print(f"wrote {written} foreground maps and {output_dir / DONE_FILE}", flush=True)
+    print(f"wrote {len(report.computed)} foreground maps and {output_dir / DONE_FILE}", flush=True)
     return summary
 
 
-def _write_maps(config: Dict[str, Any], output_dir: Path, overwrite: bool,
-                maps_of: Callable[[List[Sample]], List[np.ndarray]]) -> int:
-    """Write the foreground map (``maps_of``: samples -> maps at their tiles' sizes) of every tile
-    of ``config['splits']`` that has none yet; returns how many were written."""
-    written, batch_size = 0, int(config["localiser"]["batch_size"])
-    for split in config["splits"]:
-        samples = read_split(config["data"], split)
-        todo = [(sample, foreground_map_path(output_dir, split, name))
-                for sample, name in zip(samples, unique_names(samples))]
-        todo = [(sample, path) for sample, path in todo if overwrite or not path.exists()]
-        with tqdm(total=len(todo), desc=f"maps {split}", unit="tile") as bar:
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start:start + batch_size]
-                for (_, path), foreground in zip(chunk, maps_of([s for s, _ in chunk])):
-                    write_foreground_map(path, foreground)
-                written += len(chunk)
-                bar.update(len(chunk))
-    return written
+def _fit_once(localiser: Localiser, data: Dict[str, Any], output_dir: Path, overwrite: bool,
+              shard: Shard) -> None:
+    """Fit (or reuse) the localiser in one process, the first, and give the others its fit:
+    under torchrun after a barrier, in a job array once its file is there."""
+    if shard.index == 0:
+        fit_or_reuse(localiser, data, output_dir, overwrite)
+    if shard.torchrun:
+        barrier()
+    if shard.index == 0:
+        return
+    path = output_dir / localiser.file_name
+    wait_for_file(path, "the localiser's fit (share 0 fits it)")
+    localiser.load(path)
 
 
+def _write_maps(items: List[Tuple[str, Sample, Path]], todo: List[int], batch_size: int,
+                maps_of: Callable[[List[Sample]], List[np.ndarray]]) -> None:
+    """Write the foreground map (``maps_of``: samples -> maps at their tiles' sizes) of the
+    ``todo`` positions of ``items`` (split, sample, map path), ``batch_size`` tiles at a time."""
+    with tqdm(total=len(todo), desc="maps", unit="tile") as bar:
+        for start in range(0, len(todo), batch_size):
+            chunk = [items[position] for position in todo[start:start + batch_size]]
+            for (_, _, path), foreground in zip(chunk, maps_of([s for _, s, _ in chunk])):
+                write_foreground_map(path, foreground)
+            bar.update(len(chunk))
