@@ -32,7 +32,7 @@ from tqdm import tqdm
 from .config import ConfigError
 from .io import read_json, write_json
 
-__all__ = ["Shard", "ShareReport", "Skipped", "current_shard", "check_shard", "join", "barrier",
+__all__ = ["Shard", "ShareReport", "Skipped", "current_shard", "check_shard", "join", "settle", "barrier",
            "wait_for_file", "run_share", "finish_share", "SHARDS_FOLDER", "BARRIER_TIMEOUT"]
 
 SHARDS_FOLDER = "shards"
@@ -55,6 +55,16 @@ class Shard:
     def take(self, items: Sequence[Item]) -> List[int]:
         """The positions in ``items`` this process computes: every ``count``-th from ``index``."""
         return list(range(self.index, len(items), self.count))
+
+    def take_batches(self, count: int, batch_size: int) -> List[Tuple[int, List[int]]]:
+        """This process's batches of positions ``0 .. count - 1`` as ``(batch number,
+        positions)``: the positions cut into batches of ``batch_size`` in order, every
+        ``count``-th batch from ``index``. A stage that batches its items shares whole batches, so
+        every item meets the same batch as in one process (batched kernels may round differently
+        with other companions)."""
+        batches = [list(range(start, min(start + batch_size, count)))
+                   for start in range(0, count, batch_size)]
+        return list(enumerate(batches))[self.index::self.count]
 
     @property
     def name(self) -> str:
@@ -129,17 +139,34 @@ class ShareReport:
 
 
 def join(shard: Shard) -> None:
-    """Under torchrun: join the process group (gloo, for the barrier; models keep their device,
-    each rank on its own GPU) unless a stage joined it already. Call before loading models."""
+    """Under torchrun: join the process group (gloo, for the barriers; models keep their device,
+    each rank on its own GPU); call it before loading a model. A process that joined already
+    (an earlier stage of the same command) waits at a barrier instead, so that rank 0 has written
+    what that stage merged before any rank goes on."""
     if not shard.torchrun:
         return
+    import atexit
+
     import torch
     import torch.distributed as dist
 
+    if dist.is_initialized():
+        dist.barrier()
+        return
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
+    dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
+    atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+
+
+def settle(shard: Shard, merged: Path, what: str) -> None:
+    """Wait until a stage's shares are merged (``merged``: the file the merge writes last, ``what``
+    it is): under torchrun at a barrier (rank 0 merges before it gets there), in a job array until
+    the file is there."""
+    if shard.torchrun:
+        join(shard)
+    elif shard.count > 1:
+        wait_for_file(merged, what)
 
 
 def barrier() -> None:
@@ -166,8 +193,8 @@ def run_share(items: Sequence[Item], compute: Callable[[Item, Any], Any], shard:
     """Run ``compute(item, progress_bar)`` on this process's share of ``items``: it writes the
     item's outputs unless they exist and returns True (computed now), False (already there) or a
     :class:`Skipped` reason. Returns the merged :class:`ShareReport` on the process that writes
-    the merged outputs once every share is done, ``None`` on the others."""
-    join(shard)
+    the merged outputs once every share is done, ``None`` on the others. The stage calls
+    :func:`join` first."""
     start = time.perf_counter()
     mine = shard.take(items)
     computed, skipped = [], {}
@@ -194,10 +221,7 @@ def finish_share(shard: Shard, output_dir: Path, *, items: int, computed: List[i
         return _report([record])
     write_json(output_dir / SHARDS_FOLDER / f"{shard.name}.json", record)
     if shard.torchrun:
-        import torch.distributed as dist
-
         barrier()
-        dist.destroy_process_group()
         if shard.index != 0:
             return None
     records = [read_json(output_dir / SHARDS_FOLDER / f"{i}-of-{shard.count}.json")

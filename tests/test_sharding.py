@@ -22,6 +22,7 @@ from segmix.sharding import Shard, check_shard, current_shard, wait_for_file
 from segmix.slides.masks import read_mask_pyramid
 
 from synthetic import read_rows, train_cls_args, write_csv_dataset
+from test_pipeline import TINY_MODELS
 from test_slides import slide_pixels, write_slide
 
 
@@ -49,11 +50,14 @@ def without(rows, *columns):
     return [{k: v for k, v in row.items() if k not in columns} for row in rows]
 
 
-def assert_ranks(summary, processes, items):
+def assert_ranks(summary, processes, items, shares=None):
+    """``summary`` records ``processes`` ranks sharing ``items``: every ``processes``-th item, or
+    ``shares`` items each (a stage that shares whole batches)."""
     ranks = summary["ranks"]
     assert [r["rank"] for r in ranks] == list(range(processes))
     assert sum(r["items"] for r in ranks) == items
-    assert [r["items"] for r in ranks] == [len(range(i, items, processes)) for i in range(processes)]
+    assert [r["items"] for r in ranks] == (
+        shares or [len(range(i, items, processes)) for i in range(processes)])
 
 
 def test_shares_are_disjoint_deterministic_and_cover_every_item():
@@ -225,8 +229,14 @@ def cams(tmp_path_factory):
     data = ["data.classes=[A, B, C]", f"data.train.path={csv_path}", f"data.val.path={csv_path}",
             "data.image_size=32"]
     settings = data + [f"classifier={classifier / 'classifier.pt'}", "splits=[train, val]",
-                       "cam.num_workers=0", "cam.batch_size=4"]
-    assert cli("cams", root / "cams", settings) == 0
+                       "cam.num_workers=0", "cam.batch_size=4",
+                       "cam.shuffle_tta={enabled: true, patch_size: 8, draws: 2}"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun process: other thread counts round otherwise
+    try:
+        assert cli("cams", root / "cams", settings) == 0
+    finally:
+        torch.set_num_threads(threads)
     return data, settings, root / "cams"
 
 
@@ -238,7 +248,7 @@ def test_cams_under_torchrun_equal_one_process(cams, tmp_path):
     assert (out / "index.csv").read_bytes() == (reference / "index.csv").read_bytes()
     one, two = files(reference, "*.npz"), files(out, "*.npz")
     assert sorted(one) == sorted(two) and len(one) == 12
-    for name in one:  # the same tiles in other batches (4, 4, 1 and 3 against 2s and 1s)
+    for name in one:  # whole batches shared: shuffle TTA in batch mode draws the same too
         with np.load(reference / name) as a, np.load(out / name) as b:
             for key in ("cams", "labels", "probabilities"):
                 np.testing.assert_array_equal(a[key], b[key])
@@ -259,7 +269,7 @@ def test_localise_fits_once_and_shares_its_maps(cams, tmp_path, capsys):
     assert files(two / "maps") == files(one / "maps") and len(files(one / "maps")) == 12
     assert (two / "axis.pt").is_file()
     summary = json.loads((two / "summary.json").read_text())
-    assert_ranks(summary, 2, 12)
+    assert_ranks(summary, 2, 12, shares=[8, 4])  # batches of 4: 0 and 2 to rank 0, 1 to rank 1
     assert summary["maps_written"] == 12
 
     array = tmp_path / "array"  # share 1 waits for share 0's fit; the last share merges
@@ -290,3 +300,36 @@ def test_pseudo_masks_under_torchrun_equal_one_process(cams, tmp_path):
     summary = json.loads((two / "summary.json").read_text())
     assert_ranks(summary, 2, 12)
     assert summary["sweep"] == json.loads((one / "summary.json").read_text())["sweep"]
+
+
+def segmix_process(out, settings, *flags):
+    """``segmix pseudo-masks`` in a process of its own, started now."""
+    args = [sys.executable, "-m", "segmix.cli", "pseudo-masks", "--output-dir", str(out),
+            *[a for s in settings for a in ("--set", s)], *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+
+
+def test_pseudo_masks_from_a_run_across_processes_equal_one_process(tmp_path):
+    csv_path = write_csv_dataset(tmp_path / "tiles", per_class=8, size=32)
+    run = tmp_path / "run"
+    assert cli("run", run, ["data.classes=[A, B, C]", f"data.train.path={csv_path}",
+                            f"data.val.path={csv_path}", *TINY_MODELS, "localiser.smoothing=3",
+                            "localiser.naming_tiles=6"]) == 0
+    flags = ("--from-run", str(run), "--input", str(csv_path))
+    assert cli("pseudo-masks", tmp_path / "one", [], *flags) == 0
+    one = tmp_path / "one"
+
+    result = torchrun(2, "pseudo-masks", tmp_path / "two", [], *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # a job array: both shares at once; each waits for the other's CAMs and maps
+    shares = [segmix_process(tmp_path / "array", [f"shard={i}/2"], *flags) for i in (1, 0)]
+    for share in shares:
+        assert share.wait(timeout=600) == 0, share.stderr.read()[-3000:]
+    for out in (tmp_path / "two", tmp_path / "array"):
+        assert files(out / "masks") == files(one / "masks") and len(files(one / "masks")) == 25
+        assert files(out / "localiser" / "maps") == files(one / "localiser" / "maps")
+        for name in ("masks.csv", "metrics.json", "cams/index.csv"):
+            assert (out / name).read_bytes() == (one / name).read_bytes(), (out, name)
+        assert_ranks(json.loads((out / "summary.json").read_text()), 2, 24)

@@ -14,8 +14,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from cam import FINAL_FEATURES, FUSIONS, METHODS, ShuffleTTA, cams_with_tta, create_cam, layer_grids
@@ -155,26 +156,31 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     print(f"CAM grid: {check_resolution(model, cam_cfg['target_layers'], image_size)} on"
           f" {image_size[0]}x{image_size[1]} px tiles", flush=True)
     tta = tta_settings(config)
-    generator = torch.Generator().manual_seed(int(cam_cfg["seed"]))
+    seed, batch_size = int(cam_cfg["seed"]), int(cam_cfg["batch_size"])
     splits = {split: read_split(data, split) for split in config["splits"]}
-    items = [(split, i) for split, samples in splits.items() for i in range(len(samples))]
-    mine = shard.take(items)
-    computed: List[int] = []
+    offsets = dict(zip(splits, np.cumsum([0] + [len(s) for s in splits.values()]).tolist()))
+    shared, computed, first_batch = 0, [], 0
     for split, samples in splits.items():
         names = unique_names(samples)
         dataset = TileDataset(samples, len(classes), model_transform(info))
-        share = [(position, items[position][1]) for position in mine
-                 if items[position][0] == split]
-        todo = [(position, i) for position, i in share
-                if overwrite or not cam_file_path(output_dir, split, names[i]).exists()]
-        print(f"{split}: {len(samples)} tiles, {len(share)} in this share,"
-              f" {len(share) - len(todo)} already done", flush=True)
         # Shuffled batches: shuffle TTA then mixes tiles of different classes, as in training.
-        loader = DataLoader(Subset(dataset, [i for _, i in todo]),
-                            batch_size=int(cam_cfg["batch_size"]), shuffle=True,
-                            generator=torch.Generator().manual_seed(int(cam_cfg["seed"])),
+        # The processes share whole batches of one seeded order (segmix.sharding).
+        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).tolist()
+        batches = [(number, [order[p] for p in batch])
+                   for number, batch in shard.take_batches(len(samples), batch_size)]
+        jobs = [(number, [i for i in batch
+                          if overwrite or not cam_file_path(output_dir, split, names[i]).exists()])
+                for number, batch in batches]
+        jobs = [(number, batch) for number, batch in jobs if batch]
+        mine = sum(len(batch) for _, batch in batches)
+        shared += mine
+        print(f"{split}: {len(samples)} tiles, {mine} in this share,"
+              f" {mine - sum(len(batch) for _, batch in jobs)} already done", flush=True)
+        loader = DataLoader(dataset, batch_sampler=[batch for _, batch in jobs],
                             num_workers=int(cam_cfg["num_workers"]))
-        for batch in tqdm(loader, desc=f"CAMs {split}", unit="batch"):
+        for (number, _), batch in zip(jobs, tqdm(loader, desc=f"CAMs {split}", unit="batch")):
+            # each batch draws its shuffle TTA from its own seed: the same in any share
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + first_batch + number)
             images = batch["image"].to(runtime.device)
             maps = cams_with_tta(cam, images, generator=generator, **tta)
             with torch.no_grad():
@@ -183,8 +189,9 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
             for j, index in enumerate(batch["index"].tolist()):
                 write_cam_file(cam_file_path(output_dir, split, names[index]),
                                maps[j].cpu().numpy(), batch["target"][j].numpy(), probabilities[j])
-        computed += [position for position, _ in todo]
-    report = finish_share(shard, output_dir, items=len(mine), computed=sorted(computed),
+        computed += [offsets[split] + i for _, batch in jobs for i in batch]
+        first_batch += -(-len(samples) // batch_size)
+    report = finish_share(shard, output_dir, items=shared, computed=sorted(computed),
                           skipped={}, seconds=time.perf_counter() - start)
     if report is None:
         return []

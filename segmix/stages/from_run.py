@@ -30,7 +30,8 @@ from ..artifacts import (
 )
 from ..config import ConfigError, load_config
 from ..data import dataset_classes, read_split, unique_names
-from ..io import read_csv_rows, read_json, write_json
+from ..io import atomic_path, read_csv_rows, read_json, write_json
+from ..sharding import current_shard, join, settle
 from . import pipeline
 
 __all__ = ["FROM_RUN_STAGES", "from_run_config", "validate_from_run"]
@@ -91,23 +92,35 @@ def from_run_config(config: Dict[str, Any], output_dir: Path, overwrite: bool) -
     print(f"pseudo masks for {config['input']} with the run {layout.root}", flush=True)
     cams_dir, fitted_dir = output_dir / "cams", output_dir / "localiser"
     record, fingerprint = output_dir / INPUT_FINGERPRINT_FILE, _fingerprint(Path(config["input"]))
-    if not overwrite and read_json(record) != fingerprint:
-        _forget_changed_tiles(data, output_dir, cams_dir, fitted_dir)
-    write_json(record, fingerprint)
+    shard = current_shard(config["shard"])
+    changed = not overwrite and read_json(record) != fingerprint
+    if changed and (cams_dir / CAM_INDEX_FILE).is_file() and shard.count > 1 and not shard.torchrun:
+        raise ConfigError(f"{config['input']} changed since the last run into {output_dir}: the"
+                          " shares of a job array cannot forget its old tiles together; run once"
+                          " without shard to bring the folder up to date, or use a new"
+                          " --output-dir")
+    if shard.index == 0:  # one process forgets the tiles of rows that changed
+        if changed:
+            _forget_changed_tiles(data, output_dir, cams_dir, fitted_dir)
+        write_json(record, fingerprint)
+    join(shard)  # under torchrun: the others wait until it has
     pipeline.run_step("cams", {**saved["cams"], "classifier": str(layout.classifier),
-                               "data": data, "splits": ["val"], "output_dir": str(cams_dir)},
-                      overwrite)
+                               "data": data, "splits": ["val"], "output_dir": str(cams_dir),
+                               "shard": config["shard"]}, overwrite)
+    settle(shard, cams_dir / CAM_INDEX_FILE, "the CAMs of every share")
     localiser_dir = None
     if chosen.get("localiser_dir"):
         localiser_dir = fitted_dir
         for name in (LOCALISER_FILE, EVIDENCE_FILE, AXIS_FILE):  # the fitted localiser, reused as it is
             fitted = layout.localiser_dir / name
             if fitted.is_file() and (overwrite or not (localiser_dir / name).is_file()):
-                localiser_dir.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(fitted, localiser_dir / name)
+                with atomic_path(localiser_dir / name) as copy:  # other shares may be reading it
+                    shutil.copy2(fitted, copy)
         pipeline.run_step("localise", {**saved["localise"], "classifier": str(layout.classifier),
                                        "data": {**data, "train": run_data["train"]},
-                                       "splits": ["val"], "output_dir": str(localiser_dir)}, False)
+                                       "splits": ["val"], "output_dir": str(localiser_dir),
+                                       "shard": config["shard"]}, False)
+        settle(shard, localiser_dir / SUMMARY_FILE, "the foreground maps of every share")
     return {**saved["pseudo-masks"], "output_dir": str(output_dir), "data": data,
             "cams_dir": str(cams_dir),
             "localiser_dir": str(localiser_dir) if localiser_dir else None, "splits": ["val"],

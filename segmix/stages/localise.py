@@ -194,10 +194,11 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
              for split in config["splits"]
              for samples in (read_split(data, split),)
              for sample, name in zip(samples, unique_names(samples))]
-    mine = shard.take(items)
-    todo = [position for position in mine if overwrite or not items[position][2].exists()]
-    _write_maps(items, todo, int(settings["batch_size"]), localiser.maps)
-    report = finish_share(shard, output_dir, items=len(mine), computed=todo, skipped={},
+    batches = [batch for _, batch in shard.take_batches(len(items), int(settings["batch_size"]))]
+    todo = [[p for p in batch if overwrite or not items[p][2].exists()] for batch in batches]
+    _write_maps(items, [batch for batch in todo if batch], localiser.maps)
+    report = finish_share(shard, output_dir, items=sum(map(len, batches)),
+                          computed=[p for batch in todo for p in batch], skipped={},
                           seconds=time.perf_counter() - start)
     if report is None:
         return {"shard": shard.name, "merged": False}
@@ -224,13 +225,13 @@ def _fit_once(localiser: Localiser, data: Dict[str, Any], output_dir: Path, over
     localiser.load(path)
 
 
-def _write_maps(items: List[Tuple[str, Sample, Path]], todo: List[int], batch_size: int,
+def _write_maps(items: List[Tuple[str, Sample, Path]], batches: List[List[int]],
                 maps_of: Callable[[List[Sample]], List[np.ndarray]]) -> None:
     """Write the foreground map (``maps_of``: samples -> maps at their tiles' sizes) of the
-    ``todo`` positions of ``items`` (split, sample, map path), ``batch_size`` tiles at a time."""
-    with tqdm(total=len(todo), desc="maps", unit="tile") as bar:
-        for start in range(0, len(todo), batch_size):
-            chunk = [items[position] for position in todo[start:start + batch_size]]
+    positions of ``items`` (split, sample, map path) in ``batches``, a batch at a time."""
+    with tqdm(total=sum(map(len, batches)), desc="maps", unit="tile") as bar:
+        for batch in batches:
+            chunk = [items[position] for position in batch]
             for (_, _, path), foreground in zip(chunk, maps_of([s for _, s, _ in chunk])):
                 write_foreground_map(path, foreground)
             bar.update(len(chunk))

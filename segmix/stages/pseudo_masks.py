@@ -121,10 +121,6 @@ def validate(config: Dict[str, Any]) -> None:
     """Check every value this stage reads (see :mod:`segmix.stages`)."""
     check_shard(config["shard"])
     if config["from_run"] or config["input"]:
-        if current_shard(config["shard"]).count > 1:
-            raise ConfigError("from_run runs in one process: the CAMs and foreground maps it"
-                              " computes first are not shared between processes yet; leave shard"
-                              " unset and run it without torchrun")
         validate_from_run(config)
         return
     splits = config["splits"]
