@@ -1,7 +1,8 @@
 """The per-item stages across processes (segmix.sharding): under ``torchrun`` on the CPU (gloo) and
-as job-array shares, ``predict`` (images and slides), ``tile`` and ``pseudo-masks`` write the same
-files as one process, compute every item once, and a run whose rank died is finished by the next
-run with another number of processes."""
+as job-array shares, ``predict`` (images and slides), ``tile``, ``localise`` and ``pseudo-masks
+--from-run`` (its ``cams`` and ``localise`` steps too) write the same files as one process, compute
+every item once, and a run whose rank died is finished by the next run with another number of
+processes."""
 
 import json
 import os
@@ -52,12 +53,14 @@ def without(rows, *columns):
 
 def assert_ranks(summary, processes, items, shares=None):
     """``summary`` records ``processes`` ranks sharing ``items``: every ``processes``-th item, or
-    ``shares`` items each (a stage that shares whole batches)."""
+    ``shares`` items each (a stage that shares whole batches); returns how many the ranks
+    computed in the run."""
     ranks = summary["ranks"]
     assert [r["rank"] for r in ranks] == list(range(processes))
     assert sum(r["items"] for r in ranks) == items
     assert [r["items"] for r in ranks] == (
         shares or [len(range(i, items, processes)) for i in range(processes)])
+    return sum(r["computed"] for r in ranks)
 
 
 def test_shares_are_disjoint_deterministic_and_cover_every_item():
@@ -199,7 +202,8 @@ def test_tile_and_predict_slides_under_torchrun_equal_one_process(segmenter_file
         one = (tmp_path / "tiles-one" / name).read_text().replace("tiles-one", "tiles-two")
         assert (tmp_path / "tiles-two" / name).read_text() == one
     assert files(tmp_path / "tiles-two" / "tiles") == files(tmp_path / "tiles-one" / "tiles")
-    assert_ranks(json.loads((tmp_path / "tiles-two" / "summary.json").read_text()), 2, 3)
+    summary = json.loads((tmp_path / "tiles-two" / "summary.json").read_text())
+    assert assert_ranks(summary, 2, 3) == 3  # every slide tiled once
 
     predict = [f"input={slides / 'A'}", "predict.slides=true", "predict.block=256",
                "predict.model_mpp=2.0"]
@@ -214,13 +218,13 @@ def test_tile_and_predict_slides_under_torchrun_equal_one_process(segmenter_file
         assert one[1] == two[1]
     assert (without(read_rows(tmp_path / "slides-two" / "predictions.csv"), "seconds")
             == without(read_rows(tmp_path / "slides-one" / "predictions.csv"), "seconds"))
-    assert_ranks(json.loads((tmp_path / "slides-two" / "summary.json").read_text()), 2, 2)
+    summary = json.loads((tmp_path / "slides-two" / "summary.json").read_text())
+    assert assert_ranks(summary, 2, 2) == summary["predicted_now"] == 2
 
 
 @pytest.fixture(scope="module")
-def cams(tmp_path_factory):
-    """A tiny classifier's CAMs of a synthetic dataset (one process): the data settings, the
-    classifier and the CAM folder."""
+def classifier(tmp_path_factory):
+    """A tiny classifier of a synthetic dataset: the settings of a stage that reads it."""
     root = tmp_path_factory.mktemp("cams")
     csv_path = write_csv_dataset(root / "tiles", per_class=4, size=32)
     classifier = root / "classifier"
@@ -228,37 +232,12 @@ def cams(tmp_path_factory):
                                "augment.curriculum.patch_sizes=[16, 8]")) == 0
     data = ["data.classes=[A, B, C]", f"data.train.path={csv_path}", f"data.val.path={csv_path}",
             "data.image_size=32"]
-    settings = data + [f"classifier={classifier / 'classifier.pt'}", "splits=[train, val]",
-                       "cam.num_workers=0", "cam.batch_size=4",
-                       "cam.shuffle_tta={enabled: true, patch_size: 8, draws: 2}"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each torchrun process: other thread counts round otherwise
-    try:
-        assert cli("cams", root / "cams", settings) == 0
-    finally:
-        torch.set_num_threads(threads)
-    return data, settings, root / "cams"
+    settings = data + [f"classifier={classifier / 'classifier.pt'}", "splits=[train, val]"]
+    return settings
 
 
-def test_cams_under_torchrun_equal_one_process(cams, tmp_path):
-    _, settings, reference = cams
-    out = tmp_path / "cams"
-    result = torchrun(2, "cams", out, settings)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (out / "index.csv").read_bytes() == (reference / "index.csv").read_bytes()
-    one, two = files(reference, "*.npz"), files(out, "*.npz")
-    assert sorted(one) == sorted(two) and len(one) == 12
-    for name in one:  # whole batches shared: shuffle TTA in batch mode draws the same too
-        with np.load(reference / name) as a, np.load(out / name) as b:
-            for key in ("cams", "labels", "probabilities"):
-                np.testing.assert_array_equal(a[key], b[key])
-    records = [json.loads(p.read_text()) for p in sorted((out / "shards").glob("*-of-2.json"))]
-    assert sorted(p for r in records for p in r["computed"]) == list(range(12))
-
-
-def test_localise_fits_once_and_shares_its_maps(cams, tmp_path, capsys):
-    data, settings, _ = cams
-    settings = [s for s in settings if not s.startswith("cam.")] + [
+def test_localise_fits_once_and_shares_its_maps(classifier, tmp_path, capsys):
+    settings = classifier + [
         "localiser.feature_layers=[blocks.1, blocks.2]", "localiser.naming_tiles=4",
         "localiser.batch_size=4"]
     assert cli("localise", tmp_path / "one", settings) == 0
@@ -269,7 +248,7 @@ def test_localise_fits_once_and_shares_its_maps(cams, tmp_path, capsys):
     assert files(two / "maps") == files(one / "maps") and len(files(one / "maps")) == 12
     assert (two / "axis.pt").is_file()
     summary = json.loads((two / "summary.json").read_text())
-    assert_ranks(summary, 2, 12, shares=[8, 4])  # batches of 4: 0 and 2 to rank 0, 1 to rank 1
+    assert assert_ranks(summary, 2, 12, shares=[8, 4]) == 12  # batches of 4: 0, 2 | 1
     assert summary["maps_written"] == 12
 
     array = tmp_path / "array"  # share 1 waits for share 0's fit; the last share merges
@@ -282,24 +261,6 @@ def test_localise_fits_once_and_shares_its_maps(cams, tmp_path, capsys):
     assert files(array / "maps") == files(one / "maps")
     assert cli("localise", array, settings + ["shard=0/2"], "--overwrite") == 1
     assert "new --output-dir" in capsys.readouterr().err
-
-
-def test_pseudo_masks_under_torchrun_equal_one_process(cams, tmp_path):
-    data, _, cams = cams
-    settings = data + [f"cams_dir={cams}", "splits=[train, val]", "overlays=true",
-                       "sweep={enabled: true, key: threshold, values: [0.1, 0.3], split: val}"]
-    assert cli("pseudo-masks", tmp_path / "one", settings) == 0
-    result = torchrun(2, "pseudo-masks", tmp_path / "two", settings)
-    assert result.returncode == 0, result.stderr[-3000:]
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert files(two / "masks") == files(one / "masks") and len(files(one / "masks")) == 13
-    assert files(two / "overlays") == files(one / "overlays")
-    for name in ("masks.csv", "metrics.json", "sweep.csv", "tiles_by_quality.csv",
-                 "worst_tiles.png"):
-        assert (two / name).read_bytes() == (one / name).read_bytes(), name
-    summary = json.loads((two / "summary.json").read_text())
-    assert_ranks(summary, 2, 12)
-    assert summary["sweep"] == json.loads((one / "summary.json").read_text())["sweep"]
 
 
 def segmix_process(out, settings, *flags):
@@ -318,18 +279,33 @@ def test_pseudo_masks_from_a_run_across_processes_equal_one_process(tmp_path):
                             f"data.val.path={csv_path}", *TINY_MODELS, "localiser.smoothing=3",
                             "localiser.naming_tiles=6"]) == 0
     flags = ("--from-run", str(run), "--input", str(csv_path))
-    assert cli("pseudo-masks", tmp_path / "one", [], *flags) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each process below: other thread counts round otherwise
+    try:
+        assert cli("pseudo-masks", tmp_path / "one", ["overlays=true"], *flags) == 0
+    finally:
+        torch.set_num_threads(threads)
     one = tmp_path / "one"
 
-    result = torchrun(2, "pseudo-masks", tmp_path / "two", [], *flags)
+    result = torchrun(2, "pseudo-masks", tmp_path / "two", ["overlays=true"], *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     # a job array: both shares at once; each waits for the other's CAMs and maps
-    shares = [segmix_process(tmp_path / "array", [f"shard={i}/2"], *flags) for i in (1, 0)]
+    shares = [segmix_process(tmp_path / "array", ["overlays=true", f"shard={i}/2"], *flags)
+              for i in (1, 0)]
     for share in shares:
         assert share.wait(timeout=600) == 0, share.stderr.read()[-3000:]
     for out in (tmp_path / "two", tmp_path / "array"):
         assert files(out / "masks") == files(one / "masks") and len(files(one / "masks")) == 25
+        assert files(out / "overlays") == files(one / "overlays")
         assert files(out / "localiser" / "maps") == files(one / "localiser" / "maps")
-        for name in ("masks.csv", "metrics.json", "cams/index.csv"):
+        for name in ("masks.csv", "metrics.json", "cams/index.csv", "tiles_by_quality.csv",
+                     "worst_tiles.png"):
             assert (out / name).read_bytes() == (one / name).read_bytes(), (out, name)
-        assert_ranks(json.loads((out / "summary.json").read_text()), 2, 24)
+        cams = files(one / "cams", "*.npz")
+        assert sorted(files(out / "cams", "*.npz")) == sorted(cams) and len(cams) == 24
+        for name in cams:  # whole batches shared: each tile's CAMs to the bit
+            with np.load(one / "cams" / name) as a, np.load(out / "cams" / name) as b:
+                for key in ("cams", "labels", "probabilities"):
+                    np.testing.assert_array_equal(a[key], b[key])
+        summary = json.loads((out / "summary.json").read_text())
+        assert assert_ranks(summary, 2, 24) == 24  # every tile's mask made once
