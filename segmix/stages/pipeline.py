@@ -156,8 +156,10 @@ def run_pipeline(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = 
     """Run (or continue) every stage, or the stages named in ``only``; returns the summary
     written to ``summary.json``."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("segmix run is one process; for several GPUs launch train-cls and"
-                          " train-seg under torchrun, and the other stages on their own")
+        raise ConfigError("segmix run is one process; for several GPUs launch each stage under"
+                          " torchrun into the run's folders (train-cls and train-seg train with"
+                          " DDP; cams, localise, pseudo-masks and predict share their tiles),"
+                          " then segmix run picks up the finished stages")
     validate_stages(config, only)
     val = _val_state(config["data"])
     splits = _splits(config["data"])
