@@ -335,6 +335,29 @@ def test_train_seg_resumes_exactly_and_validates_on_pseudo_masks(pseudo_masks, t
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_train_seg_with_class_balanced_synthesis_resumes_exactly(pseudo_masks, tmp_path,
+                                                                  monkeypatch, capsys):
+    import torch
+
+    csv_path, masks = pseudo_masks
+    settings = seg_settings(csv_path, masks, "synthesis={probability: 1.0, power: 1.0}")
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert cli("train-seg", straight, settings) == 0
+    with open(straight / "metrics.csv", newline="") as handle:
+        assert [row["paste_on"] for row in csv.DictReader(handle)] == ["True", "True"]
+    run_killed_after_first_epoch(monkeypatch, lambda: cli("train-seg", interrupted, settings))
+    assert cli("train-seg", interrupted, settings, "--resume") == 0
+    a = torch.load(straight / "segmenter.pt", weights_only=True)["state_dict"]
+    b = torch.load(interrupted / "segmenter.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    plain = tmp_path / "plain"
+    assert cli("train-seg", plain, seg_settings(csv_path, masks)) == 0
+    c = torch.load(plain / "segmenter.pt", weights_only=True)["state_dict"]
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the paste changed the training
+    assert cli("train-seg", tmp_path / "bad", settings + ["synthesis.probability=2"]) == 2
+    assert "synthesis.probability must be in [0, 1], got 2" in capsys.readouterr().err
+
+
 def test_train_seg_on_ground_truth_is_the_supervised_upper_bound(pseudo_masks, tmp_path, capsys):
     csv_path, _ = pseudo_masks
     out = tmp_path / "upper"

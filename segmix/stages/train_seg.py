@@ -54,6 +54,7 @@ from ..training.settings import (
     resumable_changes,
     validate_training,
 )
+from ..training.synthesis import RareClassPaste, rarity_weights
 from ..training.trainer import EpochTrainer, run_training
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "validate"]
@@ -76,6 +77,9 @@ DEFAULTS: Dict[str, Any] = {
     # Own section names, so that one config file can also hold train-cls's `augment` and `train`.
     "seg_augment": AUGMENT_DEFAULTS,
     "seg_train": {**TRAIN_DEFAULTS, "batch_size": 16, "eval_batch_size": 32, "dice_weight": 1.0},
+    # class-balanced synthesis: with this probability a tile receives the labelled pixels of a
+    # donor of its batch drawn by rarity ((share of train tiles) ** -power); 0: off
+    "synthesis": {"probability": 0.0, "power": 1.0},
 }
 
 
@@ -90,6 +94,12 @@ def validate(config: Dict[str, Any]) -> None:
         raise ConfigError("seg_augment.name=mixup blends pixels, which has no meaning for masks;"
                           " use segmix, cutmix or none")
     check_number("seg_train.dice_weight", config["seg_train"]["dice_weight"], positive=False)
+    synthesis = config["synthesis"]
+    check_number("synthesis.probability", synthesis["probability"], positive=False)
+    if synthesis["probability"] > 1:
+        raise ConfigError(f"synthesis.probability must be in [0, 1], got"
+                          f" {synthesis['probability']!r}")
+    check_number("synthesis.power", synthesis["power"], positive=False)
     model = config["segmenter"]
     check_segmenter_settings(model["arch"], model["encoder"], model["encoder_weights"])
     validate_training(config, train_section="seg_train", augment_section="seg_augment",
@@ -127,6 +137,13 @@ class SegmenterTraining(EpochTrainer):
         val_set = self._validation_set(data, pseudo,
                                        build_transform(augs["eval"], self.image_size, mean, std))
         mixer = build_mixer(config["seg_augment"], len(self.classes), self.image_size, self.epochs)
+        synthesis = config["synthesis"]
+        if synthesis["probability"] > 0:
+            counts = [sum(k in s.labels for s in train_samples) for k in range(len(self.classes))]
+            cooldown = int(config["seg_augment"]["cooldown_epochs"])
+            mixer = RareClassPaste(mixer, rarity_weights(counts, float(synthesis["power"])),
+                                   float(synthesis["probability"]),
+                                   self.epochs - cooldown if cooldown else None)
         self.setup(model, mixer, train_set, val_set)
 
     def _validation_set(self, data: Dict[str, Any], pseudo: Path, transform) -> Optional[TileDataset]:
