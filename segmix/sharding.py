@@ -228,8 +228,8 @@ def finish_share(shard: Shard, output_dir: Path, *, items: int, computed: List[i
                for i in range(shard.count)]
     if any(record is None for record in records):
         waiting = [i for i, record in enumerate(records) if record is None]
-        print(f"shard {shard.index}/{shard.count} done; waiting for shard(s) {waiting} (the last"
-              " one to finish writes the merged outputs)", flush=True)
+        print(f"shard {shard.index}/{shard.count} done; shard(s) {waiting} still to finish (the"
+              " last one to end writes the merged outputs)", flush=True)
         return None
     return _report(records)
 

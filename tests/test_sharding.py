@@ -179,7 +179,7 @@ def test_job_array_shares_merge_when_the_last_one_ends(one_process, segmenter_fi
     out = tmp_path / "array"
     settings = [f"input={images}"]
     assert cli("predict", out, settings + ["shard=1/2"], "--model", str(segmenter_file)) == 0
-    assert "waiting for shard(s) [0]" in capsys.readouterr().out
+    assert "shard(s) [0] still to finish" in capsys.readouterr().out
     assert not (out / "summary.json").exists()
     assert sorted(p.name for p in (out / "masks").glob("*.png")) == ["img1.png", "img3.png"]
     assert cli("predict", out, settings + ["shard=0/2"], "--model", str(segmenter_file)) == 0
