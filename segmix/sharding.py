@@ -1,7 +1,7 @@
 """Per-item stages across processes: each takes a disjoint, deterministic share of the items.
 
-A stage that works item by item (``predict``, ``tile``, ``cams``, ``pseudo-masks``) reads its
-share from one place, :func:`current_shard`:
+A stage that works item by item (``predict``, ``tile``, ``cams``, ``localise``, ``pseudo-masks``)
+reads its share from one place, :func:`current_shard`:
 
 * under ``torchrun`` (``WORLD_SIZE`` > 1), rank ``r`` of ``n`` takes items ``r, r + n, ...``;
   the ranks meet at a barrier (a gloo process group, whatever the device) once their shares are
@@ -32,8 +32,9 @@ from tqdm import tqdm
 from .config import ConfigError
 from .io import read_json, write_json
 
-__all__ = ["Shard", "ShareReport", "Skipped", "current_shard", "check_shard", "join", "settle", "barrier",
-           "wait_for_file", "run_share", "finish_share", "SHARDS_FOLDER", "BARRIER_TIMEOUT"]
+__all__ = ["Shard", "ShareReport", "Skipped", "current_shard", "check_shard", "join", "settle",
+           "barrier", "wait_for_file", "run_share", "finish_share", "SHARDS_FOLDER",
+           "BARRIER_TIMEOUT"]
 
 SHARDS_FOLDER = "shards"
 # How long torchrun's ranks wait at the end for the slowest one (a share of whole slides can take

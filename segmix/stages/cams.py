@@ -158,10 +158,11 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     tta = tta_settings(config)
     seed, batch_size = int(cam_cfg["seed"]), int(cam_cfg["batch_size"])
     splits = {split: read_split(data, split) for split in config["splits"]}
+    names_of = {split: unique_names(samples) for split, samples in splits.items()}
     offsets = dict(zip(splits, np.cumsum([0] + [len(s) for s in splits.values()]).tolist()))
     shared, computed, first_batch = 0, [], 0
     for split, samples in splits.items():
-        names = unique_names(samples)
+        names = names_of[split]
         dataset = TileDataset(samples, len(classes), model_transform(info))
         # Shuffled batches: shuffle TTA then mixes tiles of different classes, as in training.
         # The processes share whole batches of one seeded order (segmix.sharding).
@@ -196,7 +197,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     if report is None:
         return []
     rows = [cam_index_row(split, s, name, classes) for split, samples in splits.items()
-            for s, name in zip(samples, unique_names(samples))]
+            for s, name in zip(samples, names_of[split])]
     write_cam_index(output_dir, rows)
     print(f"wrote {len(rows)} CAM files and {output_dir / DONE_FILE}")
     return rows
