@@ -11,7 +11,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, NamedTuple, Optional
 
 import torch
 import torch.distributed as dist
@@ -19,7 +19,7 @@ import torch.distributed as dist
 from .errors import SegmixError
 from .io import atomic_path
 
-__all__ = ["Runtime", "setup_runtime", "is_main_process", "atomic_torch_save", "load_checkpoint",
+__all__ = ["Runtime", "Launch", "launch", "setup_runtime", "is_main_process", "atomic_torch_save", "load_checkpoint",
            "load_torch_file", "UnsafeFileError", "DeviceError", "DEVICES", "check_device",
            "rng_state", "set_rng_state"]
 
@@ -29,9 +29,24 @@ class UnsafeFileError(SegmixError, ValueError):
     values (a pickle that could run code: never loaded)."""
 
 
+class Launch(NamedTuple):
+    """This process's place among ``torchrun``'s (rank 0 of 1 outside it)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def launch() -> Launch:
+    """``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` as ``torchrun`` sets them (the one place they are
+    read; readable before the process group exists)."""
+    return Launch(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                  int(os.environ.get("LOCAL_RANK", "0")))
+
+
 def is_main_process() -> bool:
     """True outside ``torchrun`` and on its rank 0 (readable before the process group exists)."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return launch().rank == 0
 
 
 @dataclass
@@ -91,9 +106,7 @@ def check_device(device: str, key: str = "device") -> None:
 
 def setup_runtime(device: str = "auto") -> Runtime:
     """Pick the device (``auto``: CUDA when available) and join ``torchrun``'s process group."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world_size, local_rank = launch()
     check_device(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from .config import ConfigError
 from .io import read_json, write_json
+from .runtime import launch
 
 __all__ = ["Shard", "ShareReport", "Skipped", "current_shard", "check_shard", "join", "settle",
            "barrier", "wait_for_file", "run_share", "finish_share", "SHARDS_FOLDER",
@@ -102,7 +103,7 @@ def check_shard(value: Any, key: str = "shard") -> None:
     if value is None:
         return
     _parse(value, key)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launch().world_size > 1:
         raise ConfigError(f"{key} is for runs without torchrun; under torchrun each rank takes its"
                           " share by itself: leave it unset")
 
@@ -110,9 +111,9 @@ def check_shard(value: Any, key: str = "shard") -> None:
 def current_shard(value: Any = None) -> Shard:
     """This process's share: torchrun's rank, else the ``shard`` setting ``value``, else the
     whole."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, world_size, _ = launch()
     if world_size > 1:
-        return Shard(int(os.environ.get("RANK", "0")), world_size, torchrun=True)
+        return Shard(rank, world_size, torchrun=True)
     if value is None:
         return Shard()
     return Shard(*_parse(value, "shard"))
@@ -155,7 +156,7 @@ def join(shard: Shard) -> None:
         dist.barrier()
         return
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        torch.cuda.set_device(launch().local_rank % torch.cuda.device_count())
     dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
     atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
 

@@ -27,3 +27,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory):
+    """Colour-coded tiles (tests/synthetic.py), 16 a class, one red (A) train tile labelled B."""
+    from synthetic import write_csv_dataset
+
+    csv_path = write_csv_dataset(tmp_path_factory.mktemp("planted"), per_class=16, size=32)
+    lines = csv_path.read_text().splitlines()
+    wrong = next(i for i, line in enumerate(lines) if line.startswith("images/A_0.png"))
+    lines[wrong] = lines[wrong].replace(",A,train", ",B,train")
+    csv_path.write_text("\n".join(lines) + "\n")
+    return csv_path

@@ -48,6 +48,15 @@ def train_cls_args(csv_path: Path, out: Path, *settings: str) -> list:
     return ["train-cls", "--output-dir", str(out)] + [a for s in base for a in ("--set", s)]
 
 
+def difficulty_args(csv_path: Path, out: Path, *settings: str) -> list:
+    """``train_cls_args`` for the difficulty memory on the ``planted`` tiles (tests/conftest.py):
+    6 quick epochs without augmentation, a window of 2."""
+    return train_cls_args(csv_path, out, "train.epochs=6", "train.batch_size=8", "train.lr=0.003",
+                          "train.loss=ce", "augment.name=none", "augmentations.train=[]",
+                          "train.difficulty.enabled=true", "train.difficulty.window=2",
+                          "train.difficulty.noisy_probability=0.3", *settings)
+
+
 def read_rows(path: Path) -> list:
     """The rows of a CSV file as dicts."""
     with open(path, newline="") as handle:

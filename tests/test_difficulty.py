@@ -10,7 +10,7 @@ from segmix.training.difficulty import (DifficultyMemory, DifficultySettings, gr
 from segmix.training.sampling import ClassBalancedSampler
 
 from interrupt import run_killed_after_first_epoch
-from synthetic import read_rows, train_cls_args, write_csv_dataset
+from synthetic import difficulty_args as args_for, read_rows
 
 
 def test_label_evidence_takes_the_least_probable_label_and_the_top_class():
@@ -48,24 +48,6 @@ def test_grades_over_the_last_window_of_epochs_and_a_state_round_trip():
         DifficultyMemory(5).load_state_dict(memory.state_dict())
     with pytest.raises(ValueError, match="noisy_probability <= easy_probability"):
         DifficultySettings(easy_probability=0.1, noisy_probability=0.5)
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    """Colour-coded tiles, 12 train tiles a class, one red (A) tile labelled B."""
-    csv_path = write_csv_dataset(tmp_path_factory.mktemp("tiles"), per_class=16, size=32)
-    lines = csv_path.read_text().splitlines()
-    wrong = next(i for i, line in enumerate(lines) if line.startswith("images/A_0.png"))
-    lines[wrong] = lines[wrong].replace(",A,train", ",B,train")
-    csv_path.write_text("\n".join(lines) + "\n")
-    return csv_path
-
-
-def args_for(csv_path, out, *extra):
-    return train_cls_args(csv_path, out, "train.epochs=6", "train.batch_size=8", "train.lr=0.003",
-                          "train.loss=ce", "augment.name=none", "augmentations.train=[]",
-                          "train.difficulty.enabled=true", "train.difficulty.window=2",
-                          "train.difficulty.noisy_probability=0.3", *extra)
 
 
 def test_a_planted_wrong_label_is_graded_noisy_and_pictured(planted, tmp_path):

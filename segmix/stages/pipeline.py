@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -28,6 +27,7 @@ from ..config import ConfigError
 from ..data import count_masks
 from ..io import write_json
 from ..models.factory import create_classifier
+from ..runtime import launch
 from . import Stage, get_stage, holding_output_dir, pipeline_stages, prepare_output_dir
 from .clock import StageClock, recorded_seconds
 
@@ -155,7 +155,7 @@ def run_pipeline(config: Dict[str, Any], output_dir: Path, *, overwrite: bool = 
                  only: Optional[List[str]] = None) -> Dict[str, Any]:
     """Run (or continue) every stage, or the stages named in ``only``; returns the summary
     written to ``summary.json``."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launch().world_size > 1:
         raise ConfigError("segmix run is one process; for several GPUs launch each stage under"
                           " torchrun into the run's folders (train-cls and train-seg train with"
                           " DDP; cams, localise, pseudo-masks and predict share their tiles),"

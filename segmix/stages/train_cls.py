@@ -14,12 +14,16 @@ With ``train.difficulty.enabled`` the classifier reads every train tile again af
 (:mod:`segmix.training.difficulty`, kept in the checkpoint): ``difficulty.csv`` grades every tile
 easy, hard or noisy (consistently and confidently wrong: a label to check), ``likely_mislabelled.png``
 shows the tiles whose label the classifier believes least, and ``metrics.csv`` counts the grades.
+With ``train.difficulty.contrastive.weight`` > 0 a projection head beside the classifier's head adds
+a supervised contrastive loss (:mod:`segmix.training.contrastive`): positives are tiles of the same
+class and difficulty subclass (the hard tiles of a class clustered on their embeddings), and with
+``hard_negatives`` > 0 the classes a class is mistaken for weigh more as its negatives.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +63,13 @@ from ..training.settings import (
     resumable_changes,
     validate_training,
 )
+from ..training.contrastive import (
+    ProjectionClassifier,
+    confusion_weights,
+    contrastive_groups,
+    difficulty_subclasses,
+    supervised_contrastive_loss,
+)
 from ..training.difficulty import (
     GRADES,
     DifficultyMemory,
@@ -86,7 +97,11 @@ DEFAULTS: Dict[str, Any] = {
               "difficulty": {"enabled": False, "window": 3, "easy_probability": 0.7,
                              "noisy_probability": 0.2, "shown": 16,
                              # sampling factors once `window` epochs are graded (1: unchanged)
-                             "hard_weight": 1.0, "noisy_weight": 1.0}},
+                             "hard_weight": 1.0, "noisy_weight": 1.0,
+                             # supervised contrastive loss (weight 0: off) on a projection head
+                             "contrastive": {"weight": 0.0, "temperature": 0.1, "dim": 128,
+                                             "subclasses": 2, "min_share": 0.5,
+                                             "hard_negatives": 0.0}}},
 }
 
 DIFFICULTY_FILE = "difficulty.csv"
@@ -120,12 +135,29 @@ def _difficulty_settings(section: Dict[str, Any]) -> DifficultySettings:
                           f" {section['shown']!r}")
     for key in ("hard_weight", "noisy_weight"):
         check_number(f"train.difficulty.{key}", section[key], positive=False)
+    _check_contrastive(section["contrastive"], enabled=bool(section["enabled"]))
     try:
         return DifficultySettings(window=int(section["window"]),
                                   easy_probability=float(section["easy_probability"]),
                                   noisy_probability=float(section["noisy_probability"]))
     except (TypeError, ValueError) as error:
         raise ConfigError(f"train.difficulty: {error}") from error
+
+
+def _check_contrastive(section: Dict[str, Any], *, enabled: bool) -> None:
+    """Refuse a bad ``train.difficulty.contrastive`` value, naming its key."""
+    key = "train.difficulty.contrastive"
+    check_number(f"{key}.weight", section["weight"], positive=False)
+    check_number(f"{key}.temperature", section["temperature"])
+    for name in ("dim", "subclasses"):
+        check_number(f"{key}.{name}", section[name], integer=True)
+    for name in ("min_share", "hard_negatives"):
+        check_number(f"{key}.{name}", section[name], positive=False)
+        if section[name] > 1:
+            raise ConfigError(f"{key}.{name} must be at most 1, got {section[name]!r}")
+    if float(section["weight"]) > 0 and not enabled:
+        raise ConfigError(f"{key}.weight > 0 needs train.difficulty.enabled: true (its positives"
+                          " are graded by the difficulty memory)")
 
 
 def _loss(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
@@ -157,6 +189,11 @@ class ClassifierTraining(EpochTrainer):
                                   weights=model_cfg["weights"],
                                   drop_rate=float(model_cfg["drop_rate"]))
         mean, std = normalization_of(model)
+        self.classifier = model  # what is evaluated and saved
+        contrastive = config["train"]["difficulty"]["contrastive"]
+        self.contrastive_weight = float(contrastive["weight"])
+        if self.contrastive_weight > 0:
+            model = ProjectionClassifier(model, dim=int(contrastive["dim"]))
         progress = runtime.is_main
         train_set = TileDataset(read_split(data, "train", progress=progress), len(self.classes),
                                 build_transform(augs["train"], self.image_size, mean, std))
@@ -175,6 +212,9 @@ class ClassifierTraining(EpochTrainer):
             self.difficulty = _difficulty_settings(difficulty)
             self.memory = DifficultyMemory(len(train_set))
             self.base_weights = self.sampler.weights.clone() if self.weighted_sampling else None
+            # each tile's difficulty subclass (0 until graded) and the negatives' weights
+            self.subclasses = torch.zeros(len(train_set), dtype=torch.long)
+            self.negative_weights = torch.ones(len(self.classes), len(self.classes))
             self.memory_loader = self.eval_loader(
                 TileDataset(train_set.samples, len(self.classes),
                             build_transform(augs["eval"], self.image_size, mean, std)),
@@ -184,29 +224,57 @@ class ClassifierTraining(EpochTrainer):
         return (f"training {self.config['model']['name']} on {len(self.train_set)} tiles"
                 f" ({len(self.classes)} classes) for {self.epochs} epochs")
 
+    @property
+    def subclass_count(self) -> int:
+        return int(self.config["train"]["difficulty"]["contrastive"]["subclasses"])
+
     def mix(self, batch, generator):
+        """The mixed batch; with the contrastive loss the targets travel with each tile's
+        contrastive group (:func:`contrastive_groups`, from its labels before mixing)."""
         device = self.runtime.device
         images = batch["image"].to(device, non_blocking=True)
-        targets = batch["target"].to(device, non_blocking=True)
-        images, targets, _, _ = self.mixer(images, targets, generator=generator)
-        return images, targets
+        labels = batch["target"].to(device, non_blocking=True)
+        images, targets, _, _ = self.mixer(images, labels, generator=generator)
+        if self.contrastive_weight == 0:
+            return images, targets
+        contrastive = self.config["train"]["difficulty"]["contrastive"]
+        groups = contrastive_groups(targets, labels, self.subclasses[batch["index"]].to(device),
+                                    self.subclass_count, float(contrastive["min_share"]))
+        return images, (targets, groups)
 
     def loss(self, images, targets):
-        return _loss(self.train_model(images).float(), targets, self.loss_kind)
+        if self.contrastive_weight == 0:
+            return _loss(self.train_model(images).float(), targets, self.loss_kind)
+        targets, groups = targets
+        logits, embeddings = self.train_model(images)
+        contrastive = self.config["train"]["difficulty"]["contrastive"]
+        group_classes = torch.arange(len(self.classes) * (self.subclass_count + 1),
+                                     device=groups.device) // (self.subclass_count + 1)
+        weights = self.negative_weights if float(contrastive["hard_negatives"]) > 0 else None
+        supcon = supervised_contrastive_loss(embeddings, groups, float(contrastive["temperature"]),
+                                             negative_weights=weights, group_classes=group_classes)
+        return _loss(logits.float(), targets, self.loss_kind) + self.contrastive_weight * supcon
 
-    def _logits(self, loader: DataLoader, desc: str) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The current model's logits on every tile of ``loader`` and their targets, on the CPU."""
-        logits, targets = [], []
+    def _logits(self, loader: DataLoader, desc: str, *, embed: bool = False
+                ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """The current model's logits on every tile of ``loader``, their targets and (``embed``,
+        with the projection head) their embeddings, on the CPU."""
+        logits, targets, embeddings = [], [], []
         for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
             with self.autocast():
                 images = self.input_layout(batch["image"].to(self.runtime.device))
-                logits.append(self.model(images).float().cpu())
+                if embed:
+                    batch_logits, batch_embeddings = self.model(images)
+                    embeddings.append(batch_embeddings.float().cpu())
+                else:
+                    batch_logits = self.classifier(images)
+                logits.append(batch_logits.float().cpu())
             targets.append(batch["target"])
-        return torch.cat(logits), torch.cat(targets)
+        return torch.cat(logits), torch.cat(targets), torch.cat(embeddings) if embed else None
 
     def evaluate(self) -> Dict[str, float]:
         """Loss and metrics of the current model on the validation split (rank 0's view)."""
-        all_logits, all_targets = self._logits(self.val_loader, "validating")
+        all_logits, all_targets, _ = self._logits(self.val_loader, "validating")
         metrics = classification_metrics(_probabilities(all_logits, self.loss_kind), all_targets)
         metrics["loss"] = float(_loss(all_logits, all_targets, self.loss_kind))
         return {f"val_{k}": v for k, v in metrics.items()}
@@ -221,12 +289,17 @@ class ClassifierTraining(EpochTrainer):
         """With the difficulty memory: read every train tile, remember, grade and write."""
         if self.memory is None:
             return {}
-        logits, targets = self._logits(self.memory_loader, "difficulty")
-        self.memory.record(label_evidence(_probabilities(logits, self.loss_kind), targets))
+        logits, targets, embeddings = self._logits(self.memory_loader, "difficulty",
+                                                   embed=self.contrastive_weight > 0)
+        evidence = label_evidence(_probabilities(logits, self.loss_kind), targets)
+        self.memory.record(evidence)
         rows = self._difficulty_rows()
         write_csv(self.output_dir / DIFFICULTY_FILE, rows)
         self._draw_likely_mislabelled(rows)
-        self._reweigh([row["difficulty"] for row in rows])
+        grades = [row["difficulty"] for row in rows]
+        self._reweigh(grades)
+        if embeddings is not None and len(self.memory.epochs) >= self.difficulty.window:
+            self._regroup(grades, embeddings, evidence["top"], epoch)
         return {f"train_{grade}": sum(r["difficulty"] == grade for r in rows) for grade in GRADES}
 
     def _reweigh(self, grades: List[str]) -> None:
@@ -239,6 +312,18 @@ class ClassifierTraining(EpochTrainer):
                                                     float(difficulty["noisy_weight"]))
         if float(weights.sum()) > 0:  # every tile left out: keep drawing as before
             self.sampler.weights = weights / weights.sum()
+
+    def _regroup(self, grades: List[str], embeddings: torch.Tensor, predicted: torch.Tensor,
+                 epoch: int) -> None:
+        """The contrastive loss's subclasses (hard tiles of each class clustered on their
+        embeddings) and negative weights (from the classes each class is mistaken for), for the
+        next epoch."""
+        primary = torch.tensor([sample.labels[0] for sample in self.train_set.samples])
+        generator = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        self.subclasses = difficulty_subclasses(embeddings, primary.tolist(), grades,
+                                                self.subclass_count, generator)
+        strength = float(self.config["train"]["difficulty"]["contrastive"]["hard_negatives"])
+        self.negative_weights = confusion_weights(primary, predicted, len(self.classes), strength)
 
     def _difficulty_rows(self) -> List[Dict[str, Any]]:
         samples = self.train_set.samples
@@ -259,16 +344,21 @@ class ClassifierTraining(EpochTrainer):
             write_rgb(self.output_dir / MISLABELLED_PICTURE, picture_grid(cells, columns=4))
 
     def stage_state(self) -> Dict[str, Any]:
-        return {} if self.memory is None else {"difficulty": self.memory.state_dict()}
+        if self.memory is None:
+            return {}
+        return {"difficulty": self.memory.state_dict(), "subclasses": self.subclasses.clone(),
+                "negative_weights": self.negative_weights.clone()}
 
     def load_stage_state(self, state: Dict[str, Any]) -> None:
         if self.memory is not None and "difficulty" in state:
             self.memory.load_state_dict(state["difficulty"])
+            self.subclasses = state.get("subclasses", self.subclasses)
+            self.negative_weights = state.get("negative_weights", self.negative_weights)
             if self.memory.epochs:
                 self._reweigh([row["difficulty"] for row in self.memory.table(self.difficulty)])
 
     def save_model(self, path: Path, extra: Dict[str, Any]) -> Dict[str, Any]:
-        return save_classifier(path, self.model, name=self.config["model"]["name"],
+        return save_classifier(path, self.classifier, name=self.config["model"]["name"],
                                classes=self.classes, image_size=self.image_size,
                                extra={**extra, "loss": self.loss_kind})
 
