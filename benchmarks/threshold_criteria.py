@@ -14,7 +14,11 @@ the split's mIoU (with background) at the threshold each criterion picks, withou
   runs to the histogram's edge, where a sliver of scores clipped to 0 is a "mode" of no spread;
 - ``two normals (EM)``: a two-normal mixture fitted to the pooled histogram without its first and
   last bin (scores clipped to 0 and 1), cut where the two weighted densities cross;
-- ``per-tile otsu`` / ``per-tile min-error``: each tile cut at its own threshold.
+- ``per-tile otsu`` / ``per-tile min-error``: each tile cut at its own threshold;
+- ``expected mIoU``: the scores read as foreground probabilities, the threshold that maximises the
+  split's expected mIoU (background and each class, from each class's own tiles' histogram, the
+  pixels outside the tissue counted as background); ``pooled expected IoU``: the same with one
+  histogram for all classes.
 
 Prints a table and writes ``threshold_criteria.json`` beside each run.
 """
@@ -107,13 +111,15 @@ def collect(run: Path, split: str) -> Dict[str, np.ndarray]:
     config, base, localiser_dir, tiles = run_inputs(run, split)
     data = config["data"]
     num_classes = len(dataset_classes(data))
-    histograms, confusions = [], []
+    histograms, confusions, classes, outside = [], [], [], []
     for tile in tqdm(tiles, desc=f"{run.name} {split}", unit="tile"):
         inputs = _inputs(tile, localiser_dir)
         scores, inside = threshold_scores(inputs["cams"], inputs["labels"], base,
                                           images=inputs["images"], foreground=inputs["foreground"])
         histograms.append(torch.histc(scores[inside].float().clamp(0, 1), bins=BINS, min=0,
                                       max=1).numpy())
+        classes.append(int(torch.nonzero(inputs["labels"][0])[0, 0]))
+        outside.append(float((~inside).sum()))
         truth = torch.from_numpy(_truth(tile, data, inputs["labels"], num_classes))
         per_threshold = []
         for threshold in GRID:
@@ -123,7 +129,27 @@ def collect(run: Path, split: str) -> Dict[str, np.ndarray]:
             per_threshold.append(matrix.counts.numpy().copy())
         confusions.append(np.stack(per_threshold))
     return {"histograms": np.stack(histograms), "confusions": np.stack(confusions),
+            "classes": np.array(classes), "outside": np.array(outside),
             "values": np.array(config["sweep"]["values"], dtype=float)}
+
+
+def expected_miou(histograms: np.ndarray, outside: float) -> float:
+    """The threshold maximising the expected mIoU when the scores are foreground probabilities:
+    ``histograms`` ``[C, BINS]``, one per class (its tiles' scores inside the tissue), ``outside``
+    the pixels outside the tissue (background)."""
+    best, chosen = -1.0, 0.5
+    for cut in range(1, BINS):
+        below, above = histograms[:, :cut], histograms[:, cut:]
+        background = ((outside + (below * (1 - CENTRES[:cut])).sum())
+                      / (outside + below.sum() + (above * (1 - CENTRES[cut:])).sum()))
+        ious = [background]
+        for low, high in zip(below, above):
+            if low.sum() + high.sum() > 0:
+                denominator = high.sum() + (low * CENTRES[:cut]).sum()
+                ious.append((high * CENTRES[cut:]).sum() / denominator if denominator else 0.0)
+        if np.mean(ious) > best:
+            best, chosen = float(np.mean(ious)), cut / BINS
+    return chosen
 
 
 def miou(counts: np.ndarray) -> float:
@@ -149,6 +175,10 @@ def measure(run: Path, split: str) -> Dict[str, object]:
     values = list(data["values"])
     chosen = {"otsu": otsu(pooled), "min-error on the sweep values": min_error(pooled, values),
               "two normals (EM)": two_normals(pooled)}
+    by_class = np.stack([histograms[data["classes"] == k].sum(0)
+                         for k in np.unique(data["classes"])])
+    chosen["expected mIoU"] = expected_miou(by_class, float(data["outside"].sum()))
+    chosen["pooled expected IoU"] = expected_miou(pooled[None], float(data["outside"].sum()))
     result: Dict[str, object] = {
         "run": str(run), "split": split, "tiles": len(histograms),
         "by_masks": float(GRID[int(np.argmax(curve))]), "mIoU_by_masks": max(curve),

@@ -28,7 +28,7 @@ from segmix.config import apply_overrides, load_config
 from segmix.data import dataset_classes
 from segmix.stages.foreground_weight import resolve_foreground_weight
 from segmix.stages.pseudo_masks import DEFAULTS, _inputs, _masks, _truth, histogram_sweep, sweep
-from segmix.stages.tile_quality import TileQuality
+from segmix.stages.tile_quality import measure_tile
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -59,16 +59,16 @@ def measure(run: Path, split: str, overrides: List[str]) -> Dict[str, Any]:
     by_histogram, eta_table = histogram_sweep(tiles, base, values, localiser_dir)
     miou = {row["threshold"]: row["mIoU"] for row in table}
     chosen = PseudoMaskConfig.from_dict({**base.to_dict(), "threshold": by_histogram})
-    quality, truth_iou = TileQuality(chosen, num_classes), []
+    qualities, truth_iou = [], []
     for tile in tiles:
         inputs = _inputs(tile, localiser_dir)
         mask = _masks(inputs, chosen).numpy()
         truth = _truth(tile, data, inputs["labels"], num_classes)
-        quality.add(split, tile.name, inputs, mask)
+        qualities.append(measure_tile(inputs, chosen)[0])
         matrix = ConfusionMatrix(num_classes)
         matrix.update(torch.from_numpy(mask), torch.from_numpy(truth))
         truth_iou.append(segmentation_metrics(matrix, "with_background")["mIoU"])
-    scores = np.array([row["quality"] for row in quality.rows])
+    scores = np.array(qualities)
     return {"run": str(run), "split": split, "overrides": overrides, "tiles": len(tiles),
             "values": values,
             "by_masks": by_masks, "mIoU_by_masks": miou[by_masks],

@@ -339,6 +339,14 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     predictor = Predictor(config["segmenter_path"], settings, config["classifier_path"])
     num_classes = len(predictor.classes)
     write_legend(output_dir / MASKS_FOLDER, predictor.classes)
+    rows: Dict[str, Dict[str, Any]] = {}  # the rows of predictions.csv made here, by name
+
+    def row_of(image_path: Path, name: str, mask: np.ndarray) -> Dict[str, Any]:
+        fractions = np.bincount(mask.ravel(), minlength=num_classes + 1) / mask.size
+        return {"image": str(image_path),
+                "mask": str(prediction_mask_path(output_dir, name).relative_to(output_dir)),
+                "height": mask.shape[0], "width": mask.shape[1],
+                **{c: fractions[i] for i, c in enumerate(["background", *predictor.classes])}}
 
     def compute(item: Tuple[Path, str], bar: Any) -> Any:
         image_path, name = item
@@ -355,6 +363,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         mask, probs = predictor(image, settings["probabilities"],
                                 on_row=lambda done, total: bar.set_postfix(rows=f"{done}/{total}"))
         write_mask_png(paths["mask"], mask, num_classes)
+        rows[name] = row_of(image_path, name, mask)
         if probs is not None:
             atomic_write_npz(paths["probabilities"], probabilities=probs,
                              classes=np.array(["background", *predictor.classes]))
@@ -365,26 +374,20 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     report = run_share(items, compute, shard, output_dir, desc="predicting", unit="image")
     if report is None:
         return {"shard": shard.name, "merged": False}
-    rows: Dict[int, Dict[str, Any]] = {}  # by position in items: merged from the masks on disk
+    merged = {}  # by position in items: the rows made here, the others from the masks on disk
     for position, (image_path, name) in enumerate(items):
-        if position in report.skipped:
-            continue
-        mask_path = prediction_mask_path(output_dir, name)
-        mask = read_mask_png(mask_path)
-        fractions = np.bincount(mask.ravel(), minlength=num_classes + 1) / mask.size
-        rows[position] = {
-            "image": str(image_path), "mask": str(mask_path.relative_to(output_dir)),
-            "height": mask.shape[0], "width": mask.shape[1],
-            **{c: fractions[i] for i, c in enumerate(["background", *predictor.classes])}}
-    pixels = sum(rows[p]["height"] * rows[p]["width"] for p in report.computed)
+        if position not in report.skipped:
+            merged[position] = rows.get(name) or row_of(
+                image_path, name, read_mask_png(prediction_mask_path(output_dir, name)))
+    pixels = sum(merged[p]["height"] * merged[p]["width"] for p in report.computed)
     skipped = list(report.skipped.values())
     _warn_skipped(skipped, "image")
-    write_csv(output_dir / "predictions.csv", list(rows.values()))
+    write_csv(output_dir / "predictions.csv", list(merged.values()))
     summary = {"segmenter": str(config["segmenter_path"]),
                "classifier": config["classifier_path"] and str(config["classifier_path"]),
-               "classifier_weight": settings["classifier_weight"], "images": len(rows),
+               "classifier_weight": settings["classifier_weight"], "images": len(merged),
                "predicted_now": len(report.computed),
-               "already_done": len(rows) - len(report.computed), "skipped": skipped,
+               "already_done": len(merged) - len(report.computed), "skipped": skipped,
                "seconds": report.seconds, "ranks": report.ranks,
                "megapixels_per_s": pixels / 1e6 / report.seconds if report.computed else None}
     write_json(output_dir / DONE_FILE, summary)

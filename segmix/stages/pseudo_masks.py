@@ -74,7 +74,13 @@ from ..io import write_csv, write_json
 from ..sharding import check_shard, current_shard, join, run_share
 from .foreground_weight import AUTO_WEIGHT, checked_weight, resolve_foreground_weight, uses_foreground
 from .from_run import from_run_config, validate_from_run
-from .tile_quality import QUALITY_FILE, WORST_PICTURE, TileQuality
+from .tile_quality import (
+    QUALITY_FILE,
+    WORST_PICTURE,
+    TileQuality,
+    measure_tile,
+    quality_picture,
+)
 
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "sweep", "validate"]
 
@@ -325,6 +331,10 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
             raise ConfigError(f"no CAMs for split {split!r} in {config['cams_dir']}; run `segmix"
                               f" cams` with splits including {split!r}")
 
+    # the quality check reads how the class scores split at a threshold background
+    checked = settings.background == "threshold"
+    measured: Dict[Tuple[str, str], Tuple[float, float]] = {}  # the qualities computed here
+
     def compute(tile: CamRecord, bar: Any) -> bool:
         outputs = [pseudo_mask_path(output_dir, tile.split, tile.name)]
         if config["overlays"]:
@@ -336,6 +346,8 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         write_mask_png(outputs[0], mask, len(classes))
         if config["overlays"]:
             write_rgb(outputs[1], overlay(inputs["rgb"], mask, len(classes)))
+        if checked:
+            measured[tile.split, tile.name] = measure_tile(inputs, settings)
         return True
 
     everything = [tile for split_tiles in by_split.values() for tile in split_tiles]
@@ -344,8 +356,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         return {"shard": shard.name, "merged": False}
     summary["ranks"] = report.ranks
     rows, metrics = [], {}
-    # the quality check reads how the class scores split at a threshold background
-    checker = TileQuality(settings, len(classes)) if settings.background == "threshold" else None
+    checker = TileQuality() if checked else None
     for split, split_tiles in by_split.items():  # merged from the masks on disk
         matrix = ConfusionMatrix(len(classes))
         scored = 0
@@ -354,8 +365,10 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
             mask = read_mask_png(path)
             labels = torch.from_numpy(read_cam_labels(tile.cam_path).astype(np.float32))[None]
             quality = None
-            if checker is not None:
-                quality = checker.add(split, tile.name, _inputs(tile, localiser_dir), mask)
+            if checker is not None:  # measured here, or by another process or an earlier run
+                quality, tissue = (measured.get((split, tile.name))
+                                   or measure_tile(_inputs(tile, localiser_dir), settings))
+                checker.add(split, tile.name, quality, tissue)
             truth = _truth(tile, data, labels, len(classes))
             if truth is not None:
                 matrix.update(torch.from_numpy(mask), torch.from_numpy(truth))
@@ -374,7 +387,14 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
                   f" {metrics[split]['with_background']['foreground_iou']:.4f}", flush=True)
     write_csv(output_dir / "masks.csv", rows)
     if checker is not None:
-        summary["quality"] = checker.write(output_dir)
+        records = {(tile.split, tile.name): tile for tile in everything}
+
+        def picture(split: str, name: str) -> np.ndarray:
+            mask = read_mask_png(pseudo_mask_path(output_dir, split, name))
+            return quality_picture(_inputs(records[split, name], localiser_dir), mask, settings,
+                                   len(classes))
+
+        summary["quality"] = checker.write(output_dir, picture)
         print(f"tile quality without masks (eta at the threshold, 0-1; median"
               f" {summary['quality']['median']}): the least clean tiles are in"
               f" {output_dir / QUALITY_FILE} and {output_dir / WORST_PICTURE}", flush=True)

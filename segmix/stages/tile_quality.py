@@ -7,9 +7,8 @@ docs/benchmarks.md ("Threshold without masks")."""
 
 from __future__ import annotations
 
-import heapq
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 
@@ -18,53 +17,58 @@ from pseudo_masks import PseudoMaskConfig, ScoreHistogram, threshold_scores
 from ..data import captioned, overlay, picture_grid, write_rgb
 from ..io import write_csv
 
-__all__ = ["QUALITY_FILE", "WORST_PICTURE", "TileQuality"]
+__all__ = ["QUALITY_FILE", "WORST_PICTURE", "TileQuality", "measure_tile", "quality_picture"]
 
 QUALITY_FILE = "tiles_by_quality.csv"
 WORST_PICTURE = "worst_tiles.png"
 
 
+def _split_scores(inputs: Dict[str, Any], settings: PseudoMaskConfig):
+    return threshold_scores(inputs["cams"], inputs["labels"], settings, images=inputs["images"],
+                            foreground=inputs["foreground"])
+
+
+def measure_tile(inputs: Dict[str, Any], settings: PseudoMaskConfig) -> Tuple[float, float]:
+    """A tile's quality (``eta`` of its class scores at the threshold) and tissue share, from the
+    ``inputs`` the pseudo-mask stage builds for it."""
+    scores, inside = _split_scores(inputs, settings)
+    histogram = ScoreHistogram()
+    histogram.add(scores, inside)
+    return histogram.split(settings.threshold)["eta"], float(inside.float().mean())
+
+
+def quality_picture(inputs: Dict[str, Any], mask: np.ndarray, settings: PseudoMaskConfig,
+                    num_classes: int) -> np.ndarray:
+    """The tile, its pseudo ``mask`` over it and its class score in grey, side by side."""
+    scores, _ = _split_scores(inputs, settings)
+    grey = np.rint(scores[0].clamp(0, 1).numpy() * 255).astype(np.uint8)
+    return np.concatenate([inputs["rgb"], overlay(inputs["rgb"], mask, num_classes),
+                           np.repeat(grey[..., None], 3, axis=2)], axis=1)
+
+
 class TileQuality:
-    """Collects each tile's quality as its masks are made, then writes the table and picture; the
-    picture of a tile is drawn only while it is among the ``shown`` least clean so far."""
+    """Collects each tile's quality (:func:`measure_tile`), then writes the table and the picture
+    of the ``shown`` least clean tiles."""
 
-    def __init__(self, settings: PseudoMaskConfig, num_classes: int, shown: int = 8) -> None:
-        self.settings, self.num_classes, self.shown = settings, num_classes, shown
+    def __init__(self, shown: int = 8) -> None:
+        self.shown = shown
         self.rows: List[Dict[str, Any]] = []
-        # the `shown` least clean so far, as a heap whose top is the cleanest of them (the later
-        # of equals, as a stable sort by quality would place it): (-quality, -row, picture)
-        self.worst: List[Tuple[float, int, np.ndarray]] = []
 
-    def add(self, split: str, name: str, inputs: Dict[str, Any], mask: np.ndarray) -> float:
-        """The quality of one tile (``inputs`` as the stage builds them, ``mask`` its pseudo mask)."""
-        scores, inside = threshold_scores(inputs["cams"], inputs["labels"], self.settings,
-                                          images=inputs["images"], foreground=inputs["foreground"])
-        histogram = ScoreHistogram()
-        histogram.add(scores, inside)
-        quality = histogram.split(self.settings.threshold)["eta"]
-        key = (-quality, -len(self.rows))
+    def add(self, split: str, name: str, quality: float, tissue_share: float) -> None:
         self.rows.append({"split": split, "tile": name, "quality": quality,
-                          "tissue_share": float(inside.float().mean())})
-        if len(self.worst) < self.shown or key > self.worst[0][:2]:
-            grey = np.rint(scores[0].clamp(0, 1).numpy() * 255).astype(np.uint8)
-            picture = np.concatenate([inputs["rgb"], overlay(inputs["rgb"], mask, self.num_classes),
-                                      np.repeat(grey[..., None], 3, axis=2)], axis=1)
-            item = (*key, picture)
-            if len(self.worst) < self.shown:
-                heapq.heappush(self.worst, item)
-            else:
-                heapq.heapreplace(self.worst, item)
-        return quality
+                          "tissue_share": tissue_share})
 
-    def write(self, output_dir: Path) -> Dict[str, Any]:
-        """Write the table and the picture; return the summary entry (median quality per split,
-        the worst tiles)."""
+    def write(self, output_dir: Path,
+              picture: Callable[[str, str], np.ndarray]) -> Dict[str, Any]:
+        """Write the table and the picture (``picture(split, tile)`` draws one of the least clean
+        tiles, :func:`quality_picture`); return the summary entry (median quality per split, the
+        worst tiles)."""
         order = sorted(range(len(self.rows)), key=lambda index: self.rows[index]["quality"])
         ordered = [self.rows[index] for index in order]
         write_csv(output_dir / QUALITY_FILE, ordered)
-        pictures = {-row: picture for _, row, picture in self.worst}
-        cells = [captioned(pictures[index], f"{r['split']}/{r['tile']}  quality {r['quality']:.2f}")
-                 for index, r in zip(order[:self.shown], ordered)]
+        cells = [captioned(picture(r["split"], r["tile"]),
+                           f"{r['split']}/{r['tile']}  quality {r['quality']:.2f}")
+                 for r in ordered[:self.shown]]
         if cells:
             write_rgb(output_dir / WORST_PICTURE, picture_grid(cells))
         splits = sorted({r["split"] for r in self.rows})
