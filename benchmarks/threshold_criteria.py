@@ -18,9 +18,14 @@ the split's mIoU (with background) at the threshold each criterion picks, withou
 - ``expected mIoU``: the scores read as foreground probabilities, the threshold that maximises the
   split's expected mIoU (background and each class, from each class's own tiles' histogram, the
   pixels outside the tissue counted as background); ``pooled expected IoU``: the same with one
-  histogram for all classes.
+  histogram for all classes;
+- ``the stage's rule``: what ``sweep.criterion: histogram`` does (``pseudo_masks.choose_threshold``
+  on the config's sweep values): Otsu where the best ``eta`` is at least 0.75, else the expected
+  mIoU.
 
-Prints a table and writes ``threshold_criteria.json`` beside each run.
+``--stride N`` reads every N-th tile of the split only (a large split in less time).
+
+Prints a table and writes ``threshold_criteria_<split>.json`` beside each run.
 """
 
 from __future__ import annotations
@@ -34,7 +39,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pseudo_masks import ConfusionMatrix, PseudoMaskConfig, ScoreHistogram, segmentation_metrics
+from pseudo_masks import (
+    ConfusionMatrix,
+    PseudoMaskConfig,
+    ScoreHistogram,
+    choose_threshold,
+    segmentation_metrics,
+)
 from pseudo_masks.generate import threshold_scores
 from segmix.data import dataset_classes
 from segmix.stages.pseudo_masks import _inputs, _masks, _truth
@@ -106,9 +117,11 @@ def two_normals(counts: np.ndarray, iterations: int = 500) -> float:
     return float(CENTRES[between[0]]) if len(between) else float("nan")
 
 
-def collect(run: Path, split: str) -> Dict[str, np.ndarray]:
-    """Per tile: the score histogram inside its tissue and its confusion matrix at each of GRID."""
+def collect(run: Path, split: str, stride: int = 1) -> Dict[str, np.ndarray]:
+    """Per tile (every ``stride``-th): the score histogram inside its tissue and its confusion
+    matrix at each of GRID."""
     config, base, localiser_dir, tiles = run_inputs(run, split)
+    tiles = tiles[::stride]
     data = config["data"]
     num_classes = len(dataset_classes(data))
     histograms, confusions, classes, outside = [], [], [], []
@@ -158,8 +171,21 @@ def miou(counts: np.ndarray) -> float:
     return 100 * segmentation_metrics(matrix, "with_background")["mIoU"]
 
 
-def measure(run: Path, split: str) -> Dict[str, object]:
-    data = collect(run, split)
+def stage_rule(data: Dict[str, np.ndarray], values: List[float]) -> Dict[str, object]:
+    """``pseudo_masks.choose_threshold`` on the collected histograms (one per class)."""
+    histograms = []
+    for k in np.unique(data["classes"]):
+        histogram = ScoreHistogram(BINS)
+        histogram.counts = data["histograms"][data["classes"] == k].sum(0).astype(float)
+        histogram.outside = float(data["outside"][data["classes"] == k].sum())
+        histograms.append(histogram)
+    threshold, rule, table = choose_threshold(histograms, values)
+    return {"threshold": float(threshold), "rule": rule,
+            "best_eta": max(row["eta"] for row in table)}
+
+
+def measure(run: Path, split: str, stride: int = 1) -> Dict[str, object]:
+    data = collect(run, split, stride)
     histograms, confusions = data["histograms"], data["confusions"]
     curve = [miou(confusions[:, i].sum(0)) for i in range(len(GRID))]
 
@@ -185,6 +211,10 @@ def measure(run: Path, split: str) -> Dict[str, object]:
         "curve": dict(zip(map(float, GRID), curve)),
         "criteria": {name: {"threshold": t, "mIoU": at(t)} for name, t in chosen.items()},
     }
+    rule = stage_rule(data, values)
+    result["best_eta"] = rule["best_eta"]
+    result["criteria"][f"the stage's rule ({rule['rule']})"] = {
+        "threshold": rule["threshold"], "mIoU": at(rule["threshold"])}
     result["criteria"]["per-tile otsu"] = {"threshold": None, "mIoU": per_tile(otsu)}
     result["criteria"]["per-tile min-error"] = {
         "threshold": None, "mIoU": per_tile(lambda h: min_error(h, list(GRID)))}
@@ -195,14 +225,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+")
     parser.add_argument("--split", default="val")
+    parser.add_argument("--stride", type=int, default=1)
     args = parser.parse_args()
     lines = ["| run (split) | criterion | threshold | mIoU | below the masks' best |",
              "|---|---|---|---|---|"]
     for run in args.runs:
-        result = measure(run, args.split)
-        (run / "threshold_criteria.json").write_text(json.dumps(result, indent=2))
+        result = measure(run, args.split, args.stride)
+        (run / f"threshold_criteria_{args.split}.json").write_text(json.dumps(result, indent=2))
         best = result["mIoU_by_masks"]
-        lines.append(f"| {run.name} ({args.split}) | masks (grid 0.1-0.7) |"
+        every = f", every {args.stride}th tile" if args.stride > 1 else ""
+        lines.append(f"| {run.name} ({args.split}{every}, {result['tiles']} tiles, best eta"
+                     f" {result['best_eta']:.2f}) | masks (grid 0.1-0.7) |"
                      f" {result['by_masks']:.3f} | {best:.1f} | - |")
         for name, row in result["criteria"].items():
             threshold = "per tile" if row["threshold"] is None else f"{row['threshold']:.3f}"

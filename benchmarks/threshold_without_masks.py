@@ -56,7 +56,7 @@ def measure(run: Path, split: str, overrides: List[str]) -> Dict[str, Any]:
     values = list(sweep_cfg["values"])
     by_masks, table = sweep(tiles, data, base, "threshold", values, "with_background", "mIoU",
                             localiser_dir)
-    by_histogram, eta_table = histogram_sweep(tiles, base, values, localiser_dir)
+    by_histogram, _, eta_table = histogram_sweep(tiles, base, values, localiser_dir)
     miou = {row["threshold"]: row["mIoU"] for row in table}
     chosen = PseudoMaskConfig.from_dict({**base.to_dict(), "threshold": by_histogram})
     qualities, truth_iou = [], []

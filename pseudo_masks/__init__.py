@@ -18,12 +18,12 @@ from .generate import (
     threshold_scores,
     trivial_masks,
 )
-from .threshold import ScoreHistogram
+from .threshold import ScoreHistogram, choose_threshold, expected_miou
 from .tissue import tissue_background
 
 __all__ = [
     "BACKGROUNDS", "IGNORE_INDEX", "PROTOCOLS", "ConfusionMatrix", "PseudoMaskConfig",
-    "ScoreHistogram", "class_maps", "threshold_scores",
+    "ScoreHistogram", "choose_threshold", "class_maps", "expected_miou", "threshold_scores",
     "affinity_refine",
     "cams_to_masks", "segmentation_metrics", "tissue_background", "trivial_masks",
 ]

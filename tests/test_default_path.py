@@ -1,6 +1,6 @@
 """The README's path for a user's own tiles: a copy of configs/ebhi.yaml, pointed at a CSV with
 labels only, runs every stage on the default path (the feature-axis localiser decides foreground,
-the score histogram the threshold) and writes the quality files for a person to check."""
+the class scores' histograms the threshold) and writes the quality files for a person to check."""
 
 import json
 from pathlib import Path
@@ -33,9 +33,11 @@ def test_a_copy_of_the_ebhi_config_runs_the_default_path_on_labels_only(tmp_path
     out = tmp_path / "runs" / "mydata"
     assert json.loads((out / "localiser" / "summary.json").read_text())["method"] == "axis"
     assert "masks.foreground_weight (auto): 1.0 (the axis localiser's maps" in printed
-    assert "chosen by the score histogram (no masks" in printed
     pseudo = json.loads((out / "pseudo-masks" / "summary.json").read_text())
     assert pseudo["sweep"]["criterion"] == "histogram" and pseudo["settings"]["foreground_weight"] == 1.0
+    said = {"otsu": "chosen by the score histogram (no masks",
+            "expected_miou": "chosen by the expected mIoU (no masks"}[pseudo["sweep"]["rule"]]
+    assert said in printed
     assert pseudo["settings"]["max_hole"] == 1000 and "val" in pseudo["quality"]["median"]
     for name in ("tiles_by_quality.csv", "worst_tiles.png"):
         assert (out / "pseudo-masks" / name).is_file()

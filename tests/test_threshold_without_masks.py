@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pseudo_masks import ScoreHistogram
+from pseudo_masks import ScoreHistogram, choose_threshold, expected_miou
 from segmix.cli import main
 
 from synthetic import write_csv_dataset
@@ -32,7 +32,45 @@ def test_the_histogram_chooses_the_valley_of_two_modes():
     inside = torch.cat([torch.ones(10000, dtype=torch.bool), torch.zeros(5000, dtype=torch.bool)])
     masked.add(scores, inside)
     assert np.array_equal(masked.counts, histogram.counts)
+    assert masked.outside == 5000
     assert ScoreHistogram().split(0.5) == {"eta": 0.0, "foreground_share": 0.0}
+
+
+def histogram_of(values, outside=0):
+    histogram = ScoreHistogram(bins=10)
+    histogram.add(torch.tensor(values))
+    histogram.outside = float(outside)
+    return histogram
+
+
+def test_expected_miou_reads_the_scores_as_foreground_probabilities():
+    # class 1: scores 0.95 (x2) and 0.25; class 2: 0.65 and 0.15; 3 pixels outside the tissue
+    one, two = histogram_of([0.95, 0.95, 0.25], outside=2), histogram_of([0.65, 0.15], outside=1)
+    # at 0.5: class 1 keeps the two 0.95 pixels: 1.9 / (2 + 0.25); class 2 keeps 0.65:
+    # 0.65 / (1 + 0.15); background: (3 + 0.75 + 0.85) / (3 + 2 + 0.1 + 0.35)
+    expected = np.mean([1.9 / 2.25, 0.65 / 1.15, 4.6 / 5.45])
+    assert expected_miou([one, two], 0.5) == pytest.approx(expected)
+    assert expected_miou([one, two, ScoreHistogram(bins=10)], 0.5) == pytest.approx(expected)
+
+
+def test_the_threshold_rule_uses_otsu_on_a_clean_split_and_the_expected_miou_otherwise():
+    generator = torch.Generator().manual_seed(0)
+    values = [0.2, 0.3, 0.4, 0.5, 0.6]
+    clean = ScoreHistogram()
+    clean.add(torch.cat([0.15 + 0.03 * torch.randn(5000, generator=generator),
+                         0.75 + 0.03 * torch.randn(5000, generator=generator)]).clamp(0, 1))
+    chosen, rule, table = choose_threshold([clean], values)
+    assert rule == "otsu" and max(row["eta"] for row in table) >= 0.75
+    assert chosen == clean.choose(values)[0]
+    # one broad hump: no clean split, so the largest expected mIoU of the table
+    hump = ScoreHistogram()
+    hump.add((0.55 + 0.2 * torch.randn(20000, generator=generator)).clamp(0, 1))
+    chosen, rule, table = choose_threshold([hump], values)
+    assert rule == "expected_miou" and max(row["eta"] for row in table) < 0.75
+    assert chosen == max(table, key=lambda row: row["expected_mIoU"])["threshold"]
+    assert [row["expected_mIoU"] for row in table] == [expected_miou([hump], t) for t in values]
+    # the same hump, clean_split lowered under its eta: Otsu's choice
+    assert choose_threshold([hump], values, clean_split=0.5)[:2] == (hump.choose(values)[0], "otsu")
 
 
 def labels_only(csv_path):
@@ -77,13 +115,16 @@ def test_without_masks_the_sweep_chooses_from_the_histogram_and_says_so(cams, tm
         csv_path, f"cams_dir={cams_dir}", "splits=[train, val]", "masks.tissue_prior=true",
         f"sweep={{enabled: true, key: threshold, values: {values}, split: val}}")]) == 0
     log = capsys.readouterr().out
-    assert "chosen by the score histogram (no masks" in log
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sweep"]["criterion"] == "histogram"
     with open(out / "sweep.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
     assert [float(row["threshold"]) for row in table] == values
-    best = max(table, key=lambda row: float(row["eta"]))
+    clean = max(float(row["eta"]) for row in table) >= 0.75
+    assert summary["sweep"]["rule"] == ("otsu" if clean else "expected_miou")
+    assert ("chosen by the score histogram (no masks" if clean
+            else "chosen by the expected mIoU (no masks") in log
+    best = max(table, key=lambda row: float(row["eta" if clean else "expected_mIoU"]))
     assert summary["sweep"]["chosen"] == float(best["threshold"])
     assert summary["settings"]["threshold"] == summary["sweep"]["chosen"]
     assert len(list((out / "masks" / "val").glob("*.png"))) == 3

@@ -37,6 +37,7 @@ from pseudo_masks import (
     ConfusionMatrix,
     PseudoMaskConfig,
     ScoreHistogram,
+    choose_threshold,
     cams_to_masks,
     segmentation_metrics,
     threshold_scores,
@@ -90,12 +91,14 @@ DONE_FILE = SUMMARY_FILE
 RESUMABLE_CHANGES = {"data.on_bad_file"}
 SWEEP_METRICS = ("mIoU", "FwIoU", "foreground_iou", "mDice")
 # How the sweep chooses: `masks`, the best score against the split's ground truth; `histogram`, no
-# masks needed (pseudo_masks.threshold: the threshold that best splits the class scores in two);
-# `auto`, masks where every tile of the split has one, else the histogram.
+# masks needed (pseudo_masks.choose_threshold: Otsu's split of the class scores where they split
+# cleanly, else the largest expected mIoU); `auto`, masks where every tile of the split has one,
+# else the histogram.
 SWEEP_CRITERIA = ("auto", "masks", "histogram")
-# Below this split quality (eta) the histogram's choice is uncertain: WBC-d2's axis maps split at
-# 0.81 and the choice matched the masks', EBHI-Seg's at 0.66 and it was 9.6 mIoU points off
-# (docs/benchmarks.md, "Threshold without masks").
+# From this split quality (Otsu's eta) up the histogram is cut where it splits in two: WBC-d2's axis
+# maps split at 0.80-0.81 and Otsu matched the masks' choice; EBHI-Seg's split at 0.66, where Otsu
+# was 4-10 mIoU points off and the expected mIoU 0.3 (docs/benchmarks.md, "Mask-free threshold
+# criteria").
 CLEAN_SPLIT = 0.75
 
 DEFAULTS: Dict[str, Any] = {
@@ -263,16 +266,20 @@ def sweep(tiles: List[CamRecord], data: Dict[str, Any], base: PseudoMaskConfig, 
 
 
 def histogram_sweep(tiles: List[CamRecord], base: PseudoMaskConfig, values: List[float],
-                    localiser_dir: Optional[Path] = None) -> Tuple[float, List[Dict[str, Any]]]:
-    """Choose the threshold among ``values`` without masks: the one that best splits the class
-    scores of ``tiles`` (inside their tissue, with the tissue prior) in two; returns it and the
-    table (:class:`pseudo_masks.ScoreHistogram`)."""
-    histogram = ScoreHistogram()
+                    localiser_dir: Optional[Path] = None
+                    ) -> Tuple[float, str, List[Dict[str, Any]]]:
+    """Choose the threshold among ``values`` without masks, from the class scores of ``tiles``
+    (inside their tissue, with the tissue prior), one histogram per class (a tile counts for its
+    first label): :func:`pseudo_masks.choose_threshold`. Returns the threshold, the criterion used
+    and the table."""
+    histograms: Dict[int, ScoreHistogram] = {}
     for tile in tqdm(tiles, desc="score histogram", unit="tile"):
         inputs = _inputs(tile, localiser_dir)
-        histogram.add(*threshold_scores(inputs["cams"], inputs["labels"], base,
-                                        images=inputs["images"], foreground=inputs["foreground"]))
-    return histogram.choose(values)
+        first = int(torch.nonzero(inputs["labels"][0])[0, 0]) if inputs["labels"].any() else -1
+        histograms.setdefault(first, ScoreHistogram()).add(
+            *threshold_scores(inputs["cams"], inputs["labels"], base, images=inputs["images"],
+                              foreground=inputs["foreground"]))
+    return choose_threshold(list(histograms.values()), values, CLEAN_SPLIT)
 
 
 def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
@@ -307,20 +314,21 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
                                   list(sweep_cfg["values"]), sweep_cfg["protocol"],
                                   sweep_cfg["metric"], localiser_dir)
             by = f"{sweep_cfg['metric']} ({sweep_cfg['protocol']}) against the ground truth"
+            rule = "masks"
         else:
-            chosen, table = histogram_sweep(sweep_tiles, settings, list(sweep_cfg["values"]),
-                                            localiser_dir)
+            chosen, rule, table = histogram_sweep(sweep_tiles, settings,
+                                                  list(sweep_cfg["values"]), localiser_dir)
             eta = max(row["eta"] for row in table)
-            by = f"the score histogram (no masks: the threshold that best splits it, eta {eta:.2f})"
-            if eta < CLEAN_SPLIT:
-                print(f"warning: the class scores of the {sweep_cfg['split']} split do not split"
-                      f" cleanly in two (eta {eta:.2f} < {CLEAN_SPLIT}): the threshold chosen"
-                      " without masks is uncertain. Look at worst_tiles.png; ground-truth masks"
-                      f" for the {sweep_cfg['split']} tiles let the sweep choose by them", flush=True)
+            if rule == "otsu":
+                by = (f"the score histogram (no masks: it splits cleanly in two, eta {eta:.2f} >="
+                      f" {CLEAN_SPLIT}, and this threshold splits it best)")
+            else:
+                by = (f"the expected mIoU (no masks: the class scores do not split cleanly, eta"
+                      f" {eta:.2f} < {CLEAN_SPLIT}, so read as foreground probabilities)")
         write_csv(output_dir / "sweep.csv", table)
         settings = PseudoMaskConfig.from_dict({**settings.to_dict(), sweep_cfg["key"]: chosen})
         summary["sweep"] = {"key": sweep_cfg["key"], "chosen": chosen, "on_split": sweep_cfg["split"],
-                            "criterion": criterion, "by": by, "table": table}
+                            "criterion": criterion, "rule": rule, "by": by, "table": table}
         print(f"sweep on {sweep_cfg['split']}: {sweep_cfg['key']} = {chosen}, chosen by {by}",
               flush=True)
     summary["settings"] = settings.to_dict()
