@@ -71,8 +71,9 @@ def main() -> None:
     settings = [f"data.train.path={noisy_csv}", "train.difficulty.enabled=true", *args.set]
     command = [sys.executable, "-m", "segmix.cli", "train-cls", "--config", str(args.config),
                "--output-dir", str(classifier)] + [a for s in settings for a in ("--set", s)]
-    if not (classifier / "classifier.pt").exists():
-        subprocess.run(command, check=True)
+    if not (classifier / "classifier.pt").exists():  # an interrupted training resumes
+        resume = ["--resume"] if (classifier / "checkpoints" / "last.pt").exists() else []
+        subprocess.run(command + resume, check=True)
     with open(classifier / DIFFICULTY_FILE, newline="") as handle:
         table = list(csv.DictReader(handle))
     flipped_set = set(flipped)
