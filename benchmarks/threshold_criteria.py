@@ -48,7 +48,7 @@ from pseudo_masks import (
 )
 from pseudo_masks.generate import threshold_scores
 from segmix.data import dataset_classes
-from segmix.stages.pseudo_masks import _inputs, _masks, _truth
+from segmix.stages.tile_inputs import tile_inputs, tile_masks, tile_truth
 from threshold_without_masks import run_inputs
 
 BINS = 256
@@ -126,19 +126,19 @@ def collect(run: Path, split: str, stride: int = 1) -> Dict[str, np.ndarray]:
     num_classes = len(dataset_classes(data))
     histograms, confusions, classes, outside = [], [], [], []
     for tile in tqdm(tiles, desc=f"{run.name} {split}", unit="tile"):
-        inputs = _inputs(tile, localiser_dir)
+        inputs = tile_inputs(tile, localiser_dir)
         scores, inside = threshold_scores(inputs["cams"], inputs["labels"], base,
                                           images=inputs["images"], foreground=inputs["foreground"])
         histograms.append(torch.histc(scores[inside].float().clamp(0, 1), bins=BINS, min=0,
                                       max=1).numpy())
         classes.append(int(torch.nonzero(inputs["labels"][0])[0, 0]))
         outside.append(float((~inside).sum()))
-        truth = torch.from_numpy(_truth(tile, data, inputs["labels"], num_classes))
+        truth = torch.from_numpy(tile_truth(tile, data, inputs["labels"], num_classes))
         per_threshold = []
         for threshold in GRID:
             matrix = ConfusionMatrix(num_classes)
             settings = PseudoMaskConfig.from_dict({**base.to_dict(), "threshold": float(threshold)})
-            matrix.update(_masks(inputs, settings), truth)
+            matrix.update(tile_masks(inputs, settings), truth)
             per_threshold.append(matrix.counts.numpy().copy())
         confusions.append(np.stack(per_threshold))
     return {"histograms": np.stack(histograms), "confusions": np.stack(confusions),

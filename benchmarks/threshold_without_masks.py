@@ -27,7 +27,9 @@ from segmix.artifacts import CamRecord, read_cam_index
 from segmix.config import apply_overrides, load_config
 from segmix.data import dataset_classes
 from segmix.stages.foreground_weight import resolve_foreground_weight
-from segmix.stages.pseudo_masks import DEFAULTS, _inputs, _masks, _truth, histogram_sweep, sweep
+from segmix.stages.mask_sweep import histogram_sweep, sweep
+from segmix.stages.pseudo_masks import DEFAULTS
+from segmix.stages.tile_inputs import tile_inputs, tile_masks, tile_truth
 from segmix.stages.tile_quality import measure_tile
 
 
@@ -61,9 +63,9 @@ def measure(run: Path, split: str, overrides: List[str]) -> Dict[str, Any]:
     chosen = PseudoMaskConfig.from_dict({**base.to_dict(), "threshold": by_histogram})
     qualities, truth_iou = [], []
     for tile in tiles:
-        inputs = _inputs(tile, localiser_dir)
-        mask = _masks(inputs, chosen).numpy()
-        truth = _truth(tile, data, inputs["labels"], num_classes)
+        inputs = tile_inputs(tile, localiser_dir)
+        mask = tile_masks(inputs, chosen).numpy()
+        truth = tile_truth(tile, data, inputs["labels"], num_classes)
         qualities.append(measure_tile(inputs, chosen)[0])
         matrix = ConfusionMatrix(num_classes)
         matrix.update(torch.from_numpy(mask), torch.from_numpy(truth))

@@ -25,22 +25,17 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from pseudo_masks import (
     PROTOCOLS,
     ConfusionMatrix,
     PseudoMaskConfig,
-    ScoreHistogram,
-    choose_threshold,
-    cams_to_masks,
     segmentation_metrics,
-    threshold_scores,
 )
 from pseudo_masks.crf import require_crf
 
@@ -49,24 +44,17 @@ from ..artifacts import (
     SUMMARY_FILE,
     CamRecord,
     pseudo_mask_path,
-    read_cam_file,
     read_cam_index,
     read_cam_labels,
-    read_foreground_map,
     write_legend,
     write_metrics,
 )
 from ..config import ConfigError
 from ..data import (
     DATA_DEFAULTS,
-    DatasetError,
-    count_masks,
     dataset_classes,
-    mask_convention,
     overlay,
-    read_label_mask,
     read_mask_png,
-    read_rgb,
     validate_data,
     write_mask_png,
     write_rgb,
@@ -75,6 +63,16 @@ from ..io import write_csv, write_json
 from ..sharding import check_shard, current_shard, join, run_share
 from .foreground_weight import AUTO_WEIGHT, checked_weight, resolve_foreground_weight, uses_foreground
 from .from_run import from_run_config, validate_from_run
+from .mask_sweep import (
+    CLEAN_SPLIT,
+    SWEEP_CRITERIA,
+    SWEEP_METRICS,
+    histogram_sweep,
+    split_has_masks,
+    sweep,
+    sweep_criterion,
+)
+from .tile_inputs import tile_inputs, tile_masks, tile_truth
 from .tile_quality import (
     QUALITY_FILE,
     WORST_PICTURE,
@@ -83,24 +81,12 @@ from .tile_quality import (
     quality_picture,
 )
 
-__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "sweep", "validate"]
+__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "validate"]
 
 DONE_FILE = SUMMARY_FILE
 # Leaving unreadable tiles out changes nothing computed for the others: a run refused for a bad
 # file continues with data.on_bad_file=skip, as its error message suggests.
 RESUMABLE_CHANGES = {"data.on_bad_file"}
-SWEEP_METRICS = ("mIoU", "FwIoU", "foreground_iou", "mDice")
-# How the sweep chooses: `masks`, the best score against the split's ground truth; `histogram`, no
-# masks needed (pseudo_masks.choose_threshold: Otsu's split of the class scores where they split
-# cleanly, else the largest expected mIoU); `auto`, masks where every tile of the split has one,
-# else the histogram.
-SWEEP_CRITERIA = ("auto", "masks", "histogram")
-# From this split quality (Otsu's eta) up the histogram is cut where it splits in two: WBC-d2's axis
-# maps split at 0.80-0.81 and Otsu matched the masks' choice; EBHI-Seg's split at 0.66, where Otsu
-# was 4-10 mIoU points off and the expected mIoU 0.3 (docs/benchmarks.md, "Mask-free threshold
-# criteria").
-CLEAN_SPLIT = 0.75
-
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/pseudo-masks",
     "cams_dir": "runs/cams",
@@ -161,125 +147,9 @@ def validate(config: Dict[str, Any]) -> None:
         if sweep_cfg[key] not in valid:
             raise ConfigError(f"sweep.{key} must be one of {', '.join(valid)}, got"
                               f" {sweep_cfg[key]!r}")
-    has_masks = _split_has_masks(config["data"], sweep_cfg["split"])
+    has_masks = split_has_masks(config["data"], sweep_cfg["split"])
     if has_masks is not None:
-        _sweep_criterion(sweep_cfg, settings, has_masks)
-
-
-def _split_has_masks(data: Dict[str, Any], split: str) -> Optional[bool]:
-    """Whether every tile of ``split`` has a ground-truth mask; ``None`` where its list cannot be
-    read yet (a dataset a pipeline writes first, say: the stage checks again when it runs)."""
-    spec = data.get(split) or {}
-    if not spec.get("path") or not Path(spec["path"]).exists():
-        return None
-    try:
-        tiles, masked = count_masks(data, split)
-    except DatasetError:
-        return None
-    return 0 < tiles == masked
-
-
-def _sweep_criterion(sweep_cfg: Dict[str, Any], settings: PseudoMaskConfig,
-                     has_masks: bool) -> str:
-    """The criterion the sweep uses (``masks`` or ``histogram``), or a ConfigError that says why
-    neither can choose."""
-    criterion = sweep_cfg["criterion"]
-    if criterion == "auto":
-        criterion = "masks" if has_masks else "histogram"
-    if criterion == "masks" and not has_masks:
-        raise ConfigError(f"sweep.criterion=masks needs a ground-truth mask for every tile of the"
-                          f" {sweep_cfg['split']} split, and some have none: use"
-                          " sweep.criterion=auto (the score histogram chooses without masks)")
-    if criterion == "histogram" and (sweep_cfg["key"] != "threshold"
-                                     or settings.background != "threshold"):
-        why = ("the split has no ground-truth masks" if not has_masks
-               else "sweep.criterion=histogram")
-        raise ConfigError(f"{why}, so the sweep chooses from the score histogram, which can choose"
-                          f" masks.threshold only (with masks.background=threshold); this sweep"
-                          f" is of {sweep_cfg['key']} with background {settings.background}: set"
-                          " sweep.key=threshold, or give the split masks, or sweep.enabled=false")
-    return criterion
-
-
-def _cams(record: CamRecord, size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """A tile's CAMs ``[1, K, H, W]`` resized to its own size, and its labels ``[1, K]``."""
-    arrays = read_cam_file(record.cam_path)
-    cams = torch.from_numpy(arrays["cams"].astype(np.float32))[None]
-    if tuple(cams.shape[-2:]) != size:
-        cams = F.interpolate(cams, size=size, mode="bilinear", align_corners=False)
-    return cams, torch.from_numpy(arrays["labels"].astype(np.float32))[None]
-
-
-def _truth(record: CamRecord, data: Dict[str, Any], labels: torch.Tensor,
-           num_classes: int) -> Optional[np.ndarray]:
-    if record.mask is None:
-        return None
-    present = tuple(int(k) for k in torch.nonzero(labels[0]).flatten())
-    return read_label_mask(record.mask, present, num_classes, mask_convention(data))
-
-
-def _inputs(record: CamRecord, localiser_dir: Optional[Path]) -> Dict[str, Any]:
-    """The tile's RGB array (``rgb``) and the arguments of :func:`cams_to_masks` at its size:
-    ``cams``, ``labels``, ``images`` and ``foreground`` (``None`` without ``localiser_dir``)."""
-    image = read_rgb(record.image)
-    cams, labels = _cams(record, image.shape[:2])
-    foreground = None
-    if localiser_dir is not None:
-        values = read_foreground_map(localiser_dir, record.split, record.name)
-        if values.shape != image.shape[:2]:
-            raise ConfigError(f"the foreground map of {record.image} in {localiser_dir} is"
-                              f" {values.shape[1]}x{values.shape[0]} px, the tile"
-                              f" {image.shape[1]}x{image.shape[0]}: run `segmix localise` again")
-        foreground = torch.from_numpy(values)[None]
-    return {"rgb": image, "cams": cams, "labels": labels, "foreground": foreground,
-            "images": torch.from_numpy(image).permute(2, 0, 1)[None]}
-
-
-def _masks(inputs: Dict[str, Any], settings: PseudoMaskConfig) -> torch.Tensor:
-    return cams_to_masks(inputs["cams"], inputs["labels"], settings, images=inputs["images"],
-                         foreground=inputs["foreground"])[0]
-
-
-def sweep(tiles: List[CamRecord], data: Dict[str, Any], base: PseudoMaskConfig, key: str,
-          values: List[Any], protocol: str, metric: str,
-          localiser_dir: Optional[Path] = None) -> Tuple[Any, List[Dict[str, Any]]]:
-    """Score each value of ``key`` on ``tiles`` (with ground truth); return the best and the table."""
-    num_classes = len(dataset_classes(data))
-    matrices = {value: ConfusionMatrix(num_classes) for value in values}
-    for tile in tqdm(tiles, desc=f"sweep {key}", unit="tile"):
-        inputs = _inputs(tile, localiser_dir)
-        truth = _truth(tile, data, inputs["labels"], num_classes)
-        if truth is None:
-            raise ConfigError(f"the sweep needs ground-truth masks; {tile.image} has none (set"
-                              " sweep.enabled=false or sweep.split to a labelled split)")
-        for value in values:
-            settings = PseudoMaskConfig.from_dict({**base.to_dict(), key: value})
-            mask = _masks(inputs, settings)
-            matrices[value].update(mask, torch.from_numpy(truth))
-    rows = []
-    for value in values:
-        scores = segmentation_metrics(matrices[value], protocol)
-        rows.append({key: value, "mIoU": scores["mIoU"], "FwIoU": scores["FwIoU"],
-                     "foreground_iou": scores["foreground_iou"], "mDice": scores["mDice"]})
-    best = max(rows, key=lambda r: r[metric])
-    return best[key], rows
-
-
-def histogram_sweep(tiles: List[CamRecord], base: PseudoMaskConfig, values: List[float],
-                    localiser_dir: Optional[Path] = None
-                    ) -> Tuple[float, str, List[Dict[str, Any]]]:
-    """Choose the threshold among ``values`` without masks, from the class scores of ``tiles``
-    (inside their tissue, with the tissue prior), one histogram per class (a tile counts for its
-    first label): :func:`pseudo_masks.choose_threshold`. Returns the threshold, the criterion used
-    and the table."""
-    histograms: Dict[int, ScoreHistogram] = {}
-    for tile in tqdm(tiles, desc="score histogram", unit="tile"):
-        inputs = _inputs(tile, localiser_dir)
-        first = int(torch.nonzero(inputs["labels"][0])[0, 0]) if inputs["labels"].any() else -1
-        histograms.setdefault(first, ScoreHistogram()).add(
-            *threshold_scores(inputs["cams"], inputs["labels"], base, images=inputs["images"],
-                              foreground=inputs["foreground"]))
-    return choose_threshold(list(histograms.values()), values, CLEAN_SPLIT)
+        sweep_criterion(sweep_cfg, settings, has_masks)
 
 
 def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
@@ -307,7 +177,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         sweep_tiles = [t for t in tiles if t.split == sweep_cfg["split"]]
         if not sweep_tiles:
             raise ConfigError("the sweep split has no tiles: add it to splits and to the CAM run")
-        criterion = _sweep_criterion(sweep_cfg, settings,
+        criterion = sweep_criterion(sweep_cfg, settings,
                                      all(t.mask is not None for t in sweep_tiles))
         if criterion == "masks":
             chosen, table = sweep(sweep_tiles, data, settings, sweep_cfg["key"],
@@ -349,8 +219,8 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
             outputs.append(output_dir / "overlays" / tile.split / f"{tile.name}.png")
         if all(path.exists() for path in outputs) and not overwrite:
             return False
-        inputs = _inputs(tile, localiser_dir)
-        mask = _masks(inputs, settings).numpy()
+        inputs = tile_inputs(tile, localiser_dir)
+        mask = tile_masks(inputs, settings).numpy()
         write_mask_png(outputs[0], mask, len(classes))
         if config["overlays"]:
             write_rgb(outputs[1], overlay(inputs["rgb"], mask, len(classes)))
@@ -375,9 +245,9 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
             quality = None
             if checker is not None:  # measured here, or by another process or an earlier run
                 quality, tissue = (measured.get((split, tile.name))
-                                   or measure_tile(_inputs(tile, localiser_dir), settings))
+                                   or measure_tile(tile_inputs(tile, localiser_dir), settings))
                 checker.add(split, tile.name, quality, tissue)
-            truth = _truth(tile, data, labels, len(classes))
+            truth = tile_truth(tile, data, labels, len(classes))
             if truth is not None:
                 matrix.update(torch.from_numpy(mask), torch.from_numpy(truth))
                 scored += 1
@@ -399,7 +269,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
 
         def picture(split: str, name: str) -> np.ndarray:
             mask = read_mask_png(pseudo_mask_path(output_dir, split, name))
-            return quality_picture(_inputs(records[split, name], localiser_dir), mask, settings,
+            return quality_picture(tile_inputs(records[split, name], localiser_dir), mask, settings,
                                    len(classes))
 
         summary["quality"] = checker.write(output_dir, picture)
