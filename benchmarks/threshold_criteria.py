@@ -46,9 +46,8 @@ from pseudo_masks import (
     choose_threshold,
     segmentation_metrics,
 )
-from pseudo_masks.generate import threshold_scores
 from segmix.data import dataset_classes
-from segmix.stages.tile_inputs import tile_inputs, tile_masks, tile_truth
+from segmix.stages.tile_inputs import tile_inputs, tile_masks, tile_scores, tile_truth
 from threshold_without_masks import run_inputs
 
 BINS = 256
@@ -127,8 +126,7 @@ def collect(run: Path, split: str, stride: int = 1) -> Dict[str, np.ndarray]:
     histograms, confusions, classes, outside = [], [], [], []
     for tile in tqdm(tiles, desc=f"{run.name} {split}", unit="tile"):
         inputs = tile_inputs(tile, localiser_dir)
-        scores, inside = threshold_scores(inputs["cams"], inputs["labels"], base,
-                                          images=inputs["images"], foreground=inputs["foreground"])
+        scores, inside = tile_scores(inputs, base)
         histograms.append(torch.histc(scores[inside].float().clamp(0, 1), bins=BINS, min=0,
                                       max=1).numpy())
         classes.append(int(torch.nonzero(inputs["labels"][0])[0, 0]))

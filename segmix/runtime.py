@@ -19,9 +19,9 @@ import torch.distributed as dist
 from .errors import SegmixError
 from .io import atomic_path
 
-__all__ = ["Runtime", "Launch", "launch", "setup_runtime", "is_main_process", "atomic_torch_save", "load_checkpoint",
-           "load_torch_file", "UnsafeFileError", "DeviceError", "DEVICES", "check_device",
-           "rng_state", "set_rng_state"]
+__all__ = ["Runtime", "Launch", "launch", "setup_runtime", "is_main_process", "atomic_torch_save",
+           "load_checkpoint", "load_torch_file", "UnsafeFileError", "DeviceError", "DEVICES",
+           "check_device", "rng_state", "set_rng_state"]
 
 
 class UnsafeFileError(SegmixError, ValueError):

@@ -38,13 +38,10 @@ def test_supcon_is_lower_when_groups_cluster_and_weights_raise_the_confused_nega
     apart = supervised_contrastive_loss(z, torch.tensor([0, 1, 0, 1]))
     assert float(together) < float(apart)
     # weighting the other class's negatives up (3x) raises the loss, weights of 1 leave it
-    group_classes = torch.tensor([0, 1])
     ones = supervised_contrastive_loss(z, torch.tensor([0, 0, 1, 1]),
-                                       negative_weights=torch.ones(2, 2),
-                                       group_classes=group_classes)
+                                       negative_weights=torch.ones(2, 2))
     heavy = supervised_contrastive_loss(z, torch.tensor([0, 0, 1, 1]),
-                                        negative_weights=torch.tensor([[1.0, 3.0], [3.0, 1.0]]),
-                                        group_classes=group_classes)
+                                        negative_weights=torch.tensor([[1.0, 3.0], [3.0, 1.0]]))
     assert float(ones) == pytest.approx(float(together), rel=1e-6)
     assert float(heavy) > float(together)
 

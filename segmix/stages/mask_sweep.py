@@ -16,13 +16,12 @@ from pseudo_masks import (
     ScoreHistogram,
     choose_threshold,
     segmentation_metrics,
-    threshold_scores,
 )
 
 from ..artifacts import CamRecord
 from ..config import ConfigError
 from ..data import DatasetError, count_masks, dataset_classes
-from .tile_inputs import tile_inputs, tile_masks, tile_truth
+from .tile_inputs import tile_inputs, tile_masks, tile_scores, tile_truth
 
 __all__ = ["CLEAN_SPLIT", "SWEEP_CRITERIA", "SWEEP_METRICS", "histogram_sweep", "split_has_masks",
            "sweep", "sweep_criterion"]
@@ -111,7 +110,5 @@ def histogram_sweep(tiles: List[CamRecord], base: PseudoMaskConfig, values: List
     for tile in tqdm(tiles, desc="score histogram", unit="tile"):
         inputs = tile_inputs(tile, localiser_dir)
         first = int(torch.nonzero(inputs["labels"][0])[0, 0]) if inputs["labels"].any() else -1
-        histograms.setdefault(first, ScoreHistogram()).add(
-            *threshold_scores(inputs["cams"], inputs["labels"], base, images=inputs["images"],
-                              foreground=inputs["foreground"]))
+        histograms.setdefault(first, ScoreHistogram()).add(*tile_scores(inputs, base))
     return choose_threshold(list(histograms.values()), values, CLEAN_SPLIT)

@@ -178,7 +178,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         if not sweep_tiles:
             raise ConfigError("the sweep split has no tiles: add it to splits and to the CAM run")
         criterion = sweep_criterion(sweep_cfg, settings,
-                                     all(t.mask is not None for t in sweep_tiles))
+                                    all(t.mask is not None for t in sweep_tiles))
         if criterion == "masks":
             chosen, table = sweep(sweep_tiles, data, settings, sweep_cfg["key"],
                                   list(sweep_cfg["values"]), sweep_cfg["protocol"],

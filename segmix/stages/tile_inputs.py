@@ -11,13 +11,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pseudo_masks import PseudoMaskConfig, cams_to_masks
+from pseudo_masks import PseudoMaskConfig, cams_to_masks, threshold_scores
 
 from ..artifacts import CamRecord, read_cam_file, read_foreground_map
 from ..config import ConfigError
 from ..data import mask_convention, read_label_mask, read_rgb
 
-__all__ = ["tile_cams", "tile_inputs", "tile_masks", "tile_truth"]
+__all__ = ["tile_cams", "tile_inputs", "tile_masks", "tile_scores", "tile_truth"]
 
 
 def tile_cams(record: CamRecord, size: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -57,3 +57,11 @@ def tile_inputs(record: CamRecord, localiser_dir: Optional[Path]) -> Dict[str, A
 def tile_masks(inputs: Dict[str, Any], settings: PseudoMaskConfig) -> torch.Tensor:
     return cams_to_masks(inputs["cams"], inputs["labels"], settings, images=inputs["images"],
                          foreground=inputs["foreground"])[0]
+
+
+def tile_scores(inputs: Dict[str, Any],
+                settings: PseudoMaskConfig) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The class score the threshold cuts and the tissue it is read in
+    (:func:`pseudo_masks.threshold_scores`), from :func:`tile_inputs`."""
+    return threshold_scores(inputs["cams"], inputs["labels"], settings, images=inputs["images"],
+                            foreground=inputs["foreground"])

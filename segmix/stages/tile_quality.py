@@ -12,10 +12,11 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 
-from pseudo_masks import PseudoMaskConfig, ScoreHistogram, threshold_scores
+from pseudo_masks import PseudoMaskConfig, ScoreHistogram
 
 from ..data import captioned, overlay, picture_grid, write_rgb
 from ..io import write_csv
+from .tile_inputs import tile_scores
 
 __all__ = ["QUALITY_FILE", "WORST_PICTURE", "TileQuality", "measure_tile", "quality_picture"]
 
@@ -23,15 +24,10 @@ QUALITY_FILE = "tiles_by_quality.csv"
 WORST_PICTURE = "worst_tiles.png"
 
 
-def _split_scores(inputs: Dict[str, Any], settings: PseudoMaskConfig):
-    return threshold_scores(inputs["cams"], inputs["labels"], settings, images=inputs["images"],
-                            foreground=inputs["foreground"])
-
-
 def measure_tile(inputs: Dict[str, Any], settings: PseudoMaskConfig) -> Tuple[float, float]:
     """A tile's quality (``eta`` of its class scores at the threshold) and tissue share, from the
     ``inputs`` the pseudo-mask stage builds for it."""
-    scores, inside = _split_scores(inputs, settings)
+    scores, inside = tile_scores(inputs, settings)
     histogram = ScoreHistogram()
     histogram.add(scores, inside)
     return histogram.split(settings.threshold)["eta"], float(inside.float().mean())
@@ -40,7 +36,7 @@ def measure_tile(inputs: Dict[str, Any], settings: PseudoMaskConfig) -> Tuple[fl
 def quality_picture(inputs: Dict[str, Any], mask: np.ndarray, settings: PseudoMaskConfig,
                     num_classes: int) -> np.ndarray:
     """The tile, its pseudo ``mask`` over it and its class score in grey, side by side."""
-    scores, _ = _split_scores(inputs, settings)
+    scores, _ = tile_scores(inputs, settings)
     grey = np.rint(scores[0].clamp(0, 1).numpy() * 255).astype(np.uint8)
     return np.concatenate([inputs["rgb"], overlay(inputs["rgb"], mask, num_classes),
                            np.repeat(grey[..., None], 3, axis=2)], axis=1)

@@ -248,11 +248,10 @@ class ClassifierTraining(EpochTrainer):
         targets, groups = targets
         logits, embeddings = self.train_model(images)
         contrastive = self.config["train"]["difficulty"]["contrastive"]
-        group_classes = torch.arange(len(self.classes) * (self.subclass_count + 1),
-                                     device=groups.device) // (self.subclass_count + 1)
         weights = self.negative_weights if float(contrastive["hard_negatives"]) > 0 else None
         supcon = supervised_contrastive_loss(embeddings, groups, float(contrastive["temperature"]),
-                                             negative_weights=weights, group_classes=group_classes)
+                                             negative_weights=weights,
+                                             groups_per_class=self.subclass_count + 1)
         return _loss(logits.float(), targets, self.loss_kind) + self.contrastive_weight * supcon
 
     def _logits(self, loader: DataLoader, desc: str, *, embed: bool = False

@@ -67,14 +67,15 @@ def contrastive_groups(targets: Tensor, labels: Tensor, subclasses: Tensor, num_
 
 def supervised_contrastive_loss(embeddings: Tensor, groups: Tensor, temperature: float = 0.1,
                                 negative_weights: Optional[Tensor] = None,
-                                group_classes: Optional[Tensor] = None) -> Tensor:
+                                groups_per_class: int = 1) -> Tensor:
     """SupCon over the tiles of ``groups`` >= 0 (``embeddings`` ``[B, D]``, unit length).
 
     For anchor i with positives P(i) (other tiles of its group): the mean over p of
     ``-log(exp(s_ip) / sum_a w_ia exp(s_ia))``, ``s = z_i . z_a / temperature``, a over every other
     kept tile. ``w_ia`` is 1, or ``negative_weights[class_i, class_a]`` (``[K, K]``) for a tile of
-    another class, the classes being ``group_classes[group]``. Anchors without a positive add
-    nothing; a batch without any gives 0 (still connected to the graph).
+    another class, a group's class being ``group // groups_per_class`` (as
+    :func:`contrastive_groups` numbers them, ``num_subclasses + 1`` groups a class). Anchors
+    without a positive add nothing; a batch without any gives 0 (still connected to the graph).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -89,9 +90,7 @@ def supervised_contrastive_loss(embeddings: Tensor, groups: Tensor, temperature:
     similarity = z @ z.T / temperature
     log_weights = torch.zeros_like(similarity)
     if negative_weights is not None:
-        if group_classes is None:
-            raise ValueError("negative_weights needs group_classes (each group's class)")
-        classes = group_classes.to(g.device)[g]
+        classes = g // groups_per_class
         weights = negative_weights.to(z)[classes[:, None], classes[None, :]]
         log_weights = torch.log(weights.clamp_min(1e-12))
     log_weights = log_weights.masked_fill(eye, float("-inf"))
