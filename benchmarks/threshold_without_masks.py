@@ -7,7 +7,9 @@ For each run folder (a ``segmix run`` up to its pseudo masks, on a split with ma
 the score histogram chooses (``sweep.criterion: histogram``, no masks) among the run's sweep values
 against the one the masks choose (``sweep.criterion: masks``), with the split's mIoU of each; and
 the tile quality of the pseudo-mask stage (``eta`` at the chosen threshold) against each tile's true
-IoU (mean of background and class IoU on the tile): Spearman's rank correlation. Prints a table and
+IoU (mean of background and class IoU on the tile): Spearman's rank correlation; and the split's
+mIoU the stage estimates without masks at the histogram's threshold (with its low and high reading,
+``pseudo_masks.estimate_miou``) against the true mIoU there. Prints a table and
 writes ``threshold_without_masks.json`` beside each run. ``--set`` changes the pseudo-mask config
 first (e.g. ``masks.foreground_weight=0``: the CAMs alone, on the same run).
 """
@@ -30,7 +32,7 @@ from segmix.stages.foreground_weight import resolve_foreground_weight
 from segmix.stages.mask_sweep import histogram_sweep, sweep
 from segmix.stages.pseudo_masks import DEFAULTS
 from segmix.stages.tile_inputs import tile_inputs, tile_masks, tile_truth
-from segmix.stages.tile_quality import measure_tile
+from segmix.stages.tile_quality import TileQuality, measure_tile
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -62,11 +64,12 @@ def measure(run: Path, split: str, overrides: List[str]) -> Dict[str, Any]:
     miou = {row["threshold"]: row["mIoU"] for row in table}
     chosen = PseudoMaskConfig.from_dict({**base.to_dict(), "threshold": by_histogram})
     qualities, truth_iou = [], []
+    checker = TileQuality(by_histogram)
     for tile in tiles:
         inputs = tile_inputs(tile, localiser_dir)
         mask = tile_masks(inputs, chosen).numpy()
         truth = tile_truth(tile, data, inputs["labels"], num_classes)
-        qualities.append(measure_tile(inputs, chosen)[0])
+        qualities.append(checker.add(split, tile.name, *measure_tile(inputs, chosen)))
         matrix = ConfusionMatrix(num_classes)
         matrix.update(torch.from_numpy(mask), torch.from_numpy(truth))
         truth_iou.append(segmentation_metrics(matrix, "with_background")["mIoU"])
@@ -77,7 +80,8 @@ def measure(run: Path, split: str, overrides: List[str]) -> Dict[str, Any]:
             "by_histogram": by_histogram, "mIoU_by_histogram": miou[by_histogram],
             "best_eta": max(row["eta"] for row in eta_table),
             "quality_spearman": spearman(scores, np.array(truth_iou)),
-            "quality_median": float(np.median(scores))}
+            "quality_median": float(np.median(scores)),
+            "estimated_mIoU": checker.estimates()[split]}
 
 
 def main() -> None:
@@ -87,10 +91,12 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     lines = ["| run | tiles | threshold by masks | mIoU | threshold by histogram | mIoU | loss |"
-             " best eta | tile quality vs true tile IoU (Spearman) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             " best eta | tile quality vs true tile IoU (Spearman) | estimated mIoU (low-high) |"
+             " estimate - truth |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in args.runs:
         result = measure(run, args.split, args.set)
+        estimate = result["estimated_mIoU"]
         name = "threshold_without_masks" + ("_" + "_".join(args.set).replace("/", "") if args.set
                                             else "")
         (run / f"{name[:120]}.json").write_text(json.dumps(result, indent=2))
@@ -98,7 +104,10 @@ def main() -> None:
                      f" {100 * result['mIoU_by_masks']:.1f} | {result['by_histogram']} |"
                      f" {100 * result['mIoU_by_histogram']:.1f} |"
                      f" {100 * (result['mIoU_by_masks'] - result['mIoU_by_histogram']):.1f} |"
-                     f" {result['best_eta']:.2f} | {result['quality_spearman']:.2f} |")
+                     f" {result['best_eta']:.2f} | {result['quality_spearman']:.2f} |"
+                     f" {100 * estimate['estimate']:.1f} ({100 * estimate['low']:.1f}-"
+                     f"{100 * estimate['high']:.1f}) |"
+                     f" {100 * (estimate['estimate'] - result['mIoU_by_histogram']):+.1f} |")
     print("\n".join(lines))
 
 

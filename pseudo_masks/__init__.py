@@ -18,12 +18,19 @@ from .generate import (
     threshold_scores,
     trivial_masks,
 )
-from .threshold import ScoreHistogram, choose_threshold, expected_miou
+from .threshold import (
+    ScoreHistogram,
+    choose_threshold,
+    estimate_miou,
+    expected_miou,
+    two_mode_posterior,
+)
 from .tissue import tissue_background
 
 __all__ = [
     "BACKGROUNDS", "IGNORE_INDEX", "PROTOCOLS", "ConfusionMatrix", "PseudoMaskConfig",
-    "ScoreHistogram", "choose_threshold", "class_maps", "expected_miou", "threshold_scores",
+    "ScoreHistogram", "choose_threshold", "class_maps", "estimate_miou", "expected_miou",
+    "threshold_scores", "two_mode_posterior",
     "affinity_refine",
     "cams_to_masks", "segmentation_metrics", "tissue_background", "trivial_masks",
 ]

@@ -39,6 +39,10 @@ def test_a_copy_of_the_ebhi_config_runs_the_default_path_on_labels_only(tmp_path
             "expected_miou": "chosen by the expected mIoU (no masks"}[pseudo["sweep"]["rule"]]
     assert said in printed
     assert pseudo["settings"]["max_hole"] == 1000 and "val" in pseudo["quality"]["median"]
+    estimate = pseudo["quality"]["estimated_mIoU"]["val"]
+    assert 0 < estimate["low"] <= estimate["estimate"] <= estimate["high"] <= 1
+    assert estimate["estimate"] == pytest.approx((estimate["low"] + estimate["high"]) / 2)
+    assert f"val: mIoU estimated without masks {estimate['estimate']:.3f}" in printed
     for name in ("tiles_by_quality.csv", "worst_tiles.png"):
         assert (out / "pseudo-masks" / name).is_file()
     assert len(list((out / "predictions" / "masks").glob("*.png"))) == 6

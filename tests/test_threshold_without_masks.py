@@ -9,7 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pseudo_masks import ScoreHistogram, choose_threshold, expected_miou
+from pseudo_masks import (
+    ScoreHistogram,
+    choose_threshold,
+    estimate_miou,
+    expected_miou,
+    two_mode_posterior,
+)
 from segmix.cli import main
 
 from synthetic import write_csv_dataset
@@ -51,6 +57,38 @@ def test_expected_miou_reads_the_scores_as_foreground_probabilities():
     expected = np.mean([1.9 / 2.25, 0.65 / 1.15, 4.6 / 5.45])
     assert expected_miou([one, two], 0.5) == pytest.approx(expected)
     assert expected_miou([one, two, ScoreHistogram(bins=10)], 0.5) == pytest.approx(expected)
+
+
+def test_the_two_mode_posterior_is_the_normals_of_the_two_sides():
+    # below 0.5: 0.15 (x2), 0.25, 0.35 -> mean 0.225, variance 0.006875; above: 0.65, 0.85
+    # (x2) -> mean 0.783..., variance 0.008888...
+    histogram = histogram_of([0.15, 0.15, 0.25, 0.35, 0.65, 0.85, 0.85])
+    posterior = two_mode_posterior(histogram, 0.5)
+    c = histogram.centres
+    low = 4 / np.sqrt(0.006875) * np.exp(-(c - 0.225) ** 2 / (2 * 0.006875))
+    high = 3 / np.sqrt(0.08 / 9) * np.exp(-(c - 2.35 / 3) ** 2 / (2 * 0.08 / 9))
+    assert posterior == pytest.approx(high / (low + high))
+    assert posterior[1] < 1e-6 and posterior[8] > 1 - 1e-6  # sure where the scores are
+    # a side without spread or without a pixel: the step at the threshold
+    assert list(two_mode_posterior(histogram_of([0.15, 0.65, 0.85]), 0.5)) == [0] * 5 + [1] * 5
+    assert list(two_mode_posterior(histogram_of([0.65, 0.85]), 0.5)) == [0] * 5 + [1] * 5
+
+
+def test_the_mIoU_estimate_lies_between_the_scores_as_probabilities_and_the_two_modes():
+    one = histogram_of([0.15, 0.15, 0.25, 0.35, 0.85, 0.85], outside=3)
+    two = histogram_of([0.15, 0.25, 0.65, 0.85], outside=1)
+    pooled = histogram_of([0.15, 0.15, 0.25, 0.35, 0.85, 0.85, 0.15, 0.25, 0.65, 0.85], outside=4)
+    estimate = estimate_miou([one, two], 0.5)
+    assert estimate["low"] == pytest.approx(expected_miou([one, two], 0.5))
+    assert estimate["high"] == pytest.approx(
+        expected_miou([one, two], 0.5, two_mode_posterior(pooled, 0.5)))
+    assert estimate["low"] < estimate["high"]
+    assert estimate["estimate"] == pytest.approx((estimate["low"] + estimate["high"]) / 2)
+    # scores sure of every pixel: both readings give the same, perfect, split
+    sure = histogram_of([0.05, 0.05, 0.95], outside=2)
+    sure_estimate = estimate_miou([sure], 0.5)
+    assert sure_estimate["high"] == pytest.approx(1.0)
+    assert sure_estimate["low"] == pytest.approx(np.mean([0.95 / 1.1, 3.9 / 4.05]))
 
 
 def test_the_threshold_rule_uses_otsu_on_a_clean_split_and_the_expected_miou_otherwise():

@@ -35,6 +35,7 @@ from pseudo_masks import (
     PROTOCOLS,
     ConfusionMatrix,
     PseudoMaskConfig,
+    ScoreHistogram,
     segmentation_metrics,
 )
 from pseudo_masks.crf import require_crf
@@ -211,7 +212,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
 
     # the quality check reads how the class scores split at a threshold background
     checked = settings.background == "threshold"
-    measured: Dict[Tuple[str, str], Tuple[float, float]] = {}  # the qualities computed here
+    measured: Dict[Tuple[str, str], Tuple[int, ScoreHistogram]] = {}  # the tiles measured here
 
     def compute(tile: CamRecord, bar: Any) -> bool:
         outputs = [pseudo_mask_path(output_dir, tile.split, tile.name)]
@@ -234,7 +235,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
         return {"shard": shard.name, "merged": False}
     summary["ranks"] = report.ranks
     rows, metrics = [], {}
-    checker = TileQuality() if checked else None
+    checker = TileQuality(settings.threshold) if checked else None
     for split, split_tiles in by_split.items():  # merged from the masks on disk
         matrix = ConfusionMatrix(len(classes))
         scored = 0
@@ -244,9 +245,9 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
             labels = torch.from_numpy(read_cam_labels(tile.cam_path).astype(np.float32))[None]
             quality = None
             if checker is not None:  # measured here, or by another process or an earlier run
-                quality, tissue = (measured.get((split, tile.name))
-                                   or measure_tile(tile_inputs(tile, localiser_dir), settings))
-                checker.add(split, tile.name, quality, tissue)
+                label, histogram = (measured.get((split, tile.name))
+                                    or measure_tile(tile_inputs(tile, localiser_dir), settings))
+                quality = checker.add(split, tile.name, label, histogram)
             truth = tile_truth(tile, data, labels, len(classes))
             if truth is not None:
                 matrix.update(torch.from_numpy(mask), torch.from_numpy(truth))
@@ -273,6 +274,9 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
                                    len(classes))
 
         summary["quality"] = checker.write(output_dir, picture)
+        for split, estimate in summary["quality"]["estimated_mIoU"].items():
+            print(f"{split}: mIoU estimated without masks {estimate['estimate']:.3f} (between"
+                  f" {estimate['low']:.3f} and {estimate['high']:.3f})", flush=True)
         print(f"tile quality without masks (eta at the threshold, 0-1; median"
               f" {summary['quality']['median']}): the least clean tiles are in"
               f" {output_dir / QUALITY_FILE} and {output_dir / WORST_PICTURE}", flush=True)

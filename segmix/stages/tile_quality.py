@@ -2,8 +2,9 @@
 at the threshold (Otsu's ``eta`` of the tile's own scores inside its tissue, 0 to 1), the tiles
 ordered from the least clean (``tiles_by_quality.csv``) and a picture of the worst for a person
 to look at (``worst_tiles.png``: the tile, its pseudo mask, its class score, under its name and
-quality). A helper of the pseudo-masks stage; measured against the true tile IoU in
-docs/benchmarks.md ("Threshold without masks")."""
+quality), and each split's mIoU estimated from its tiles' scores (:func:`pseudo_masks.estimate_miou`).
+A helper of the pseudo-masks stage; measured against the truth in docs/benchmarks.md ("Threshold
+without masks", "A split's mIoU without masks")."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 
-from pseudo_masks import PseudoMaskConfig, ScoreHistogram
+from pseudo_masks import PseudoMaskConfig, ScoreHistogram, estimate_miou
 
 from ..data import captioned, overlay, picture_grid, write_rgb
 from ..io import write_csv
@@ -24,13 +25,14 @@ QUALITY_FILE = "tiles_by_quality.csv"
 WORST_PICTURE = "worst_tiles.png"
 
 
-def measure_tile(inputs: Dict[str, Any], settings: PseudoMaskConfig) -> Tuple[float, float]:
-    """A tile's quality (``eta`` of its class scores at the threshold) and tissue share, from the
-    ``inputs`` the pseudo-mask stage builds for it."""
+def measure_tile(inputs: Dict[str, Any], settings: PseudoMaskConfig) -> Tuple[int, ScoreHistogram]:
+    """A tile's first label (-1: none) and the histogram of its class scores inside its tissue,
+    from the ``inputs`` the pseudo-mask stage builds for it."""
     scores, inside = tile_scores(inputs, settings)
     histogram = ScoreHistogram()
     histogram.add(scores, inside)
-    return histogram.split(settings.threshold)["eta"], float(inside.float().mean())
+    labels = inputs["labels"][0]
+    return (int(labels.nonzero()[0, 0]) if labels.any() else -1), histogram
 
 
 def quality_picture(inputs: Dict[str, Any], mask: np.ndarray, settings: PseudoMaskConfig,
@@ -43,22 +45,37 @@ def quality_picture(inputs: Dict[str, Any], mask: np.ndarray, settings: PseudoMa
 
 
 class TileQuality:
-    """Collects each tile's quality (:func:`measure_tile`), then writes the table and the picture
-    of the ``shown`` least clean tiles."""
+    """Collects each tile's :func:`measure_tile` at ``threshold``, then writes the table, the
+    picture of the ``shown`` least clean tiles and the mIoU estimate of each split."""
 
-    def __init__(self, shown: int = 8) -> None:
+    def __init__(self, threshold: float, shown: int = 8) -> None:
+        self.threshold = threshold
         self.shown = shown
         self.rows: List[Dict[str, Any]] = []
+        self.by_class: Dict[Tuple[str, int], ScoreHistogram] = {}
 
-    def add(self, split: str, name: str, quality: float, tissue_share: float) -> None:
+    def add(self, split: str, name: str, label: int, histogram: ScoreHistogram) -> float:
+        """Count one tile; returns its quality (``eta`` at the threshold)."""
+        quality = histogram.split(self.threshold)["eta"]
+        inside = histogram.counts.sum()
         self.rows.append({"split": split, "tile": name, "quality": quality,
-                          "tissue_share": tissue_share})
+                          "tissue_share": inside / max(inside + histogram.outside, 1)})
+        pooled = self.by_class.setdefault((split, label), ScoreHistogram(len(histogram.counts)))
+        pooled.counts += histogram.counts
+        pooled.outside += histogram.outside
+        return quality
+
+    def estimates(self) -> Dict[str, Dict[str, float]]:
+        """Each split's mIoU (with background, 0-1) estimated without masks, and its range."""
+        splits = sorted({split for split, _ in self.by_class})
+        return {split: estimate_miou([h for (s, _), h in sorted(self.by_class.items()) if s == split],
+                                     self.threshold) for split in splits}
 
     def write(self, output_dir: Path,
               picture: Callable[[str, str], np.ndarray]) -> Dict[str, Any]:
         """Write the table and the picture (``picture(split, tile)`` draws one of the least clean
-        tiles, :func:`quality_picture`); return the summary entry (median quality per split, the
-        worst tiles)."""
+        tiles, :func:`quality_picture`); return the summary entry (median quality and estimated
+        mIoU per split, the worst tiles)."""
         order = sorted(range(len(self.rows)), key=lambda index: self.rows[index]["quality"])
         ordered = [self.rows[index] for index in order]
         write_csv(output_dir / QUALITY_FILE, ordered)
@@ -70,5 +87,6 @@ class TileQuality:
         splits = sorted({r["split"] for r in self.rows})
         return {"median": {s: float(np.median([r["quality"] for r in self.rows if r["split"] == s]))
                            for s in splits},
+                "estimated_mIoU": self.estimates(),
                 "worst": [f"{r['split']}/{r['tile']}" for r in ordered[:self.shown]],
                 "table": QUALITY_FILE, "picture": WORST_PICTURE}
