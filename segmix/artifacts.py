@@ -109,6 +109,16 @@ class RunLayout:
         return self.segmenter_dir / SEGMENTER_FILE
 
     @property
+    def self_training_dir(self) -> Path:
+        return self.root / "self-training"
+
+    @property
+    def final_segmenter(self) -> Path:
+        """The segmenter the run hands on: the round self-training kept (the first segmenter
+        without rounds)."""
+        return self.self_training_dir / SEGMENTER_FILE
+
+    @property
     def predictions_dir(self) -> Path:
         return self.root / "predictions"
 
@@ -279,6 +289,7 @@ def collect_metrics(layout: RunLayout) -> Dict[str, Any]:
     summary: Dict[str, Any] = {
         "classifier": last_epoch(layout.classifier_dir),
         "segmenter_training": last_epoch(layout.segmenter_dir),
+        "self_training": read_metrics(layout.self_training_dir),
         "pseudo_masks": {split: {"mIoU": m["with_background"]["mIoU"],
                                  "mIoU_ignore_background": m["ignore_background"]["mIoU"],
                                  "foreground_iou": m["with_background"]["foreground_iou"]}

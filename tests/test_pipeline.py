@@ -25,8 +25,8 @@ TINY_MODELS = [
     "seg_train.epochs=1", "seg_train.batch_size=8", "seg_train.num_workers=0",
 ]
 TINY_DEMO = TINY_MODELS + ["synthetic.size=32", "synthetic.train_tiles=24", "synthetic.val_tiles=8"]
-STAGE_FOLDERS = ("classifier", "cams", "localiser", "pseudo-masks", "segmenter", "predictions",
-                 "evaluation")
+STAGE_FOLDERS = ("classifier", "cams", "localiser", "pseudo-masks", "segmenter", "self-training",
+                 "predictions", "evaluation")
 
 
 def cli(command, out, settings, *flags):
@@ -98,7 +98,7 @@ def test_demo_runs_every_stage_resumes_and_skips_finished_stages(tmp_path, monke
     assert "seg_train.lr: 0.001 -> 0.1" in capsys.readouterr().err
     assert cli("demo", out, TINY_DEMO) == 0
     printed = capsys.readouterr().out
-    assert "[1/7] train-cls" in printed and "skipped, done (classifier.pt exists)" in printed
+    assert "[1/8] train-cls" in printed and "skipped, done (classifier.pt exists)" in printed
     assert "skipped, done (summary.json exists)" in printed  # predictions
     # skipped stages report the time recorded when they finished
     again = json.loads((out / "summary.json").read_text())["seconds"]
@@ -120,7 +120,7 @@ def test_run_on_a_csv_dataset_whose_val_split_has_no_masks(tmp_path, capsys):
     assert main(["run", "--config", str(config), "--output-dir", str(out),
                  *[a for s in TINY_MODELS for a in ("--set", s)]]) == 0
     printed = capsys.readouterr().out
-    assert "[7/7] evaluate" in printed and "no ground-truth masks" in printed
+    assert "[8/8] evaluate" in printed and "no ground-truth masks" in printed
     assert len(list((out / "predictions" / "masks").glob("*.png"))) == 6
     assert (out / "classifier" / "classifier.pt").is_file()
     summary = json.loads((out / "summary.json").read_text())

@@ -88,11 +88,18 @@ STAGES: Tuple[Stage, ...] = (
           " shuffled together", resumable=True, folder=lambda layout: layout.segmenter_dir,
           wiring=lambda layout, splits: {"pseudo_masks_dir": str(layout.pseudo_masks_dir)},
           example="seg_train.epochs=20"),
+    Stage("self-train", "rounds of self-training: the segmenter's foreground fused with the"
+          " localiser's maps -> new pseudo masks -> a new segmenter; hands on the best round's"
+          " segmenter (the first without rounds)", folder=lambda layout: layout.self_training_dir,
+          wiring=lambda layout, splits: {"segmenter_path": str(layout.segmenter),
+                                         "pseudo_masks_dir": str(layout.pseudo_masks_dir)},
+          example="self_training.rounds=1"),
     Stage("predict", "masks for new images of any size with a trained segmentation model"
           " (sliding window, blended logits, flip TTA); whole slides with predict.slides=true"
           " (pyramidal TIFF masks, class areas)",
           folder=lambda layout: layout.predictions_dir,
-          wiring=lambda layout, splits: {"segmenter_path": str(layout.segmenter), "split": "val",
+          wiring=lambda layout, splits: {"segmenter_path": str(layout.final_segmenter),
+                                         "split": "val",
                                          "input": None, "input_split": None,
                                          "classifier_path": None},
           needs_val=True, example="predict.overlap=0.5",
@@ -107,7 +114,7 @@ STAGES: Tuple[Stage, ...] = (
               "tile_classes_from": str(layout.cams_dir)},
           needs_val=True, example="split=val"),
     Stage("run", "the whole pipeline in one folder: train-cls -> cams -> localise -> pseudo-masks ->"
-          " train-seg -> predict -> evaluate; re-run to continue after an interruption",
+          " train-seg -> self-train -> predict -> evaluate; re-run to continue after an interruption",
           example="train.epochs=20"),
     Stage("demo", "the whole pipeline on a synthetic tissue dataset it writes itself (no data, no"
           " internet; a few minutes on a CPU)", example="synthetic.train_tiles=480"),

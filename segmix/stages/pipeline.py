@@ -76,13 +76,15 @@ def stage_folder(name: str, layout: RunLayout) -> Path:
 
 def run_step(name: str, config: Dict[str, Any], overwrite: bool) -> None:
     """Run the stage ``name`` on its ``config`` into ``config['output_dir']`` as the pipeline
-    does, unless it is finished there (and not ``overwrite``)."""
+    does (a training continues from its checkpoint), unless it is finished there (and not
+    ``overwrite``)."""
     module, folder = get_stage(name).load(), Path(config["output_dir"])
     if (folder / module.DONE_FILE).exists() and not overwrite:
         print(f"{name}: done ({folder / module.DONE_FILE} exists)", flush=True)
         return
     prepare_output_dir(module, config, folder, overwrite=overwrite)
-    module.run(config, folder, overwrite=overwrite)
+    module.run(config, folder, resume=not overwrite and checkpoint_path(folder).exists(),
+               overwrite=overwrite)
 
 
 def stage_config(stage: Stage, config: Dict[str, Any], output_dir: Path,

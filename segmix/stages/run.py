@@ -1,6 +1,6 @@
 """``segmix run``: every stage in one output folder, from image-level labels to a scored model.
 
-train-cls -> cams -> localise -> pseudo-masks -> train-seg -> predict -> evaluate, each in its own
+train-cls -> cams -> localise -> pseudo-masks -> train-seg -> self-train -> predict -> evaluate, each in its own
 subfolder of ``output_dir`` (``classifier/``, ``cams/``, ``localiser/``, ``pseudo-masks/``,
 ``segmenter/``, ``predictions/``, ``evaluation/``) with its own resolved ``config.yaml``. The config
 holds every stage's sections (one file serves all); the paths that connect the stages and the splits
