@@ -13,6 +13,7 @@ from .generate import (
     BACKGROUNDS,
     IGNORE_INDEX,
     PseudoMaskConfig,
+    area_pixels,
     cams_to_masks,
     class_maps,
     threshold_scores,
@@ -32,6 +33,6 @@ __all__ = [
     "BACKGROUNDS", "IGNORE_INDEX", "PROTOCOLS", "ConfusionMatrix", "PseudoMaskConfig",
     "ScoreHistogram", "choose_threshold", "class_maps", "estimate_miou", "expected_miou",
     "label_foreground", "self_training_map", "threshold_scores", "two_mode_posterior",
-    "affinity_refine",
+    "affinity_refine", "area_pixels",
     "cams_to_masks", "segmentation_metrics", "tissue_background", "trivial_masks",
 ]

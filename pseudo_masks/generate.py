@@ -18,8 +18,10 @@ Steps, batched in torch (clean-up per image with scikit-image):
    (grey level above ``white_level``, specks under ``min_speck`` pixels removed) are background;
 5. **argmax** (or, with ``crf``, the marginals of a dense CRF over the normalised scores, an
    optional extra); pixels whose best-minus-second score is below ``ignore_margin`` become 255;
-6. **clean-up** (optional): class regions under ``min_region`` pixels become 255, background holes
-   under ``max_hole`` pixels inside a class region are filled with that class.
+6. **clean-up** (optional): class regions under ``min_region`` become 255, background holes under
+   ``max_hole`` inside a class region are filled with that class; both are areas, in pixels from 1
+   up and as a fraction of the tile's area below 1 (:func:`area_pixels`), so a setting carries
+   over to other tile sizes.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from segmix.labels import BACKGROUND_INDEX, IGNORE_INDEX
 from .refine import affinity_refine
 from .tissue import tissue_background
 
-__all__ = ["PseudoMaskConfig", "BACKGROUNDS", "IGNORE_INDEX", "cams_to_masks", "class_maps",
-           "threshold_scores", "tissue_background", "trivial_masks"]
+__all__ = ["PseudoMaskConfig", "BACKGROUNDS", "IGNORE_INDEX", "area_pixels", "cams_to_masks",
+           "class_maps", "threshold_scores", "tissue_background", "trivial_masks"]
 
 BACKGROUNDS = ("threshold", "power", "tissue")
 
@@ -52,8 +54,8 @@ class PseudoMaskConfig:
     white_level: int = 200
     min_speck: int = 64
     ignore_margin: float = 0.0
-    min_region: int = 0
-    max_hole: int = 0
+    min_region: float = 0  # pixels, or below 1 a fraction of the tile's area (area_pixels)
+    max_hole: float = 0    # pixels, or below 1 a fraction of the tile's area (area_pixels)
     crf: bool = False
     crf_iterations: int = 5
     refine_iterations: int = 0  # affinity refinement of the class maps along colour edges; 0 = off
@@ -85,7 +87,16 @@ class PseudoMaskConfig:
         return asdict(self)
 
 
-def _clean(mask: np.ndarray, min_region: int, max_hole: int) -> np.ndarray:
+def area_pixels(area: float, height: int, width: int) -> int:
+    """An area setting in pixels of a ``height x width`` tile: ``area`` from 1 up is a pixel count,
+    below 1 a fraction of the tile (``0.02`` of a 224 px tile: 1,004 pixels)."""
+    if area < 0:
+        raise ValueError(f"an area must be >= 0, got {area}")
+    return int(area) if area >= 1 else round(area * height * width)
+
+
+def _clean(mask: np.ndarray, min_region: float, max_hole: float) -> np.ndarray:
+    min_region, max_hole = (area_pixels(area, *mask.shape) for area in (min_region, max_hole))
     out = mask.copy()
     for value in np.unique(mask):
         if value in (BACKGROUND_INDEX, IGNORE_INDEX):

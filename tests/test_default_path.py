@@ -38,7 +38,7 @@ def test_a_copy_of_the_ebhi_config_runs_the_default_path_on_labels_only(tmp_path
     said = {"otsu": "chosen by the score histogram (no masks",
             "expected_miou": "chosen by the expected mIoU (no masks"}[pseudo["sweep"]["rule"]]
     assert said in printed
-    assert pseudo["settings"]["max_hole"] == 1000 and "val" in pseudo["quality"]["median"]
+    assert pseudo["settings"]["max_hole"] == 0.02 and "val" in pseudo["quality"]["median"]
     estimate = pseudo["quality"]["estimated_mIoU"]["val"]
     assert 0 < estimate["low"] <= estimate["estimate"] <= estimate["high"] <= 1
     assert estimate["estimate"] == pytest.approx((estimate["low"] + estimate["high"]) / 2)

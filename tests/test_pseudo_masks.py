@@ -9,6 +9,7 @@ import torch
 from pseudo_masks import (
     ConfusionMatrix,
     PseudoMaskConfig,
+    area_pixels,
     cams_to_masks,
     segmentation_metrics,
     trivial_masks,
@@ -74,6 +75,19 @@ def test_cleanup_small_regions_and_holes():
     masks = cams_to_masks(cams, torch.ones(1, 1), PseudoMaskConfig(threshold=0.5, min_region=2,
                                                                     max_hole=2))
     assert masks[0, 4, 4] == 1 and masks[0, 0, 8] == 255 and masks[0, 0, 0] == 0
+
+
+def test_cleanup_areas_as_fractions_of_the_tile():
+    assert area_pixels(0.02, 224, 224) == 1004 and area_pixels(1000, 224, 224) == 1000
+    assert area_pixels(0, 9, 9) == 0
+    with pytest.raises(ValueError, match="area must be >= 0"):
+        area_pixels(-0.1, 9, 9)
+    cams = torch.zeros(1, 1, 10, 10)
+    cams[0, 0, 1:9, 1:9] = 1.0
+    cams[0, 0, 4:6, 4:6] = 0.0   # a 4-pixel hole: 4% of the tile
+    fill = [cams_to_masks(cams, torch.ones(1, 1), PseudoMaskConfig(threshold=0.5, max_hole=area))[0, 4, 4]
+            for area in (0.03, 0.04, 3, 4)]
+    assert fill == [0, 1, 0, 1]
 
 
 def test_trivial_masks_and_bad_shapes():
