@@ -15,6 +15,7 @@ from segmix.training.contrastive import (
     difficulty_subclasses,
     supervised_contrastive_loss,
 )
+from segmix.training.difficulty import DifficultyMemory, DifficultySettings
 
 from interrupt import run_killed_after_first_epoch
 from synthetic import difficulty_args as args_for, read_rows
@@ -112,15 +113,22 @@ def test_train_cls_with_supcon_resumes_bit_identically_and_saves_a_plain_classif
     assert main(args_for(planted, straight, *CONTRASTIVE)) == 0
     checkpoint = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)
     assert any(key.startswith("projection.") for key in checkpoint["model"])
-    subclasses = checkpoint["stage"]["subclasses"]
-    assert int(subclasses.max()) >= 1  # hard tiles were graded into subclasses
-    assert int(subclasses.min()) == -1  # the planted wrong label is left out
+    assert int(checkpoint["stage"]["subclasses"].max()) >= 1  # hard tiles were graded into subclasses
     model, info = load_classifier(straight / "classifier.pt")
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
 
     run_killed_after_first_epoch(monkeypatch,
                                  lambda: main(args_for(planted, interrupted, *CONTRASTIVE)),
                                  epochs=3)
+    # after epoch 3 some tiles are still consistently wrong: exactly those are left out of the
+    # contrastive groups (SupCon pulls the planted tile to its wrong label's class, so by then the
+    # classifier may have learnt it; without SupCon it is graded noisy, tests/test_difficulty.py)
+    state = torch.load(interrupted / "checkpoints" / "last.pt", weights_only=True)["stage"]
+    memory = DifficultyMemory(state["difficulty"]["num_tiles"])
+    memory.load_state_dict(state["difficulty"])
+    noisy = [row["difficulty"] == "noisy"
+             for row in memory.table(DifficultySettings(window=2, noisy_probability=0.3))]
+    assert any(noisy) and (state["subclasses"] == -1).tolist() == noisy
     assert main(args_for(planted, interrupted, *CONTRASTIVE) + ["--resume"]) == 0
     timing = {"images_per_s", "train_seconds"}
     assert [{k: v for k, v in r.items() if k not in timing}

@@ -122,10 +122,19 @@ def test_noisy_tiles_left_out_once_graded_and_the_resume_draws_the_same(planted,
     assert rows[planted_index]["difficulty"] == "noisy"
     late = [(epoch, indices, weights) for epoch, indices, weights in seen if epoch == 6]
     assert late and planted_index not in late[0][1] and float(late[0][2][planted_index]) == 0
-    hard = [i for i, r in enumerate(rows) if r["difficulty"] == "hard"]
-    easy = [i for i, r in enumerate(rows) if r["difficulty"] == "easy"]
-    if hard and easy:
-        assert float(late[0][2][hard[0]]) == pytest.approx(2 * float(late[0][2][easy[0]]))
+    # epoch 6 was drawn by the grades of epochs 4-5 (the window of 2), held in the memory
+    memory = DifficultyMemory(len(rows))
+    memory.load_state_dict(torch.load(straight / "checkpoints" / "last.pt",
+                                      weights_only=True)["stage"]["difficulty"])
+    assert len(memory.epochs) == 7
+    memory.epochs = memory.epochs[:6]
+    grades = [r["difficulty"] for r in memory.table(DifficultySettings(window=2,
+                                                                         noisy_probability=0.3))]
+    weights = [float(w) for w in late[0][2]]
+    assert [w == 0 for w in weights] == [g == "noisy" for g in grades]
+    hard = [i for i, grade in enumerate(grades) if grade == "hard"]
+    easy = [i for i, grade in enumerate(grades) if grade == "easy"]
+    assert hard and easy and all(weights[i] == pytest.approx(2 * weights[easy[0]]) for i in hard)
     assert all(float(w.max()) == pytest.approx(float(w.min())) for e, _, w in seen if e < 2)
 
     interrupted = tmp_path / "interrupted"
