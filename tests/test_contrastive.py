@@ -119,10 +119,11 @@ def test_train_cls_with_supcon_resumes_bit_identically_and_saves_a_plain_classif
 
     run_killed_after_first_epoch(monkeypatch,
                                  lambda: main(args_for(planted, interrupted, *CONTRASTIVE)),
-                                 epochs=3)
-    # after epoch 3 some tiles are still consistently wrong: exactly those are left out of the
-    # contrastive groups (SupCon pulls the planted tile to its wrong label's class, so by then the
-    # classifier may have learnt it; without SupCon it is graded noisy, tests/test_difficulty.py)
+                                 epochs=2)
+    # after epoch 2 (the first full window) some tiles are still consistently wrong: exactly those
+    # are left out of the contrastive groups (SupCon pulls the planted tile towards its wrong
+    # label's class, so whether it is among them varies by install; without SupCon it is graded
+    # noisy, tests/test_difficulty.py)
     state = torch.load(interrupted / "checkpoints" / "last.pt", weights_only=True)["stage"]
     memory = DifficultyMemory(state["difficulty"]["num_tiles"])
     memory.load_state_dict(state["difficulty"])
