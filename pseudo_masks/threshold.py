@@ -52,6 +52,14 @@ class ScoreHistogram:
         self.counts += torch.histc(values.float().clamp(0, 1), bins=len(self.counts), min=0,
                                    max=1).double().numpy()
 
+    def merge(self, other: "ScoreHistogram") -> None:
+        """Add ``other``'s counts (the same bins) to this histogram's."""
+        if len(other.counts) != len(self.counts):
+            raise ValueError(f"cannot merge a histogram of {len(other.counts)} bins into one of"
+                             f" {len(self.counts)}")
+        self.counts += other.counts
+        self.outside += other.outside
+
     def split(self, threshold: float) -> Dict[str, float]:
         """The two sides of ``threshold``: ``eta``, the variance between them as a share of the
         total (0: no split, 1: two spikes), and ``foreground_share``, the share above it."""
@@ -137,8 +145,7 @@ def estimate_miou(histograms: Sequence[ScoreHistogram], threshold: float) -> Dic
 def _pooled(histograms: Sequence[ScoreHistogram]) -> ScoreHistogram:
     pooled = ScoreHistogram(len(histograms[0].counts))
     for histogram in histograms:
-        pooled.counts += histogram.counts
-        pooled.outside += histogram.outside
+        pooled.merge(histogram)
     return pooled
 
 

@@ -42,6 +42,19 @@ def test_the_histogram_chooses_the_valley_of_two_modes():
     assert ScoreHistogram().split(0.5) == {"eta": 0.0, "foreground_share": 0.0}
 
 
+def test_merged_histograms_count_as_one_of_all_their_pixels():
+    scores = torch.linspace(0, 1, 200)
+    inside = scores > 0.3
+    whole, first, second = ScoreHistogram(), ScoreHistogram(), ScoreHistogram()
+    whole.add(scores, inside)
+    first.add(scores[:120], inside[:120])
+    second.add(scores[120:], inside[120:])
+    first.merge(second)
+    assert np.array_equal(first.counts, whole.counts) and first.outside == whole.outside == 60
+    with pytest.raises(ValueError, match="cannot merge a histogram of 16 bins into one of 256"):
+        first.merge(ScoreHistogram(16))
+
+
 def histogram_of(values, outside=0):
     histogram = ScoreHistogram(bins=10)
     histogram.add(torch.tensor(values))

@@ -21,7 +21,8 @@ from pseudo_masks import (
 from ..artifacts import CamRecord
 from ..config import ConfigError
 from ..data import DatasetError, count_masks, dataset_classes
-from .tile_inputs import tile_inputs, tile_masks, tile_scores, tile_truth
+from .tile_inputs import tile_inputs, tile_masks, tile_truth
+from .tile_quality import measure_tile
 
 __all__ = ["CLEAN_SPLIT", "SWEEP_CRITERIA", "SWEEP_METRICS", "histogram_sweep", "split_has_masks",
            "sweep", "sweep_criterion"]
@@ -108,7 +109,6 @@ def histogram_sweep(tiles: List[CamRecord], base: PseudoMaskConfig, values: List
     and the table."""
     histograms: Dict[int, ScoreHistogram] = {}
     for tile in tqdm(tiles, desc="score histogram", unit="tile"):
-        inputs = tile_inputs(tile, localiser_dir)
-        first = int(torch.nonzero(inputs["labels"][0])[0, 0]) if inputs["labels"].any() else -1
-        histograms.setdefault(first, ScoreHistogram()).add(*tile_scores(inputs, base))
+        first, histogram = measure_tile(tile_inputs(tile, localiser_dir), base)
+        histograms.setdefault(first, ScoreHistogram()).merge(histogram)
     return choose_threshold(list(histograms.values()), values, CLEAN_SPLIT)

@@ -1,14 +1,15 @@
 """``segmix run``: every stage in one output folder, from image-level labels to a scored model.
 
-train-cls -> cams -> localise -> pseudo-masks -> train-seg -> self-train -> predict -> evaluate, each in its own
-subfolder of ``output_dir`` (``classifier/``, ``cams/``, ``localiser/``, ``pseudo-masks/``,
-``segmenter/``, ``predictions/``, ``evaluation/``) with its own resolved ``config.yaml``. The config
-holds every stage's sections (one file serves all); the paths that connect the stages and the splits
-each works on are set here. A stage whose outputs are complete is skipped, an interrupted training
-stage resumes from its checkpoint, and the other stages compute only their missing files, so
-re-running the same command after an interruption continues the run. ``summary.json`` (marks the run
-finished) gathers the metrics of every stage and their wall times (each stage folder keeps its time
-in ``seconds.json``, summed over the invocations that worked on it, interrupted ones included).
+train-cls -> cams -> localise -> pseudo-masks -> train-seg -> self-train -> predict -> evaluate,
+each in its own subfolder of ``output_dir`` (``classifier/``, ``cams/``, ``localiser/``,
+``pseudo-masks/``, ``segmenter/``, ``self-training/``, ``predictions/``, ``evaluation/``) with its
+own resolved ``config.yaml``. The config holds every stage's sections (one file serves all); the
+paths that connect the stages and the splits each works on are set here. A stage whose outputs are
+complete is skipped, an interrupted training stage resumes from its checkpoint, and the other stages
+compute only their missing files, so re-running the same command after an interruption continues the
+run. ``summary.json`` (marks the run finished) gathers the metrics of every stage and their wall
+times (each stage folder keeps its time in ``seconds.json``, summed over the invocations that worked
+on it, interrupted ones included).
 
 Before the first stage starts, the config of every stage the run will execute is validated, so a
 bad value deep in the last stage's section fails in the first second, not hours in.

@@ -116,10 +116,9 @@ def _write_maps(records: List[CamRecord], segmenter_path: Path, localiser_dir: O
         fused = self_training_map(torch.from_numpy(probabilities.astype(np.float32)), labels,
                                   localiser, float(settings["weight"]))
         write_foreground_map(target, fused.numpy())
-    write_json(maps_dir / SUMMARY_FILE, {"method": "self-training", "weight": settings["weight"],
-                                         "segmenter": str(segmenter_path), "flips": settings["flips"],
-                                         "localiser_dir": str(localiser_dir) if localiser_dir
-                                         else None})
+    write_json(maps_dir / SUMMARY_FILE, {
+        "method": "self-training", "weight": settings["weight"], "segmenter": str(segmenter_path),
+        "flips": settings["flips"], "localiser_dir": str(localiser_dir) if localiser_dir else None})
 
 
 def _round_row(number: int, pseudo_dir: Path, segmenter_dir: Path) -> Dict[str, Any]:

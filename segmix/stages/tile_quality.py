@@ -2,8 +2,8 @@
 at the threshold (Otsu's ``eta`` of the tile's own scores inside its tissue, 0 to 1), the tiles
 ordered from the least clean (``tiles_by_quality.csv``) and a picture of the worst for a person
 to look at (``worst_tiles.png``: the tile, its pseudo mask, its class score, under its name and
-quality), and each split's mIoU estimated from its tiles' scores (:func:`pseudo_masks.estimate_miou`).
-A helper of the pseudo-masks stage; measured against the truth in docs/benchmarks.md ("Threshold
+quality), and each split's mIoU estimated from its tiles' scores
+(:func:`pseudo_masks.estimate_miou`). A helper of the pseudo-masks stage; measured against the truth in docs/benchmarks.md ("Threshold
 without masks", "A split's mIoU without masks")."""
 
 from __future__ import annotations
@@ -60,15 +60,15 @@ class TileQuality:
         inside = histogram.counts.sum()
         self.rows.append({"split": split, "tile": name, "quality": quality,
                           "tissue_share": inside / max(inside + histogram.outside, 1)})
-        pooled = self.by_class.setdefault((split, label), ScoreHistogram(len(histogram.counts)))
-        pooled.counts += histogram.counts
-        pooled.outside += histogram.outside
+        self.by_class.setdefault((split, label),
+                                 ScoreHistogram(len(histogram.counts))).merge(histogram)
         return quality
 
     def estimates(self) -> Dict[str, Dict[str, float]]:
         """Each split's mIoU (with background, 0-1) estimated without masks, and its range."""
         splits = sorted({split for split, _ in self.by_class})
-        return {split: estimate_miou([h for (s, _), h in sorted(self.by_class.items()) if s == split],
+        return {split: estimate_miou([histogram for (s, _), histogram
+                                      in sorted(self.by_class.items()) if s == split],
                                      self.threshold) for split in splits}
 
     def write(self, output_dir: Path,
