@@ -12,10 +12,11 @@ from PIL import Image
 
 from segmix.cli import main
 from segmix.data import read_mask_png
-from segmix.models.factory import (create_classifier, create_segmenter, save_classifier,
-                                   save_segmenter)
+from segmix.models.factory import (ModelError, create_classifier, create_segmenter, model_kind,
+                                   save_classifier, save_segmenter)
+from segmix.models.folder import ModelFolderError
 from segmix.models.fusion import fuse_tile_class
-from segmix.models.pretrained import Classifier
+from segmix.models.pretrained import Classifier, Segmenter
 from segmix.models.sliding_window import blend_weights, sliding_window_predict, window_starts
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -276,3 +277,49 @@ def test_predict_with_a_tile_classifier_fuses_its_class(segmenter_file, classifi
     assert predict(tmp_path / "slides", f"segmenter_path={segmenter_file}", f"input={images}",
                    classifier, "predict.slides=true") == 2
     assert "a whole slide holds many" in capsys.readouterr().err
+
+
+def test_a_segmenter_folder_carries_its_tile_classifier(segmenter_file, classifier_file, tmp_path,
+                                                        capsys):
+    images = tmp_path / "images"
+    write_images(images, [(64, 64), (80, 96)])
+    segmenter = Segmenter.from_pretrained(segmenter_file)
+    assert segmenter.classifier is None
+    with pytest.raises(ModelError, match="carries none"):
+        segmenter.predict(np.zeros((64, 64, 3), np.uint8), classifier_weight=1.0)
+    segmenter.save_pretrained(tmp_path / "alone")
+    segmenter.classifier = Classifier.from_pretrained(classifier_file(["A", "B", "C"]))
+    bundle = segmenter.save_pretrained(tmp_path / "bundle")
+    assert (bundle / "classifier" / "model.safetensors").is_file()
+    assert model_kind(bundle) == "segmenter"
+
+    loaded = Segmenter.from_pretrained(bundle)
+    assert loaded.classifier is not None and loaded.classifier.classes == ["A", "B", "C"]
+    for key, value in segmenter.classifier.network.state_dict().items():
+        assert torch.equal(loaded.classifier.network.state_dict()[key], value)
+    # the folder given as the classifier gives the masks of the classifier's own file
+    file_settings = [f"segmenter_path={segmenter_file}", f"input={images}",
+                     f"classifier_path={classifier_file(['A', 'B', 'C'])}"]
+    assert predict(tmp_path / "by-file", *file_settings) == 0
+    assert predict(tmp_path / "by-folder", f"segmenter_path={bundle}", f"input={images}",
+                   f"classifier_path={bundle}") == 0
+    assert predict(tmp_path / "segmenter-only", f"segmenter_path={bundle}",
+                   f"input={images}") == 0
+    for i in range(2):
+        name = f"masks/img{i}.png"
+        by_file = read_mask_png(tmp_path / "by-file" / name)
+        assert np.array_equal(by_file, read_mask_png(tmp_path / "by-folder" / name))
+        image = np.asarray(Image.open(images / f"img{i}.png"))
+        assert np.array_equal(by_file, loaded.predict(image, classifier_weight=1.0).mask)
+        # without classifier_path the folder's segmenter alone predicts
+        alone = read_mask_png(tmp_path / "segmenter-only" / name)
+        assert np.array_equal(alone, loaded.predict(image).mask)
+        assert not np.array_equal(alone, by_file)
+
+    assert predict(tmp_path / "none", f"segmenter_path={bundle}", f"input={images}",
+                   f"classifier_path={tmp_path / 'alone'}") == 1
+    assert "carries no tile classifier" in capsys.readouterr().err
+    segmenter.classifier = Classifier.from_pretrained(classifier_file(["A", "B", "D"]))
+    with pytest.raises(ModelFolderError, match="cannot carry a tile classifier of classes"):
+        segmenter.save_pretrained(tmp_path / "mismatch")
+    assert not (tmp_path / "mismatch").exists()

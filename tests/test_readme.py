@@ -27,4 +27,6 @@ def test_python_api_guide_runs(tmp_path, monkeypatch, capsys):
     assert "Segmenter(Unet, classes=['tumour', 'stroma', 'lymphocytes'], image_size=(96, 96)" in printed
     assert "(1, 4, 96, 96)" in printed  # the ONNX model's logits, read with onnxruntime
     assert (tmp_path / "to-share" / "segmenter" / "model.safetensors").is_file()
+    assert (tmp_path / "to-share" / "both" / "classifier" / "model.safetensors").is_file()
+    assert "['classifier', 'config.json', 'model.safetensors']" in printed
     assert (tmp_path / "api-demo" / "classifier" / "metrics.png").is_file()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pseudo_masks import label_foreground, self_training_map
+from segmix.models.pretrained import Segmenter
 from segmix.stages.self_train import keep_round
 
 from interrupt import run_killed_after_first_epoch
@@ -60,6 +61,11 @@ def test_without_rounds_the_run_hands_on_its_first_segmenter(finished_run):
     assert handed.read_bytes() == (out / "segmenter" / "segmenter.pt").read_bytes()
     assert (out / "self-training" / "model" / "model.safetensors").read_bytes() == (
         out / "segmenter" / "model" / "model.safetensors").read_bytes()
+    # the folder handed on carries the run's tile classifier
+    assert (out / "self-training" / "model" / "classifier" / "model.safetensors").read_bytes() == (
+        out / "classifier" / "model" / "model.safetensors").read_bytes()
+    handed_on = Segmenter.from_pretrained(out / "self-training" / "model")
+    assert handed_on.classifier is not None and handed_on.classifier.classes == ["A", "B", "C"]
     predict = (out / "predictions" / "config.yaml").read_text()
     assert f"segmenter_path: {handed}" in predict
     summary = json.loads((out / "summary.json").read_text())
@@ -94,3 +100,13 @@ def test_a_round_trains_on_fused_maps_resumes_and_hands_on_the_best(finished_run
     assert metrics["kept_round"] == best["round"] and "ground truth" in metrics["kept_by"]
     assert (out / "segmenter.pt").read_bytes() == open(best["segmenter"], "rb").read()
     assert (out / "rounds.csv").is_file()
+
+
+def test_a_missing_tile_classifier_is_refused_before_a_round_trains(finished_run, tmp_path, capsys):
+    run, out = finished_run, tmp_path / "self-training"
+    settings = [f"segmenter_path={run / 'segmenter' / 'segmenter.pt'}",
+                f"pseudo_masks_dir={run / 'pseudo-masks'}", "self_training.rounds=1",
+                f"classifier_path={tmp_path / 'no-classifier.pt'}"]
+    assert cli("self-train", out, settings) != 0
+    assert "no-classifier.pt" in capsys.readouterr().err
+    assert not (out / "round-1").exists()

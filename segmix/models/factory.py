@@ -21,7 +21,7 @@ from torch import nn
 
 from ..data.palette import palette_colors
 from ..errors import SegmixError
-from .folder import folder_kind, read_model_folder, write_model_folder
+from .folder import classifier_folder, folder_kind, read_model_folder, write_model_folder
 from ..runtime import atomic_torch_save, load_torch_file
 
 __all__ = [
@@ -246,6 +246,8 @@ def _read_model_file(path: Path, kind: str, required: set, map_location: str,
     """The payload of a model file (``.pt``) or model folder of ``kind``, checked for the keys in
     ``required`` and, when ``classes`` is given, for that class list."""
     path = Path(path)
+    if path.is_dir() and kind == "classifier":
+        path = classifier_folder(path)  # a segmenter's folder: the classifier it carries
     if path.is_dir():
         payload = read_model_folder(path, kind, map_location)
     elif not path.is_file():
@@ -297,16 +299,18 @@ def _kind_of(info: Dict[str, Any]) -> str:
     return "segmenter" if "encoder" in info else "classifier"
 
 
-def save_model_folder(directory: Path, info: Dict[str, Any],
-                      state_dict: Dict[str, torch.Tensor]) -> Path:
+def save_model_folder(directory: Path, info: Dict[str, Any], state_dict: Dict[str, torch.Tensor],
+                      classifier: Optional[Tuple[Dict[str, Any], Dict[str, torch.Tensor]]] = None
+                      ) -> Path:
     """Write a model (its file's ``info`` and weights) as a model folder
-    (:mod:`segmix.models.folder`); a segmentation model's folder names its palette too."""
+    (:mod:`segmix.models.folder`); a segmentation model's folder names its palette too, and carries
+    the tile ``classifier`` (its info and weights) if given."""
     kind = _kind_of(info)
     info = {key: value for key, value in info.items() if key != "state_dict"}
     if kind == "segmenter":
         names = ["background", *info["classes"]]
         info["palette"] = {name: list(rgb) for name, rgb in zip(names, palette_colors(len(names) - 1))}
-    return write_model_folder(directory, kind, info, state_dict)
+    return write_model_folder(directory, kind, info, state_dict, classifier)
 
 
 def model_kind(path: Path) -> str:

@@ -2,8 +2,10 @@
 
 A folder holds ``config.json`` (what the model is: kind, architecture, classes, palette, input
 size, normalisation, training resolution, how it was trained) and ``model.safetensors`` (the
-weights; safetensors loads without running pickled code). It is written whole or not at all: into
-a temporary folder beside it, then renamed into place.
+weights; safetensors loads without running pickled code). A segmenter's folder may carry the tile
+classifier of the same run in its subfolder ``classifier/`` (itself a classifier's model folder),
+so that one folder holds both readings of an image (:mod:`segmix.models.fusion`). A folder is
+written whole or not at all: into a temporary folder beside it, then renamed into place.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -19,13 +21,18 @@ from .. import __version__
 from ..errors import SegmixError
 from ..io import give_usual_mode, temporary_dir
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "KINDS", "ModelFolderError", "folder_kind",
-           "write_model_folder", "read_model_folder"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "KINDS", "CARRIED_CLASSIFIER", "ModelFolderError",
+           "carried_classifier", "classifier_folder", "folder_kind", "write_model_folder",
+           "read_model_folder"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 KINDS = ("classifier", "segmenter")
+CARRIED_CLASSIFIER = "classifier"  # a segmenter's folder: the tile classifier it carries
 FORMAT_VERSION = 1
+
+# what a folder carries besides its own model: the tile classifier's info and weights
+Carried = Optional[Tuple[Dict[str, Any], Dict[str, torch.Tensor]]]
 
 
 class ModelFolderError(SegmixError, ValueError):
@@ -33,13 +40,19 @@ class ModelFolderError(SegmixError, ValueError):
 
 
 def write_model_folder(directory: Path, kind: str, info: Dict[str, Any],
-                       state_dict: Dict[str, torch.Tensor]) -> Path:
-    """Write ``info`` (JSON-serialisable) and ``state_dict`` as a model folder; replaces an older
-    folder there only once the new one is complete. Returns ``directory``."""
+                       state_dict: Dict[str, torch.Tensor], classifier: Carried = None) -> Path:
+    """Write ``info`` (JSON-serialisable) and ``state_dict`` as a model folder, a segmenter's with
+    the tile ``classifier`` (its info and weights, the same classes) in ``classifier/`` if given;
+    replaces an older folder there only once the new one is complete. Returns ``directory``."""
     from safetensors.torch import save_file
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if classifier is not None and kind != "segmenter":
+        raise ValueError(f"only a segmenter's folder carries a tile classifier, not a {kind}'s")
+    if classifier is not None and list(classifier[0]["classes"]) != list(info["classes"]):
+        raise ModelFolderError(f"a segmenter of classes {list(info['classes'])} cannot carry a"
+                               f" tile classifier of classes {list(classifier[0]['classes'])}")
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = temporary_dir(directory, directory.name)
@@ -51,6 +64,8 @@ def write_model_folder(directory: Path, kind: str, info: Dict[str, Any],
         save_file(tensors, str(staging / WEIGHTS_NAME), metadata={"segmix_model": kind})
         for path in (staging, staging / CONFIG_NAME, staging / WEIGHTS_NAME):
             give_usual_mode(path)  # a folder meant to be handed on: readable as any output
+        if classifier is not None:
+            write_model_folder(staging / CARRIED_CLASSIFIER, "classifier", *classifier)
         if directory.exists():
             old = temporary_dir(directory, f"{directory.name}.old")
             directory.replace(old / directory.name)
@@ -67,6 +82,25 @@ def write_model_folder(directory: Path, kind: str, info: Dict[str, Any],
 def folder_kind(directory: Path) -> str:
     """The kind of model (one of :data:`KINDS`) a model folder holds, from its ``config.json``."""
     return _read_config(Path(directory))["segmix_model"]
+
+
+def carried_classifier(directory: Path) -> Optional[Path]:
+    """The tile classifier's folder a segmenter's model folder carries, or None."""
+    folder = Path(directory) / CARRIED_CLASSIFIER
+    return folder if folder.is_dir() else None
+
+
+def classifier_folder(directory: Path) -> Path:
+    """``directory`` if it holds a classifier; the tile classifier it carries if it holds a
+    segmenter (refused, naming it, if it carries none)."""
+    directory = Path(directory)
+    if folder_kind(directory) == "classifier":
+        return directory
+    carried = carried_classifier(directory)
+    if carried is None:
+        raise ModelFolderError(f"{directory} holds a segmenter that carries no tile classifier (a"
+                               " classifier's model folder or .pt file was expected)")
+    return carried
 
 
 def _read_config(directory: Path) -> Dict[str, Any]:

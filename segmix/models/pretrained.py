@@ -8,6 +8,11 @@ a model folder (``config.json`` + ``model.safetensors``, :mod:`segmix.models.fol
     segmenter = Segmenter.from_pretrained("runs/demo/segmenter/model")
     mask = segmenter.predict(rgb).mask          # H x W class indices, 0 = background
     segmenter.save_pretrained("to-share/segmenter")
+
+A segmenter's folder may carry the run's tile classifier (``segmix run`` hands on
+``self-training/model`` so); ``segmenter.classifier`` is then loaded with it, and
+``segmenter.predict(rgb, classifier_weight=1.0)`` weighs each pixel's class by the tile's
+(:func:`segmix.models.fusion.fuse_tile_class`).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch import nn
 
 from ..data import model_transform, resized
 from .factory import (
+    ModelError,
     class_probabilities,
     load_classifier,
     load_segmenter,
@@ -28,6 +34,8 @@ from .factory import (
     save_model_folder,
 )
 from ..runtime import setup_runtime
+from .folder import carried_classifier
+from .fusion import fuse_tile_class
 from .sliding_window import sliding_window_predict
 
 __all__ = ["Classifier", "Segmenter", "Prediction", "load_pretrained"]
@@ -113,30 +121,68 @@ class Prediction(NamedTuple):
 
 
 class Segmenter(_Pretrained):
-    """A segmentation model trained by ``segmix train-seg`` (0 = background, 1..K = classes)."""
+    """A segmentation model trained by ``segmix train-seg`` (0 = background, 1..K = classes).
+
+    ``classifier``: the tile classifier of the same classes that the model folder carries (or
+    that was set), else None; ``save_pretrained`` writes it into the folder too."""
 
     kind = "segmenter"
     _load = staticmethod(load_segmenter)
 
+    def __init__(self, network: nn.Module, info: Dict[str, Any],
+                 device: torch.device = torch.device("cpu"),
+                 classifier: Optional[Classifier] = None) -> None:
+        super().__init__(network, info, device)
+        self.classifier = classifier
+
+    @classmethod
+    def from_pretrained(cls, path: Path, *, classes: Optional[Sequence[str]] = None,
+                        device: str = "cpu") -> "Segmenter":
+        segmenter = super().from_pretrained(path, classes=classes, device=device)
+        carried = carried_classifier(path) if Path(path).is_dir() else None
+        if carried is not None:
+            segmenter.classifier = Classifier.from_pretrained(carried, classes=segmenter.classes,
+                                                              device=device)
+        return segmenter
+
+    def save_pretrained(self, directory: Path) -> Path:
+        carried = None if self.classifier is None else (self.classifier.info,
+                                                        self.classifier.network.state_dict())
+        return save_model_folder(directory, self.info, self.network.state_dict(), carried)
+
     def predict(self, image: np.ndarray, *, window: Optional[Any] = None, overlap: float = 0.25,
                 blend: str = "gaussian", flips: Sequence[str] = (), batch_size: int = 8,
                 scale: float = 1.0, probabilities: bool = False,
+                classifier_weight: Optional[float] = None,
                 on_row: Optional[Callable[[int, int], None]] = None) -> Prediction:
         """Segment an RGB uint8 image of any size with a sliding window (:mod:`.sliding_window`) of
         the training size (or ``window``), after resizing by ``scale``; the mask comes back at the
-        image's size."""
+        image's size. With ``classifier_weight`` the image is also classified whole by
+        :attr:`classifier` and the mask fuses both readings (:func:`.fusion.fuse_tile_class`);
+        ``probabilities`` are the segmenter's either way."""
+        if classifier_weight is not None and self.classifier is None:
+            raise ModelError("classifier_weight fuses the tile classifier's class, and this"
+                             " segmenter carries none: set segmenter.classifier or load a model"
+                             " folder that carries one")
+        fused = classifier_weight is not None
         size = image.shape[:2]
         if scale != 1.0:
-            image = resized(image, (max(1, round(size[0] * scale)), max(1, round(size[1] * scale))))
+            scaled = resized(image, (max(1, round(size[0] * scale)), max(1, round(size[1] * scale))))
+        else:
+            scaled = image
         mask, probs = sliding_window_predict(
-            self.network, image, window=window if window is not None else list(self.image_size),
+            self.network, scaled, window=window if window is not None else list(self.image_size),
             mean=self.mean, std=self.std, overlap=overlap, blend=blend, flips=flips,
-            batch_size=batch_size, probabilities=probabilities, device=self.device, on_row=on_row)
+            batch_size=batch_size, probabilities=probabilities or fused, device=self.device,
+            on_row=on_row)
         if scale != 1.0:
             mask = resized(mask, size, nearest=True)
             if probs is not None:
                 probs = np.stack([resized(p.astype(np.float32), size) for p in probs]).astype(np.float16)
-        return Prediction(mask, probs)
+        if fused:
+            tile = self.classifier.predict([image])[0]
+            mask = fuse_tile_class(probs, tile, classifier_weight)
+        return Prediction(mask, probs if probabilities else None)
 
 
 def load_pretrained(path: Path, *, classes: Optional[Sequence[str]] = None,

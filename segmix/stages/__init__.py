@@ -92,7 +92,8 @@ STAGES: Tuple[Stage, ...] = (
           " localiser's maps -> new pseudo masks -> a new segmenter; hands on the best round's"
           " segmenter (the first without rounds)", folder=lambda layout: layout.self_training_dir,
           wiring=lambda layout, splits: {"segmenter_path": str(layout.segmenter),
-                                         "pseudo_masks_dir": str(layout.pseudo_masks_dir)},
+                                         "pseudo_masks_dir": str(layout.pseudo_masks_dir),
+                                         "classifier_path": str(layout.classifier)},
           example="self_training.rounds=1"),
     Stage("predict", "masks for new images of any size with a trained segmentation model"
           " (sliding window, blended logits, flip TTA); whole slides with predict.slides=true"

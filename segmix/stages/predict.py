@@ -6,8 +6,9 @@ section (as ``segmix run`` uses it). Images of any size are predicted with a sli
 (:mod:`segmix.models.sliding_window`): windows of the training size overlap by
 ``predict.overlap``; logits are blended, in memory bounded by one band of windows;
 ``predict.flips`` adds flip TTA. With ``classifier_path`` (a ``segmix train-cls`` classifier of the
-same classes) each image is also classified whole, resized to the classifier's training size as
-the stages read tiles, and the mask fuses both (:func:`segmix.models.fusion.fuse_tile_class`: the
+same classes, or a segmenter's model folder that carries one, such as a run's
+``self-training/model``) each image is also classified whole, resized to the classifier's training
+size as the stages read tiles, and the mask fuses both (:func:`segmix.models.fusion.fuse_tile_class`: the
 segmenter finds the tissue, the classifier's probabilities weigh its class by
 ``predict.classifier_weight``).
 
@@ -58,7 +59,6 @@ from ..data import (
 )
 from ..data.readers import IMAGE_SUFFIXES, image_files
 from ..io import atomic_write_npz, read_json, write_csv, write_json
-from ..models.fusion import fuse_tile_class
 from ..models.pretrained import Classifier, Segmenter
 from ..runtime import check_device
 from ..sharding import Shard, Skipped, check_shard, current_shard, join, run_share
@@ -200,23 +200,20 @@ class Predictor:
                  classifier_path: Optional[Path] = None) -> None:
         self.segmenter = Segmenter.from_pretrained(Path(segmenter_path), device=config["device"])
         self.classes: List[str] = self.segmenter.classes
-        self.classifier = (None if classifier_path is None else Classifier.from_pretrained(
-            Path(classifier_path), classes=self.classes, device=config["device"]))
-        self.classifier_weight = float(config["classifier_weight"])
         self.settings = {**window_settings(config), "scale": float(config["scale"])}
+        if classifier_path is None:
+            self.segmenter.classifier = None  # a classifier the folder carries is read on request
+        else:
+            self.segmenter.classifier = Classifier.from_pretrained(
+                Path(classifier_path), classes=self.classes, device=config["device"])
+            self.settings["classifier_weight"] = float(config["classifier_weight"])
 
     def __call__(self, image: np.ndarray, probabilities: bool,
                  on_row=None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """``(mask, the segmenter's softmax if probabilities)``; the mask fused with the tile
         classifier's class, if there is one."""
-        mask, probs = self.segmenter.predict(
-            image, probabilities=probabilities or self.classifier is not None, on_row=on_row,
-            **self.settings)
-        if self.classifier is None:
-            return mask, probs
-        tile = self.classifier.predict([image])[0]
-        mask = fuse_tile_class(probs, tile, self.classifier_weight)
-        return mask, probs if probabilities else None
+        return self.segmenter.predict(image, probabilities=probabilities, on_row=on_row,
+                                      **self.settings)
 
 
 def _outputs(output_dir: Path, name: str, settings: Dict[str, Any]) -> Dict[str, Path]:

@@ -14,7 +14,10 @@ final val mIoU is highest (round 0 is the first segmenter); without val masks th
 the config asks (a segmenter scored on its own pseudo masks says nothing across rounds). It is
 copied to ``segmenter.pt`` and ``model/`` here, with ``metrics.json`` and ``rounds.csv`` (each
 round's pseudo-mask val mIoU or its estimate without masks, and its segmenter's val mIoU).
-``self_training.rounds: 0`` (the default) hands on the first segmenter.
+``self_training.rounds: 0`` (the default) hands on the first segmenter. With ``classifier_path``
+(``segmix run`` sets the run's classifier) the model folder carries that tile classifier too
+(``model/classifier/``), so one folder holds both readings: ``segmix predict --model FOLDER --set
+classifier_path=FOLDER`` fuses them.
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ from ..artifacts import (
 )
 from ..config import ConfigError, check_number, load_config
 from ..data import read_rgb
-from ..io import atomic_path, read_json, temporary_dir, write_csv, write_json
-from ..models.pretrained import Segmenter
+from ..io import atomic_path, read_json, write_csv, write_json
+from ..models.pretrained import Classifier, Segmenter
 from ..models.sliding_window import FLIPS
 from ..runtime import check_device
 from . import pipeline
@@ -62,6 +65,7 @@ DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/self-training",
     "segmenter_path": "runs/segmenter/segmenter.pt",  # the first segmenter (its folder's config)
     "pseudo_masks_dir": "runs/pseudo-masks",          # the first pseudo masks (their config)
+    "classifier_path": None,  # a tile classifier for the handed-on model folder to carry
     # rounds: 0 hands on the first segmenter; weight: the segmenter's share of the new foreground
     # maps (the localiser's map the rest); flips: test-time flips of the segmenter's probabilities
     "self_training": {"rounds": 0, "weight": 0.5, "flips": ["horizontal"], "device": "auto"},
@@ -136,14 +140,21 @@ def _round_row(number: int, pseudo_dir: Path, segmenter_dir: Path) -> Dict[str, 
             "segmenter": str(segmenter_dir / SEGMENTER_FILE)}
 
 
-def _hand_on(segmenter_dir: Path, output_dir: Path) -> None:
-    """Copy a round's model folder and (last: it marks the stage finished) its segmenter file."""
-    folder = output_dir / MODEL_FOLDER
-    staging = temporary_dir(folder, MODEL_FOLDER)
-    shutil.copytree(segmenter_dir / MODEL_FOLDER, staging, dirs_exist_ok=True)
-    if folder.exists():
-        shutil.rmtree(folder)
-    staging.rename(folder)
+def _tile_classifier(config: Dict[str, Any]) -> Optional[Classifier]:
+    """The tile classifier of ``classifier_path`` (None if unset), checked against the first
+    segmenter's classes before any round trains."""
+    if not config["classifier_path"]:
+        return None
+    classes = Segmenter.from_pretrained(Path(config["segmenter_path"])).classes
+    return Classifier.from_pretrained(Path(config["classifier_path"]), classes=classes)
+
+
+def _hand_on(segmenter_dir: Path, output_dir: Path, classifier: Optional[Classifier]) -> None:
+    """Write a round's model folder (carrying the tile classifier, if any) and (last: it marks the
+    stage finished) copy its segmenter file."""
+    segmenter = Segmenter.from_pretrained(segmenter_dir / MODEL_FOLDER)
+    segmenter.classifier = classifier
+    segmenter.save_pretrained(output_dir / MODEL_FOLDER)
     with atomic_path(output_dir / SEGMENTER_FILE) as tmp:
         shutil.copyfile(segmenter_dir / SEGMENTER_FILE, tmp)
 
@@ -164,6 +175,7 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     validate(config)
     settings = config["self_training"]
     first = _first_configs(config)
+    classifier = _tile_classifier(config)
     pseudo_config, segmenter_config = first["pseudo-masks"], first["train-seg"]
     localiser_dir = Path(pseudo_config["localiser_dir"]) if pseudo_config["localiser_dir"] else None
     if localiser_dir is not None and localiser_method(localiser_dir) in (None, "none"):
@@ -195,5 +207,5 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     metrics = {"rounds": rows, "kept_round": kept["round"], "kept_by": why}
     write_metrics(output_dir, metrics)
     print(f"self-training hands on round {kept['round']} ({why}): {kept['segmenter']}", flush=True)
-    _hand_on(Path(kept["segmenter"]).parent, output_dir)
+    _hand_on(Path(kept["segmenter"]).parent, output_dir, classifier)
     return metrics
