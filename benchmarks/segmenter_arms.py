@@ -1,0 +1,125 @@
+"""Final-model arms against their own upper bounds: the segmentation stage trained again on the
+pseudo masks of finished ``segmix run`` folders, once per arm, and (``--upper-bound``) the same arm
+on the true masks; every model predicts the val split as the run predicts it and is scored as the
+run scores its own (with background, tile label unknown). Prints val mIoU, foreground IoU and
+per-class IoU per arm (means over the runs), and each arm's share of its upper bound.
+
+    .venv/bin/python benchmarks/segmenter_arms.py --runs runs/wbc-s0 runs/wbc-s1 \
+        --out runs/seg-arms-wbc --upper-bound --arm shuffle= --arm none=seg_augment.name=none
+
+Each run trains with its own saved config (``<run>/config.yaml``: seed, data and recipe) and its
+pseudo masks; ``--set`` applies to every arm; an arm is ``name=key=value,key=value`` (``name=``:
+the run's recipe as it is). ``--val-data CSV`` scores against another val CSV (a labels-only run's
+split with its masks). A finished step is read back, an interrupted training resumes. Writes
+``arms.json`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+ARM_TARGETS = {"pseudo masks": [], "upper bound": ["targets=ground_truth"]}
+
+
+def parse_arm(text: str) -> Tuple[str, List[str]]:
+    name, _, settings = text.partition("=")
+    return name, [s for s in settings.split(",") if s]
+
+
+def segmix(stage: str, run: Path, out: Path, settings: List[str]) -> None:
+    """``segmix <stage> --config <run>/config.yaml`` into ``out`` with ``settings``."""
+    command = [sys.executable, "-m", "segmix.cli", stage, "--config", str(run / "config.yaml"),
+               "--output-dir", str(out)] + [a for s in settings for a in ("--set", s)]
+    if stage == "train-seg" and (out / "checkpoints" / "last.pt").exists():
+        command.append("--resume")
+    subprocess.run(command, check=True)
+
+
+def run_arm(run: Path, out: Path, settings: List[str], val_data: Optional[Path]
+            ) -> Dict[str, object]:
+    """Train, predict and score one arm of one run; returns the with-background val metrics."""
+    data = [f"data.val.path={val_data}"] if val_data else []
+    segmenter = out / "segmenter" / "segmenter.pt"
+    if not segmenter.exists():
+        segmix("train-seg", run, out / "segmenter",
+               [f"pseudo_masks_dir={run / 'pseudo-masks'}", *data, *settings])
+    if not (out / "predictions" / "summary.json").exists():
+        segmix("predict", run, out / "predictions",
+               [f"segmenter_path={segmenter}", "split=val", *data])
+    metrics_file = out / "evaluation" / "metrics.json"
+    if not metrics_file.exists():
+        segmix("evaluate", run, out / "evaluation",
+               [f"predictions={out / 'predictions' / 'masks'}", "split=val", *data])
+    metrics = json.loads(metrics_file.read_text())["with_background"]
+    return {"mIoU": metrics["mIoU"], "foreground_iou": metrics["foreground_iou"],
+            "iou": metrics["iou"]}
+
+
+def table(results: Dict[str, Dict[str, Dict[str, Dict[str, object]]]], runs: List[str]) -> str:
+    """One row per arm and target: mean over runs of mIoU (and each run's), foreground IoU, share
+    of the arm's upper bound, per-class IoU; in %."""
+    first = next(iter(next(iter(results.values())).values()))
+    classes = list(next(iter(first.values()))["iou"])
+    header = ["arm", "trained on", *[f"mIoU {r}" for r in runs], "mIoU mean", "fg IoU",
+              "/ upper bound", *classes]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for arm, by_target in results.items():
+        bound = by_target.get("upper bound")
+        for target, by_run in by_target.items():
+            mean = np.mean([by_run[r]["mIoU"] for r in runs])
+            share = (f"{100 * mean / np.mean([bound[r]['mIoU'] for r in runs]):.0f}%"
+                     if bound and target != "upper bound" else "")
+            cells = [arm, target, *[f"{100 * by_run[r]['mIoU']:.1f}" for r in runs],
+                     f"**{100 * mean:.1f}**",
+                     f"{100 * np.mean([by_run[r]['foreground_iou'] for r in runs]):.1f}", share,
+                     *[f"{100 * np.mean([by_run[r]['iou'][c] for r in runs]):.1f}" for c in classes]]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, nargs="+", required=True,
+                        help="finished segmix run folders (each with config.yaml, pseudo-masks/)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--arm", action="append", required=True, metavar="NAME=K=V,K=V")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--upper-bound", action="store_true",
+                        help="also train each arm on the true masks")
+    parser.add_argument("--val-data", type=Path, help="a val CSV with masks to score against")
+    args = parser.parse_args()
+    for run in args.runs:
+        for needed in (run / "config.yaml", run / "pseudo-masks" / "summary.json"):
+            if not needed.exists():
+                parser.error(f"{needed} does not exist: --runs takes finished segmix run folders")
+    targets = ARM_TARGETS if args.upper_bound else {"pseudo masks": []}
+    names = [run.name for run in args.runs]
+    results: Dict[str, Dict[str, Dict[str, Dict[str, object]]]] = {}
+    for text in args.arm:
+        arm, settings = parse_arm(text)
+        results[arm] = {
+            target: {run.name: run_arm(run, args.out / run.name / (arm + ("-ub" if extra else "")),
+                                       [*args.set, *settings, *extra], args.val_data)
+                     for run in args.runs}
+            for target, extra in targets.items()}
+    text = table(results, names)
+    print(f"{platform.node()}, {torch.get_num_threads()} threads; val, with background, final"
+          " epoch; per-class IoU is the mean over runs (%)")
+    print(text)
+    (args.out / "arms.json").write_text(json.dumps(
+        {"runs": [str(r) for r in args.runs], "set": args.set, "arms": args.arm,
+         "upper_bound": args.upper_bound, "val_data": str(args.val_data or ""),
+         "results": results, "table": text}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
