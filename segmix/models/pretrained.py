@@ -166,10 +166,8 @@ class Segmenter(_Pretrained):
                              " folder that carries one")
         fused = classifier_weight is not None
         size = image.shape[:2]
-        if scale != 1.0:
-            scaled = resized(image, (max(1, round(size[0] * scale)), max(1, round(size[1] * scale))))
-        else:
-            scaled = image
+        scaled = image if scale == 1.0 else resized(
+            image, (max(1, round(size[0] * scale)), max(1, round(size[1] * scale))))
         mask, probs = sliding_window_predict(
             self.network, scaled, window=window if window is not None else list(self.image_size),
             mean=self.mean, std=self.std, overlap=overlap, blend=blend, flips=flips,

@@ -8,9 +8,9 @@ section (as ``segmix run`` uses it). Images of any size are predicted with a sli
 ``predict.flips`` adds flip TTA. With ``classifier_path`` (a ``segmix train-cls`` classifier of the
 same classes, or a segmenter's model folder that carries one, such as a run's
 ``self-training/model``) each image is also classified whole, resized to the classifier's training
-size as the stages read tiles, and the mask fuses both (:func:`segmix.models.fusion.fuse_tile_class`: the
-segmenter finds the tissue, the classifier's probabilities weigh its class by
-``predict.classifier_weight``).
+size as the stages read tiles, and the mask fuses both
+(:func:`segmix.models.fusion.fuse_tile_class`: the segmenter finds the tissue, the classifier's
+probabilities weigh its class by ``predict.classifier_weight``).
 
 Outputs: ``masks/<stem>.png`` (palette PNG: 0 background, 1..K classes) with ``masks/legend.json``,
 optional ``probabilities/<stem>.npz`` (float16 ``[K+1, H, W]`` softmax) and
@@ -202,7 +202,7 @@ class Predictor:
         self.classes: List[str] = self.segmenter.classes
         self.settings = {**window_settings(config), "scale": float(config["scale"])}
         if classifier_path is None:
-            self.segmenter.classifier = None  # a classifier the folder carries is read on request
+            self.segmenter.classifier = None  # the segmenter alone, even if its folder carries one
         else:
             self.segmenter.classifier = Classifier.from_pretrained(
                 Path(classifier_path), classes=self.classes, device=config["device"])
