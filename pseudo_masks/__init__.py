@@ -26,13 +26,13 @@ from .threshold import (
     expected_miou,
     two_mode_posterior,
 )
-from .self_training import label_foreground, self_training_map
+from .self_training import segmenter_foreground, self_training_map
 from .tissue import tissue_background
 
 __all__ = [
     "BACKGROUNDS", "IGNORE_INDEX", "PROTOCOLS", "ConfusionMatrix", "PseudoMaskConfig",
     "ScoreHistogram", "choose_threshold", "class_maps", "estimate_miou", "expected_miou",
-    "label_foreground", "self_training_map", "threshold_scores", "two_mode_posterior",
+    "segmenter_foreground", "self_training_map", "threshold_scores", "two_mode_posterior",
     "affinity_refine", "area_pixels",
     "cams_to_masks", "segmentation_metrics", "tissue_background", "trivial_masks",
 ]

@@ -1,12 +1,12 @@
-"""Self-training: the segmenter's foreground of the tile's own classes fused with the localiser's
-map, a round of pseudo masks and a segmenter on them, resumable, and the round handed on."""
+"""Self-training: the segmenter's foreground (any class) fused with the localiser's map, a round
+of pseudo masks and a segmenter on them, resumable, and the round handed on."""
 
 import json
 
 import pytest
 import torch
 
-from pseudo_masks import label_foreground, self_training_map
+from pseudo_masks import segmenter_foreground, self_training_map
 from segmix.models.pretrained import Segmenter
 from segmix.stages.self_train import keep_round
 
@@ -15,22 +15,22 @@ from synthetic import write_csv_dataset
 from test_pipeline import TINY_MODELS, cli
 
 
-def test_the_foreground_is_the_tiles_own_classes_and_fuses_with_the_localiser():
-    # 3 classes; pixel 0: background 0.5, class 1 0.3, class 2 0.2; pixel 1: class 3 0.9
+def test_the_foreground_is_any_class_and_fuses_with_the_localiser():
+    # 3 classes; pixel 0: background 0.5, class 1 0.3, class 2 0.2; pixel 1: class 3 0.9, even on a
+    # tile labelled class 1 only: the segmenter says where, the tile's labels say which class
     probabilities = torch.tensor([[0.5, 0.05], [0.3, 0.03], [0.2, 0.02], [0.0, 0.9]]).view(4, 1, 2)
-    labels = torch.tensor([1.0, 1.0, 0.0])  # the tile holds classes 1 and 2, not 3
-    foreground = label_foreground(probabilities, labels)
-    assert foreground.flatten().tolist() == pytest.approx([0.5, 0.05])  # class 3 is background
+    foreground = segmenter_foreground(probabilities)
+    assert foreground.flatten().tolist() == pytest.approx([0.5, 0.95])
     localiser = torch.tensor([[1.0, 0.0]])
-    assert self_training_map(probabilities, labels, localiser, 0.25).flatten().tolist() == \
-        pytest.approx([0.25 * 0.5 + 0.75, 0.25 * 0.05])
-    assert torch.equal(self_training_map(probabilities, labels, None, 0.25), foreground)
-    with pytest.raises(ValueError, match="expected 4"):
-        label_foreground(probabilities[:3], labels)
+    assert self_training_map(probabilities, localiser, 0.25).flatten().tolist() == \
+        pytest.approx([0.25 * 0.5 + 0.75, 0.25 * 0.95])
+    assert torch.equal(self_training_map(probabilities, None, 0.25), foreground)
+    with pytest.raises(ValueError, match=r"\[K \+ 1, H, W\]"):
+        segmenter_foreground(probabilities[:1])
     with pytest.raises(ValueError, match="the localiser map is"):
-        self_training_map(probabilities, labels, torch.zeros(2, 2), 0.5)
+        self_training_map(probabilities, torch.zeros(2, 2), 0.5)
     with pytest.raises(ValueError, match="weight"):
-        self_training_map(probabilities, labels, localiser, 1.5)
+        self_training_map(probabilities, localiser, 1.5)
 
 
 def test_the_round_handed_on_is_the_best_on_ground_truth_else_the_last():

@@ -1,11 +1,12 @@
 """``segmix self-train``: rounds of self-training after the first segmenter, and the segmenter the
 run hands on.
 
-A round: the segmenter's probability of each tile's own classes (flip-averaged) fused with the
-localiser's foreground map (:func:`pseudo_masks.self_training_map`, ``self_training.weight``) gives
-new foreground maps (``round-N/maps``); the pseudo-mask stage runs again on them with its own
-config (``round-N/pseudo-masks``: its sweep chooses the threshold again, with or without masks;
-the CAMs still name the class); a new segmenter trains on those masks with the first one's config
+A round: the segmenter's foreground (one minus its background probability, flip-averaged)
+fused with the localiser's foreground map (:func:`pseudo_masks.self_training_map`,
+``self_training.weight``) gives new foreground maps (``round-N/maps``); the pseudo-mask stage runs
+again on them with its own config (``round-N/pseudo-masks``: its sweep chooses the threshold
+again, with or without masks; the CAMs still name the class within the tile's labels); a new
+segmenter trains on those masks with the first one's config
 (``round-N/segmenter``). Both steps run through :func:`segmix.stages.pipeline.run_step`, so an
 interrupted round continues where it stopped.
 
@@ -42,7 +43,6 @@ from ..artifacts import (
     last_epoch,
     localiser_method,
     read_cam_index,
-    read_cam_labels,
     read_foreground_map,
     read_metrics,
     write_foreground_map,
@@ -114,14 +114,14 @@ def _write_maps(records: List[CamRecord], segmenter_path: Path, localiser_dir: O
         image = read_rgb(record.image)
         probabilities = segmenter.predict(image, flips=settings["flips"],
                                           probabilities=True).probabilities
-        labels = torch.from_numpy(read_cam_labels(record.cam_path).astype(np.float32))
         localiser = (torch.from_numpy(read_foreground_map(localiser_dir, record.split, record.name))
                      if localiser_dir is not None else None)
-        fused = self_training_map(torch.from_numpy(probabilities.astype(np.float32)), labels,
-                                  localiser, float(settings["weight"]))
+        fused = self_training_map(torch.from_numpy(probabilities.astype(np.float32)), localiser,
+                                  float(settings["weight"]))
         write_foreground_map(target, fused.numpy())
     write_json(maps_dir / SUMMARY_FILE, {
-        "method": "self-training", "weight": settings["weight"], "segmenter": str(segmenter_path),
+        "method": "self-training", "foreground": "1 - p(background)", "weight": settings["weight"],
+        "segmenter": str(segmenter_path),
         "flips": settings["flips"], "localiser_dir": str(localiser_dir) if localiser_dir else None})
 
 
