@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pseudo_masks import segmenter_foreground, self_training_map
+from segmix.cli import main
 from segmix.models.pretrained import Segmenter
 from segmix.stages.self_train import keep_round
 
@@ -70,6 +71,14 @@ def test_without_rounds_the_run_hands_on_its_first_segmenter(finished_run):
     assert f"segmenter_path: {handed}" in predict
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"]["self_training"]["kept_round"] == 0
+
+
+def test_a_finished_run_refused_names_the_one_stage_route(finished_run, capsys):
+    assert main(["run", "--config", str(finished_run / "config.yaml"), "--set",
+                 "self_training.rounds=1"]) == 1
+    error = capsys.readouterr().err
+    assert "this run is finished" in error
+    assert f"segmix self-train --config {finished_run}/self-training/config.yaml" in error
 
 
 def test_a_round_trains_on_fused_maps_resumes_and_hands_on_the_best(finished_run, tmp_path,

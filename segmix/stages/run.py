@@ -27,6 +27,11 @@ from . import pipeline
 __all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "validate"]
 
 DONE_FILE = SUMMARY_FILE
+# Added to the refusal of a finished run: --overwrite would redo every stage.
+FINISHED_HINT = (" To run one stage again with other settings, keep this run and give that stage"
+                 " its saved config and a new folder, e.g. one round of self-training: segmix"
+                 " self-train --config {output_dir}/self-training/config.yaml --set"
+                 " self_training.rounds=1 --output-dir {output_dir}/self-training-1")
 DEFAULTS: Dict[str, Any] = pipeline.pipeline_defaults()
 RESUMABLE_CHANGES = pipeline.pipeline_resumable_changes()
 
