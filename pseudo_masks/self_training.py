@@ -1,5 +1,5 @@
-"""Self-training's foreground map: where a trained segmenter sees tissue of any class, fused with the
-localiser's map, for the next round of pseudo masks. Only torch::
+"""Self-training's foreground map: where a trained segmenter sees tissue of any class, fused with
+the localiser's map, for the next round of pseudo masks. Only torch::
 
     from pseudo_masks import self_training_map
     foreground = self_training_map(probabilities, localiser_map, weight=0.5)

@@ -183,10 +183,10 @@ def holding_output_dir(folder: Path, config: Optional[Dict[str, Any]] = None) ->
 
 def prepare_output_dir(module: ModuleType, config: Dict[str, Any], output_dir: Path, *,
                        overwrite: bool) -> None:
-    """Refuse a folder whose run is finished (with the module's ``FINISHED_HINT``, if any), or
-    that holds work made with other settings (unless ``overwrite``); then save ``config`` as its ``config.yaml`` (on the main process). A folder
-    that holds only the config of a run that stopped before computing anything (bad input, say)
-    takes the new config."""
+    """Refuse a folder whose run is finished (with the module's ``finished_hint``, if any), or
+    that holds work made with other settings (unless ``overwrite``); then save ``config`` as its
+    ``config.yaml`` (on the main process). A folder that holds only the config of a run that
+    stopped before computing anything (bad input, say) takes the new config."""
     from ..artifacts import CONFIG_FILE
     from ..runtime import is_main_process
 
@@ -195,7 +195,8 @@ def prepare_output_dir(module: ModuleType, config: Dict[str, Any], output_dir: P
     if shared:
         config = {**config, "shard": None}
     if done.exists() and not overwrite:
-        hint = getattr(module, "FINISHED_HINT", "").format(output_dir=output_dir)
+        finished_hint = getattr(module, "finished_hint", None)
+        hint = finished_hint(output_dir) if finished_hint else ""
         raise OutputDirError(f"{done} exists: this run is finished. Use --overwrite to replace it"
                              f" or --output-dir for a new folder.{hint}")
     saved = output_dir / CONFIG_FILE

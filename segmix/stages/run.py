@@ -20,20 +20,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict
 
-from ..artifacts import SUMMARY_FILE
+from ..artifacts import CONFIG_FILE, SUMMARY_FILE, RunLayout
 from ..config import ConfigError
 from . import pipeline
 
-__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "run", "validate"]
+__all__ = ["DEFAULTS", "DONE_FILE", "RESUMABLE_CHANGES", "finished_hint", "run", "validate"]
 
 DONE_FILE = SUMMARY_FILE
-# Added to the refusal of a finished run: --overwrite would redo every stage.
-FINISHED_HINT = (" To run one stage again with other settings, keep this run and give that stage"
-                 " its saved config and a new folder, e.g. one round of self-training: segmix"
-                 " self-train --config {output_dir}/self-training/config.yaml --set"
-                 " self_training.rounds=1 --output-dir {output_dir}/self-training-1")
 DEFAULTS: Dict[str, Any] = pipeline.pipeline_defaults()
 RESUMABLE_CHANGES = pipeline.pipeline_resumable_changes()
+
+
+def finished_hint(output_dir: Path) -> str:
+    """Added to the refusal of a finished run (``--overwrite`` would redo every stage): the
+    one-stage route that keeps it."""
+    stage_dir = RunLayout(output_dir).self_training_dir
+    return (" To run one stage again with other settings, keep this run and give that stage its"
+            " saved config and a new folder, e.g. one round of self-training: segmix self-train"
+            f" --config {stage_dir / CONFIG_FILE} --set self_training.rounds=1 --output-dir"
+            f" {stage_dir}-1")
 
 
 def validate(config: Dict[str, Any]) -> None:
