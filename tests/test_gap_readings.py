@@ -1,0 +1,39 @@
+"""benchmarks/gap_readings.py on synthetic tiles: a prediction with the true outline and the wrong
+class loses everything to the class, which the true-class reading gives back."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from synthetic import write_csv_dataset
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gap_readings.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("gap_readings", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_true_class_reading_gives_back_a_wrong_class(tmp_path, capsys):
+    gap = load_script()
+    csv_path = write_csv_dataset(tmp_path, per_class=4, size=32)
+    predictions = tmp_path / "predicted"
+    predictions.mkdir()
+    for line in csv_path.read_text().splitlines()[1:]:
+        image, mask, label, split = line.split(",")
+        if split == "val":
+            truth = np.array(Image.open(tmp_path / mask)) > 0
+            wrong = ("ABC".index(label) + 1) % 3 + 1  # A->B, B->C, C->A (mask values 1..3)
+            Image.fromarray((truth * wrong).astype(np.uint8)).save(predictions / Path(image).name)
+    gap.main(["--data", str(csv_path), "--classes", "A,B,C", "--predictions",
+              f"wrong={predictions}"])
+    rows = {line.split(" | ")[1]: line for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| wrong")}
+    assert "| **25.0** | 100.0 | 100.0 | 0.0 | 0.0 | 0.0 |" in rows["as predicted"]
+    assert "| **100.0** |" in rows["true class"]
+    assert "| **25.0** |" in rows["true outline"] and "| **25.0** |" in rows["majority class"]
