@@ -45,6 +45,7 @@ from ..models.factory import (
     segmenter_normalization,
 )
 from ..runtime import Runtime
+from ..training.losses import SegmentationLoss, class_loss_weights
 from ..training.settings import (
     AUGMENT_DEFAULTS,
     AUGMENTATION_DEFAULTS,
@@ -53,7 +54,6 @@ from ..training.settings import (
     resumable_changes,
     validate_training,
 )
-from ..training.losses import SegmentationLoss, class_loss_weights
 from ..training.synthesis import RareClassPaste, rarity_weights
 from ..training.trainer import EpochTrainer, run_training
 
