@@ -7,11 +7,11 @@ Steps, batched in torch (clean-up per image with scikit-image):
 
 1. **gate**: maps of classes absent from the tile's image-level label can never win;
 2. **normalise** each present class's map to ``[0, 1]`` (negatives clipped, divided by its maximum);
-   optionally **refine** it along colour edges (``refine_iterations``, :mod:`pseudo_masks.refine`)
-   and normalise again; optionally **blend** in a class-agnostic foreground map (e.g. of
-   :mod:`pseudo_masks.prototypes`) with ``foreground_weight`` ``w``: the strength of the best
-   class becomes ``(1 - w) * cam + w * foreground`` while the CAMs still decide between present
-   classes (``w = 1``: the foreground map alone decides foreground);
+   optionally **blend** in a class-agnostic foreground map (e.g. of a localiser) with
+   ``foreground_weight`` ``w``: the strength of the best class becomes
+   ``(1 - w) * cam + w * foreground`` while the CAMs still decide between present classes
+   (``w = 1``: the foreground map alone decides foreground); optionally **refine** the result along
+   colour edges (``refine_iterations``, :mod:`pseudo_masks.refine`), each map keeping its peak;
 3. **background score**: ``threshold`` (a constant), ``power`` (``(1 - max_k cam)^alpha``, as in TPRO),
    or ``tissue`` (only the tissue prior decides background);
 4. **tissue prior** (optional with the first two, implied by ``tissue``): near-white pixels
@@ -148,8 +148,8 @@ def _blend_foreground(normalised: Tensor, present: Tensor, foreground: Optional[
 def class_maps(cams: Tensor, labels: Tensor, config: PseudoMaskConfig = PseudoMaskConfig(),
                images: Optional[Tensor] = None, foreground: Optional[Tensor] = None) -> Tensor:
     """The class maps ``[B, K, H, W]`` in [0, 1] that :func:`cams_to_masks` compares with the
-    background: the present classes' CAMs normalised by their peak, refined and blended with the
-    foreground map as ``config`` says (0 for absent classes). Their maximum over classes is the
+    background: the present classes' CAMs normalised by their peak, blended with the foreground
+    map and refined as ``config`` says (0 for absent classes). Their maximum over classes is the
     score a ``threshold`` background cuts."""
     if cams.dim() != 4:
         raise ValueError(f"cams must be [B, K, H, W], got {tuple(cams.shape)}")
@@ -159,14 +159,22 @@ def class_maps(cams: Tensor, labels: Tensor, config: PseudoMaskConfig = PseudoMa
     positive = cams.float().clamp_min(0) * present
     peak = positive.amax(dim=(-2, -1), keepdim=True)
     normalised = positive / peak.clamp_min(1e-6)
-    if config.refine_iterations:
-        if images is None:
-            raise ValueError("affinity refinement needs the images (uint8 RGB)")
-        refined = affinity_refine(images, normalised, config.refine_iterations) * present
-        normalised = refined / refined.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
     if config.foreground_weight:
         normalised = _blend_foreground(normalised, present, foreground, config.foreground_weight)
+    if config.refine_iterations:
+        normalised = _refine_keeping_peaks(normalised, present, images, config.refine_iterations)
     return normalised
+
+
+def _refine_keeping_peaks(maps: Tensor, present: Tensor, images: Optional[Tensor],
+                          iterations: int) -> Tensor:
+    """``maps`` refined along the colour edges of ``images``, each class map scaled back to the
+    peak it had before (refinement averages, so it would lower a peak the threshold is set for)."""
+    if images is None:
+        raise ValueError("affinity refinement needs the images (uint8 RGB)")
+    refined = affinity_refine(images, maps, iterations) * present
+    before = maps.amax(dim=(-2, -1), keepdim=True)
+    return refined * before / refined.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
 
 
 def threshold_scores(cams: Tensor, labels: Tensor, config: PseudoMaskConfig = PseudoMaskConfig(),

@@ -11,6 +11,7 @@ from pseudo_masks import (
     PseudoMaskConfig,
     area_pixels,
     cams_to_masks,
+    class_maps,
     segmentation_metrics,
     trivial_masks,
 )
@@ -193,6 +194,24 @@ def test_affinity_refinement_spreads_scores_within_a_colour_region_and_stops_at_
     images = torch.full((1, 3, 2, 3), 100, dtype=torch.uint8)
     masks = cams_to_masks(CAMS, ONLY_FIRST, PseudoMaskConfig(refine_iterations=3), images=images)
     assert masks.shape == (1, 2, 3)
+
+
+def test_refinement_pulls_a_foreground_map_onto_the_colour_edge_and_keeps_its_peak():
+    # a localiser's map that overshoots a colour edge by 4 px: refined, the mask stops at the edge
+    generator = torch.Generator().manual_seed(0)
+    image = torch.zeros(1, 3, 32, 32)
+    image[..., 16:] = 200.0
+    images = (image + torch.rand(image.shape, generator=generator) * 10).to(torch.uint8)
+    foreground = torch.zeros(1, 32, 32)
+    foreground[..., :20] = 0.9
+    cams, labels = torch.ones(1, 1, 32, 32), torch.ones(1, 1)
+    coarse = PseudoMaskConfig(threshold=0.5, foreground_weight=1.0)
+    refined = PseudoMaskConfig(threshold=0.5, foreground_weight=1.0, refine_iterations=10)
+    assert (cams_to_masks(cams, labels, coarse, images, foreground)[0, :, :20] == 1).all()
+    masks = cams_to_masks(cams, labels, refined, images, foreground)[0]
+    assert (masks[:, :16] == 1).all() and (masks[:, 16:] == 0).all()
+    maps = class_maps(cams, labels, refined, images, foreground)
+    assert torch.isclose(maps.amax(), torch.tensor(0.9))
 
 
 def test_foreground_map_blends_with_the_cams():
