@@ -10,7 +10,10 @@ single-label tiles (every tile one class), against the split's true masks.
   is the class's; a tile with no predicted foreground counts as the first class).
 
 Comparing two segmenters (a final model and its upper bound) says whether the gap between them is
-where the tissue is or what it is.
+where the tissue is or what it is. A second table reads the outline alone (tissue against
+background, classes aside): the share of pixels called tissue that are background and the reverse,
+and the error rate in bands of distance from the true outline (is it lost at the edge, which
+sharper masks would fix, or in whole regions, which they would not).
 
     .venv/bin/python benchmarks/gap_readings.py --data ../shared/data/ebhi-seg/labels.csv \
         --classes "Normal,Polyp,Low-grade IN,High-grade IN,Adenocarcinoma,Serrated adenoma" \
@@ -26,6 +29,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
+from scipy.ndimage import distance_transform_edt
 
 from pseudo_masks import ConfusionMatrix, segmentation_metrics
 from segmix.data import (
@@ -40,6 +44,7 @@ from segmix.data import (
 from segmix.labels import BACKGROUND_INDEX, IGNORE_INDEX
 
 READINGS = ("as predicted", "majority class", "true class", "true outline")
+BANDS = (0, 2, 4, 8, 16, 32, np.inf)  # distance from the true outline, px: (0, 2], (2, 4], ...
 
 
 def readings(prediction: np.ndarray, truth: np.ndarray, label: int) -> Dict[str, np.ndarray]:
@@ -55,11 +60,50 @@ def readings(prediction: np.ndarray, truth: np.ndarray, label: int) -> Dict[str,
             "true outline": np.where(true_foreground, majority, BACKGROUND_INDEX)}
 
 
-def score(data: Dict[str, object], split: str, folder: Path) -> Dict[str, Dict[str, object]]:
-    """The with-background metrics of each reading of ``folder``'s masks for ``split``."""
+class OutlineErrors:
+    """Tissue against background over many tiles: pixels called tissue that are background
+    (``false_tissue``), the reverse (``missed_tissue``), and per band of distance from the true
+    outline (``BANDS``) the band's share of pixels and its error rate."""
+
+    def __init__(self) -> None:
+        self.pixels = self.false_tissue = self.missed_tissue = 0
+        self.band_pixels = np.zeros(len(BANDS) - 1)
+        self.band_errors = np.zeros(len(BANDS) - 1)
+
+    def update(self, predicted: np.ndarray, truth: np.ndarray) -> None:
+        """One tile's tissue masks (bool, predicted and true)."""
+        distance = np.where(truth, distance_transform_edt(truth), distance_transform_edt(~truth))
+        wrong = predicted != truth
+        self.pixels += truth.size
+        self.false_tissue += int((predicted & ~truth).sum())
+        self.missed_tissue += int((truth & ~predicted).sum())
+        band = np.digitize(distance, BANDS[1:-1], right=True)
+        self.band_pixels += np.bincount(band.ravel(), minlength=len(BANDS) - 1)
+        self.band_errors += np.bincount(band[wrong], minlength=len(BANDS) - 1)
+
+    def row(self) -> List[str]:
+        """False tissue and missed tissue in % of all pixels, then per band ``error rate (share
+        of pixels)`` in %."""
+        rates = self.band_errors / np.maximum(self.band_pixels, 1)
+        shares = self.band_pixels / max(self.pixels, 1)
+        return [f"{100 * self.false_tissue / self.pixels:.1f}",
+                f"{100 * self.missed_tissue / self.pixels:.1f}",
+                *[f"{100 * rate:.1f} ({100 * share:.0f})" for rate, share in zip(rates, shares)]]
+
+
+def tissue(mask: np.ndarray) -> np.ndarray:
+    """Where a label mask holds a class (not background, not ignore)."""
+    return (mask != BACKGROUND_INDEX) & (mask != IGNORE_INDEX)
+
+
+def score(data: Dict[str, object], split: str,
+          folder: Path) -> Tuple[Dict[str, Dict[str, object]], OutlineErrors]:
+    """The with-background metrics of each reading of ``folder``'s masks for ``split``, and the
+    errors of their outline."""
     samples = read_split(data, split, progress=False)
     classes = list(data["classes"])
     matrices = {name: ConfusionMatrix(len(classes)) for name in READINGS}
+    outline = OutlineErrors()
     convention = mask_convention(data)
     for sample, name in zip(samples, unique_names(samples)):
         if sample.mask is None or len(sample.labels) != 1:
@@ -69,11 +113,13 @@ def score(data: Dict[str, object], split: str, folder: Path) -> Dict[str, Dict[s
         if not path.is_file():
             raise DatasetError(f"{path} is missing: --predictions takes segmix predict's masks/")
         truth = read_label_mask(sample.mask, sample.labels, len(classes), convention)
-        for reading, mask in readings(read_mask_png(path), truth, sample.labels[0] + 1).items():
+        prediction = read_mask_png(path)
+        for reading, mask in readings(prediction, truth, sample.labels[0] + 1).items():
             matrices[reading].update(torch.from_numpy(mask.astype(np.uint8)),
                                      torch.from_numpy(truth))
-    return {reading: segmentation_metrics(matrix, "with_background", classes)
-            for reading, matrix in matrices.items()}
+        outline.update(tissue(prediction), tissue(truth))
+    return ({reading: segmentation_metrics(matrix, "with_background", classes)
+             for reading, matrix in matrices.items()}, outline)
 
 
 def table(results: Dict[str, Dict[str, Dict[str, object]]]) -> str:
@@ -87,6 +133,16 @@ def table(results: Dict[str, Dict[str, Dict[str, object]]]) -> str:
                      f"{100 * metrics['foreground_iou']:.1f}",
                      *[f"{100 * metrics['iou'][c]:.1f}" for c in classes]]
             lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def outline_table(outlines: Dict[str, OutlineErrors]) -> str:
+    """One row per segmenter: :meth:`OutlineErrors.row`."""
+    bands = [f"{low:g}-{high:g} px" for low, high in zip(BANDS[:-1], BANDS[1:])]
+    header = ["segmenter", "false tissue", "missed tissue", *bands]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join([model, *errors.row()]) + " |"
+              for model, errors in outlines.items()]
     return "\n".join(lines)
 
 
@@ -110,9 +166,13 @@ def main(argv: List[str] = None) -> None:
     data = {**DATA_DEFAULTS, "classes": args.classes.split(","),
             args.split: {**DATA_DEFAULTS[args.split], "path": str(args.data), "split": args.split},
             "mask": {**DATA_DEFAULTS["mask"], "convention": args.convention}}
-    results = {name: score(data, args.split, folder) for name, folder in args.predictions}
+    scored = {name: score(data, args.split, folder) for name, folder in args.predictions}
     print(f"{platform.node()}; {args.split} split, with background (%)")
-    print(table(results))
+    print(table({name: results for name, (results, _) in scored.items()}))
+    print(f"\nthe outline ({args.split}): tissue called background and the reverse (% of pixels);"
+          " error rate by distance from the true outline (% of the band's pixels; in brackets the"
+          " band's share of pixels)")
+    print(outline_table({name: outline for name, (_, outline) in scored.items()}))
 
 
 if __name__ == "__main__":

@@ -172,7 +172,10 @@ def _refine_keeping_peaks(maps: Tensor, present: Tensor, images: Optional[Tensor
     peak it had before (refinement averages, so it would lower a peak the threshold is set for)."""
     if images is None:
         raise ValueError("affinity refinement needs the images (uint8 RGB)")
-    refined = affinity_refine(images, maps, iterations) * present
+    used = present.flatten(1).any(dim=0)  # classes of no tile in the batch stay 0, unrefined
+    refined = torch.zeros_like(maps)
+    refined[:, used] = affinity_refine(images, maps[:, used], iterations)
+    refined = refined * present
     before = maps.amax(dim=(-2, -1), keepdim=True)
     return refined * before / refined.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
 

@@ -37,3 +37,16 @@ def test_the_true_class_reading_gives_back_a_wrong_class(tmp_path, capsys):
     assert "| **25.0** | 100.0 | 100.0 | 0.0 | 0.0 | 0.0 |" in rows["as predicted"]
     assert "| **100.0** |" in rows["true class"]
     assert "| **25.0** |" in rows["true outline"] and "| **25.0** |" in rows["majority class"]
+
+
+def test_the_outline_errors_are_read_by_distance_from_the_true_outline():
+    gap = load_script()
+    truth = np.zeros((8, 8), dtype=bool)
+    truth[:, :4] = True
+    predicted = truth.copy()
+    predicted[:, 4] = True  # one column of background called tissue, next to the true outline
+    errors = gap.OutlineErrors()
+    errors.update(predicted, truth)
+    # columns 2-5 lie 1-2 px from the outline (32 px, 8 wrong), columns 0, 1, 6, 7 3-4 px
+    assert errors.row() == ["12.5", "0.0", "25.0 (50)", "0.0 (50)", "0.0 (0)", "0.0 (0)",
+                            "0.0 (0)", "0.0 (0)"]
