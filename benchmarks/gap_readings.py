@@ -41,7 +41,7 @@ from segmix.data import (
     read_split,
     unique_names,
 )
-from segmix.labels import BACKGROUND_INDEX, IGNORE_INDEX
+from segmix.labels import BACKGROUND_INDEX, class_pixels
 
 READINGS = ("as predicted", "majority class", "true class", "true outline")
 BANDS = (0, 2, 4, 8, 16, 32, np.inf)  # distance from the true outline, px: (0, 2], (2, 4], ...
@@ -50,10 +50,10 @@ BANDS = (0, 2, 4, 8, 16, 32, np.inf)  # distance from the true outline, px: (0, 
 def readings(prediction: np.ndarray, truth: np.ndarray, label: int) -> Dict[str, np.ndarray]:
     """The four readings (see the module) of one tile's predicted mask; ``label`` is the tile's
     class index, 1..K."""
-    foreground = (prediction != BACKGROUND_INDEX) & (prediction != IGNORE_INDEX)
+    foreground = class_pixels(prediction)
     counts = np.bincount(prediction[foreground].ravel(), minlength=label + 1)
     majority = int(counts.argmax()) if foreground.any() else 1
-    true_foreground = (truth != BACKGROUND_INDEX) & (truth != IGNORE_INDEX)
+    true_foreground = class_pixels(truth)
     return {"as predicted": prediction,
             "majority class": np.where(foreground, majority, prediction),
             "true class": np.where(foreground, label, prediction),
@@ -84,16 +84,12 @@ class OutlineErrors:
     def row(self) -> List[str]:
         """False tissue and missed tissue in % of all pixels, then per band ``error rate (share
         of pixels)`` in %."""
+        total = max(self.pixels, 1)
         rates = self.band_errors / np.maximum(self.band_pixels, 1)
-        shares = self.band_pixels / max(self.pixels, 1)
-        return [f"{100 * self.false_tissue / self.pixels:.1f}",
-                f"{100 * self.missed_tissue / self.pixels:.1f}",
+        shares = self.band_pixels / total
+        return [f"{100 * self.false_tissue / total:.1f}",
+                f"{100 * self.missed_tissue / total:.1f}",
                 *[f"{100 * rate:.1f} ({100 * share:.0f})" for rate, share in zip(rates, shares)]]
-
-
-def tissue(mask: np.ndarray) -> np.ndarray:
-    """Where a label mask holds a class (not background, not ignore)."""
-    return (mask != BACKGROUND_INDEX) & (mask != IGNORE_INDEX)
 
 
 def score(data: Dict[str, object], split: str,
@@ -117,7 +113,7 @@ def score(data: Dict[str, object], split: str,
         for reading, mask in readings(prediction, truth, sample.labels[0] + 1).items():
             matrices[reading].update(torch.from_numpy(mask.astype(np.uint8)),
                                      torch.from_numpy(truth))
-        outline.update(tissue(prediction), tissue(truth))
+        outline.update(class_pixels(prediction), class_pixels(truth))
     return ({reading: segmentation_metrics(matrix, "with_background", classes)
              for reading, matrix in matrices.items()}, outline)
 

@@ -15,11 +15,16 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["BACKGROUND_INDEX", "IGNORE_INDEX", "MASK_CONVENTIONS", "MaskConvention",
-           "PSEUDO_MASK_CONVENTION", "decode_mask"]
+           "PSEUDO_MASK_CONVENTION", "class_pixels", "decode_mask"]
 
 BACKGROUND_INDEX = 0
 IGNORE_INDEX = 255
 MASK_CONVENTIONS = ("binary", "index")
+
+
+def class_pixels(mask: np.ndarray) -> np.ndarray:
+    """Where a label map holds a class (bool): neither background nor ignore."""
+    return (mask != BACKGROUND_INDEX) & (mask != IGNORE_INDEX)
 
 
 @dataclass(frozen=True)

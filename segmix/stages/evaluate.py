@@ -35,7 +35,7 @@ from ..data import (
     validate_data,
 )
 from ..io import write_csv
-from ..labels import BACKGROUND_INDEX, IGNORE_INDEX
+from ..labels import class_pixels
 
 __all__ = ["DEFAULTS", "DONE_FILE", "run", "validate"]
 
@@ -93,8 +93,8 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
                                f" truth {sample.mask} is {truth.shape}")
         matrix.update(torch.from_numpy(prediction), torch.from_numpy(truth))
         if tile_classes is not None:
-            foreground = (prediction != BACKGROUND_INDEX) & (prediction != IGNORE_INDEX)
-            with_label = np.where(foreground, tile_classes[name] + 1, prediction).astype(np.uint8)
+            with_label = np.where(class_pixels(prediction), tile_classes[name] + 1,
+                                  prediction).astype(np.uint8)
             relabelled.update(torch.from_numpy(with_label), torch.from_numpy(truth))
     metrics: Dict[str, Any] = {p: segmentation_metrics(matrix, p, classes) for p in config["protocols"]}
     if tile_classes is not None:
