@@ -15,7 +15,7 @@ from segmix.data import read_mask_png
 from segmix.models.factory import (ModelError, create_classifier, create_segmenter, model_kind,
                                    save_classifier, save_segmenter)
 from segmix.models.folder import ModelFolderError
-from segmix.models.fusion import fuse_tile_class
+from segmix.models.fusion import fuse_tile_class, one_class_mask
 from segmix.models.pretrained import Classifier, Segmenter
 from segmix.models.sliding_window import blend_weights, sliding_window_predict, window_starts
 
@@ -234,6 +234,45 @@ def test_fusion_keeps_the_segmenters_tissue_and_weighs_its_class_by_the_tile_cla
         fuse_tile_class(probs, [0.5, 0.3, 0.2])
     with pytest.raises(ValueError, match="weight must be >= 0"):
         fuse_tile_class(probs, [0.5, 0.5], -1.0)
+
+
+def test_one_class_mask_paints_the_tissue_with_the_class_of_most_probability():
+    # background, A, B at four pixels: A, A, B, background; B has more mass than either A pixel
+    probs = np.array([[[0.1, 0.3, 0.0, 0.8]],
+                      [[0.5, 0.4, 0.1, 0.1]],
+                      [[0.4, 0.3, 0.9, 0.1]]], dtype=np.float32)
+    assert fuse_tile_class(probs, [0.5, 0.5], 0.0).tolist() == [[1, 1, 2, 0]]  # pixel by pixel
+    assert one_class_mask(probs).tolist() == [[2, 2, 2, 0]]  # mass A 0.9 < B 1.6, by majority A
+    assert one_class_mask(probs, [0.7, 0.3]).tolist() == [[1, 1, 1, 0]]  # 0.36*0.7 > 0.64*0.3
+    assert one_class_mask(probs, [0.7, 0.3], 0.0).tolist() == [[2, 2, 2, 0]]  # the segmenter alone
+    assert one_class_mask(np.array([[[0.9]], [[0.05]], [[0.05]]])).tolist() == [[0]]
+    with pytest.raises(ValueError, match=r"class_probabilities \[K\]"):
+        one_class_mask(probs, [0.5, 0.3, 0.2])
+    with pytest.raises(ValueError, match="weight must be >= 0"):
+        one_class_mask(probs, [0.5, 0.5], -1.0)
+
+
+def test_predict_one_class_gives_each_image_one_class_of_its_own_probabilities(segmenter_file,
+                                                                              tmp_path, capsys):
+    images = tmp_path / "images"
+    write_images(images, [(64, 64), (80, 96)])
+    base = [f"segmenter_path={segmenter_file}", f"input={images}", "predict.probabilities=true"]
+    assert predict(tmp_path / "pixels", *base) == 0
+    assert predict(tmp_path / "one", *base, "predict.one_class=true") == 0
+    several = 0
+    for i in range(2):
+        with np.load(tmp_path / "pixels" / "probabilities" / f"img{i}.npz") as data:
+            probs = data["probabilities"].astype(np.float32)
+        pixels = read_mask_png(tmp_path / "pixels" / "masks" / f"img{i}.png")
+        one = read_mask_png(tmp_path / "one" / "masks" / f"img{i}.png")
+        assert np.array_equal(one, one_class_mask(probs))
+        assert len(np.unique(one[one > 0])) == 1
+        several += len(np.unique(pixels[pixels > 0])) > 1
+    assert several  # the reading changed something
+    assert json.loads((tmp_path / "one" / "summary.json").read_text())["one_class"] is True
+    assert predict(tmp_path / "slides", *base[:2], "predict.one_class=true",
+                   "predict.slides=true") == 2
+    assert "a whole slide holds many" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ from .factory import (
 )
 from ..runtime import setup_runtime
 from .folder import carried_classifier
-from .fusion import fuse_tile_class
+from .fusion import fuse_tile_class, one_class_mask
 from .sliding_window import sliding_window_predict
 
 __all__ = ["Classifier", "Segmenter", "Prediction", "load_pretrained"]
@@ -153,12 +153,14 @@ class Segmenter(_Pretrained):
     def predict(self, image: np.ndarray, *, window: Optional[Any] = None, overlap: float = 0.25,
                 blend: str = "gaussian", flips: Sequence[str] = (), batch_size: int = 8,
                 scale: float = 1.0, probabilities: bool = False,
-                classifier_weight: Optional[float] = None,
+                classifier_weight: Optional[float] = None, one_class: bool = False,
                 on_row: Optional[Callable[[int, int], None]] = None) -> Prediction:
         """Segment an RGB uint8 image of any size with a sliding window (:mod:`.sliding_window`) of
         the training size (or ``window``), after resizing by ``scale``; the mask comes back at the
         image's size. With ``classifier_weight`` the image is also classified whole by
-        :attr:`classifier` and the mask fuses both readings (:func:`.fusion.fuse_tile_class`);
+        :attr:`classifier` and the mask fuses both readings (:func:`.fusion.fuse_tile_class`).
+        With ``one_class`` the image is read as holding one class (:func:`.fusion.one_class_mask`,
+        with the classifier's probabilities if ``classifier_weight`` is set).
         ``probabilities`` are the segmenter's either way."""
         if classifier_weight is not None and self.classifier is None:
             raise ModelError("classifier_weight fuses the tile classifier's class, and this"
@@ -171,14 +173,16 @@ class Segmenter(_Pretrained):
         mask, probs = sliding_window_predict(
             self.network, scaled, window=window if window is not None else list(self.image_size),
             mean=self.mean, std=self.std, overlap=overlap, blend=blend, flips=flips,
-            batch_size=batch_size, probabilities=probabilities or fused, device=self.device,
-            on_row=on_row)
+            batch_size=batch_size, probabilities=probabilities or fused or one_class,
+            device=self.device, on_row=on_row)
         if scale != 1.0:
             mask = resized(mask, size, nearest=True)
             if probs is not None:
                 probs = np.stack([resized(p.astype(np.float32), size) for p in probs]).astype(np.float16)
-        if fused:
-            tile = self.classifier.predict([image])[0]
+        tile = self.classifier.predict([image])[0] if fused else None
+        if one_class:
+            mask = one_class_mask(probs, tile, 1.0 if tile is None else classifier_weight)
+        elif fused:
             mask = fuse_tile_class(probs, tile, classifier_weight)
         return Prediction(mask, probs if probabilities else None)
 

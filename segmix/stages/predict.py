@@ -10,7 +10,10 @@ same classes, or a segmenter's model folder that carries one, such as a run's
 ``self-training/model``) each image is also classified whole, resized to the classifier's training
 size as the stages read tiles, and the mask fuses both
 (:func:`segmix.models.fusion.fuse_tile_class`: the segmenter finds the tissue, the classifier's
-probabilities weigh its class by ``predict.classifier_weight``).
+probabilities weigh its class by ``predict.classifier_weight``). With ``predict.one_class`` each
+image is read as holding one class, as the tiles of a single-label dataset do: all its tissue takes
+the class with the largest share of the segmenter's class probability over it (times the
+classifier's; :func:`segmix.models.fusion.one_class_mask`).
 
 Outputs: ``masks/<stem>.png`` (palette PNG: 0 background, 1..K classes) with ``masks/legend.json``,
 optional ``probabilities/<stem>.npz`` (float16 ``[K+1, H, W]`` softmax) and
@@ -93,6 +96,7 @@ DEFAULTS: Dict[str, Any] = {
         "device": "auto",
         "probabilities": False,  # also write float16 softmax maps (the segmenter's)
         "classifier_weight": 1.0,  # with classifier_path: 0 the segmenter's class, large the tile's
+        "one_class": False,      # each image holds one class (single-label tiles): one per mask
         "overlays": True,
         "on_bad_file": "raise",  # or skip: leave unreadable images out with a warning and a count
         "max_megapixels": 1000,  # larger images are refused by name (about 3 bytes a pixel to hold)
@@ -139,6 +143,9 @@ def validate(config: Dict[str, Any]) -> None:
         if config["classifier_path"]:
             raise ConfigError("classifier_path gives each image one tile class, and a whole slide"
                               " holds many: leave it unset with predict.slides")
+        if settings["one_class"]:
+            raise ConfigError("predict.one_class paints each image with one class, and a whole"
+                              " slide holds many: leave it false with predict.slides")
         if config["split"]:
             raise ConfigError("predict.slides: give the slides as input (a slide, a folder of"
                               " slides or a CSV with an `image` column), not split")
@@ -207,6 +214,7 @@ class Predictor:
             self.segmenter.classifier = Classifier.from_pretrained(
                 Path(classifier_path), classes=self.classes, device=config["device"])
             self.settings["classifier_weight"] = float(config["classifier_weight"])
+        self.settings["one_class"] = bool(config["one_class"])
 
     def __call__(self, image: np.ndarray, probabilities: bool,
                  on_row=None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -382,7 +390,8 @@ def run(config: Dict[str, Any], output_dir: Path, *, resume: bool = False,
     write_csv(output_dir / "predictions.csv", list(merged.values()))
     summary = {"segmenter": str(config["segmenter_path"]),
                "classifier": config["classifier_path"] and str(config["classifier_path"]),
-               "classifier_weight": settings["classifier_weight"], "images": len(merged),
+               "classifier_weight": settings["classifier_weight"],
+               "one_class": settings["one_class"], "images": len(merged),
                "predicted_now": len(report.computed),
                "already_done": len(merged) - len(report.computed), "skipped": skipped,
                "seconds": report.seconds, "ranks": report.ranks,
