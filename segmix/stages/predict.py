@@ -140,12 +140,9 @@ def validate(config: Dict[str, Any]) -> None:
             check_number(f"predict.{key}", settings[key])
     check_number("predict.classifier_weight", settings["classifier_weight"], positive=False)
     if settings["slides"]:
-        if config["classifier_path"]:
-            raise ConfigError("classifier_path gives each image one tile class, and a whole slide"
-                              " holds many: leave it unset with predict.slides")
-        if settings["one_class"]:
-            raise ConfigError("predict.one_class paints each image with one class, and a whole"
-                              " slide holds many: leave it false with predict.slides")
+        if config["classifier_path"] or settings["one_class"]:
+            raise ConfigError("classifier_path and predict.one_class give each image one class,"
+                              " and a whole slide holds many: leave them unset with predict.slides")
         if config["split"]:
             raise ConfigError("predict.slides: give the slides as input (a slide, a folder of"
                               " slides or a CSV with an `image` column), not split")
