@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
-from .config import ConfigError, apply_overrides, load_config, merge
+from .config import ConfigError, apply_overrides, follow_run_seed, load_config, merge
 from .models.pretrained import Classifier, Prediction, Segmenter, load_pretrained
 from .stages import STAGES, Stage, get_stage, holding_output_dir, prepare_output_dir
 
@@ -112,7 +112,7 @@ def resolve_config(stage: Union[str, Stage],
             resolved = load_config(Path(source), resolved, foreign)
     for key, value in sections.items():
         resolved = merge(resolved, _nested(key, value))
-    resolved = apply_overrides(resolved, overrides)
+    resolved = follow_run_seed(apply_overrides(resolved, overrides))
     if output_dir is not None:
         resolved["output_dir"] = str(output_dir)
     module.validate(resolved)

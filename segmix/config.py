@@ -20,7 +20,7 @@ from .errors import SegmixError
 from .io import atomic_write_text
 
 __all__ = ["ConfigError", "load_config", "apply_overrides", "merge", "save_config",
-           "config_differences", "check_number", "check_path"]
+           "config_differences", "check_number", "check_path", "follow_run_seed"]
 
 Config = Dict[str, Any]
 
@@ -146,6 +146,19 @@ def apply_overrides(config: Mapping[str, Any], overrides: Sequence[str]) -> Conf
         for part in reversed(key.split(".")):
             nested = {part: nested}
         result = merge(result, nested)
+    return result
+
+
+def follow_run_seed(config: Mapping[str, Any]) -> Config:
+    """A copy of ``config`` in which each section's ``seed: null`` (``cam.seed``,
+    ``localiser.seed``) is the run's top-level ``seed``, so ``--set seed=1`` varies every seeded
+    draw of a run and the saved config names the seed each section used."""
+    result = copy.deepcopy(dict(config))
+    if "seed" not in result:
+        return result
+    for section in result.values():
+        if isinstance(section, dict) and "seed" in section and section["seed"] is None:
+            section["seed"] = result["seed"]
     return result
 
 

@@ -8,8 +8,9 @@ import yaml
 
 from segmix import api
 from segmix.cli import main
-from segmix.config import ConfigError
-from segmix.stages import STAGES
+from segmix.config import ConfigError, save_config
+from segmix.stages import STAGES, OutputDirError, get_stage, prepare_output_dir
+from segmix.stages.pipeline import stage_config
 
 from synthetic import write_csv_dataset
 
@@ -78,6 +79,29 @@ def test_overrides_layer_in_order(dataset, tmp_path):
                                "drop_rate": 0.1}
     assert "cam" not in config  # another stage's section in a shared file is skipped
     assert config["output_dir"] == str(tmp_path / "x")
+
+
+def test_the_runs_seed_reaches_every_seeded_section(dataset, tmp_path):
+    run = api.resolve_config("run", tiny_config(dataset), overrides=["seed=3"])
+    assert run["cam"]["seed"] == 3 and run["localiser"]["seed"] == 3
+    pinned = api.resolve_config("run", tiny_config(dataset),
+                                overrides=["seed=3", "localiser.seed=0"])
+    assert pinned["localiser"]["seed"] == 0 and pinned["cam"]["seed"] == 3
+    localise = get_stage("localise")
+    assert stage_config(localise, run, tmp_path, ["train"])["localiser"]["seed"] == 3
+    assert api.resolve_config("cams", tiny_config(dataset), overrides=["seed=2"])["cam"]["seed"] == 2
+
+    # A folder saved before the sections followed the run's seed (an explicit 0) continues.
+    folder = tmp_path / "localiser"
+    folder.mkdir()
+    old = api.resolve_config("localise", tiny_config(dataset), output_dir=folder)
+    save_config({**old, "localiser": {**old["localiser"], "seed": 0}}, folder / "config.yaml")
+    (folder / "fit.pt").write_bytes(b"work")
+    prepare_output_dir(localise.load(), old, folder, overwrite=False)
+    seed_1 = api.resolve_config("localise", tiny_config(dataset), output_dir=folder,
+                                overrides=["seed=1"])
+    with pytest.raises(OutputDirError, match="localiser.seed: 0 -> 1"):
+        prepare_output_dir(localise.load(), seed_1, folder, overwrite=False)
 
 
 def test_bad_calls_name_the_problem(dataset, tmp_path):

@@ -53,6 +53,7 @@ MIN_CELLS = 8  # a CAM with fewer cells across the tile cannot outline an object
 
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/cams",
+    "seed": 0,  # the run's seed: cam.seed follows it unless set
     "classifier": "runs/classifier/classifier.pt",
     "data": DATA_DEFAULTS,
     "splits": ["val"],
@@ -68,7 +69,7 @@ DEFAULTS: Dict[str, Any] = {
         "batch_size": 16,
         "num_workers": 2,
         "device": "auto",
-        "seed": 0,
+        "seed": None,                 # shuffle TTA draws; null: the run's `seed`
     },
 }
 
@@ -94,6 +95,7 @@ def validate(config: Dict[str, Any]) -> None:
                              for v in scales):
         raise ConfigError(f"cam.scales must be a non-empty list of positive numbers, got {scales!r}")
     check_number("cam.batch_size", cam_cfg["batch_size"], integer=True)
+    check_number("cam.seed", cam_cfg["seed"], integer=True, positive=False)
     check_number("cam.shuffle_tta.draws", cam_cfg["shuffle_tta"]["draws"], integer=True)
     tta = tta_settings(config)["shuffle"]
     if tta is not None:

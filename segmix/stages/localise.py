@@ -68,6 +68,7 @@ RESUMABLE_CHANGES = {"localiser.batch_size", "localiser.device"}
 
 DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/localiser",
+    "seed": 0,  # the run's seed: localiser.seed follows it unless set
     "classifier": "runs/classifier/classifier.pt",
     "data": DATA_DEFAULTS,
     "splits": ["val"],
@@ -91,7 +92,7 @@ DEFAULTS: Dict[str, Any] = {
         "smoothing": 5,          # axis: fitted on features averaged over this many cells (odd)
         "naming_tiles": 96,      # axis: fit tiles on which the classifier names the axis's sign
         "fit_tiles": 500,        # train tiles (a seeded sample) to fit the localiser on
-        "seed": 0,
+        "seed": None,            # the sample and the fit; null: the run's `seed`
         "batch_size": 32,
         "device": "auto",
     },
