@@ -96,7 +96,8 @@ def resolve_config(stage: Union[str, Stage],
                    output_dir: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (),
                    **sections: Any) -> Dict[str, Any]:
     """The validated config of ``stage``: defaults <- ``config`` (files and dicts, in order) <-
-    keyword ``sections`` <- ``overrides`` strings <- ``output_dir``."""
+    keyword ``sections`` <- ``overrides`` strings <- ``output_dir``; a section's ``seed: null``
+    becomes the run's ``seed`` (:func:`segmix.config.follow_run_seed`)."""
     stage = _stage(stage)
     module = stage.load()
     sources = _sources(config)

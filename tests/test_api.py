@@ -89,7 +89,8 @@ def test_the_runs_seed_reaches_every_seeded_section(dataset, tmp_path):
     assert pinned["localiser"]["seed"] == 0 and pinned["cam"]["seed"] == 3
     localise = get_stage("localise")
     assert stage_config(localise, run, tmp_path, ["train"])["localiser"]["seed"] == 3
-    assert api.resolve_config("cams", tiny_config(dataset), overrides=["seed=2"])["cam"]["seed"] == 2
+    cams = api.resolve_config("cams", tiny_config(dataset), overrides=["seed=2"])
+    assert cams["cam"]["seed"] == 2
 
     # A folder saved before the sections followed the run's seed (an explicit 0) continues.
     folder = tmp_path / "localiser"
