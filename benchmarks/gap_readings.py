@@ -149,19 +149,29 @@ def parse_prediction(text: str) -> Tuple[str, Path]:
     return name, Path(folder)
 
 
-def main(argv: List[str] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--data``, ``--classes``, ``--convention`` and ``--split``: see :func:`data_section`."""
     parser.add_argument("--data", type=Path, required=True,
                         help="a CSV with image, mask, label, split")
     parser.add_argument("--classes", required=True, help="the class names, comma-separated")
     parser.add_argument("--convention", default="binary", help="data.mask.convention")
     parser.add_argument("--split", default="val", choices=("train", "val"))
+
+
+def data_section(args: argparse.Namespace) -> Dict[str, object]:
+    """The ``data`` config section that reads ``args.split`` of ``args.data``."""
+    return {**DATA_DEFAULTS, "classes": args.classes.split(","),
+            args.split: {**DATA_DEFAULTS[args.split], "path": str(args.data), "split": args.split},
+            "mask": {**DATA_DEFAULTS["mask"], "convention": args.convention}}
+
+
+def main(argv: List[str] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_arguments(parser)
     parser.add_argument("--predictions", type=parse_prediction, nargs="+", required=True,
                         metavar="NAME=FOLDER")
     args = parser.parse_args(argv)
-    data = {**DATA_DEFAULTS, "classes": args.classes.split(","),
-            args.split: {**DATA_DEFAULTS[args.split], "path": str(args.data), "split": args.split},
-            "mask": {**DATA_DEFAULTS["mask"], "convention": args.convention}}
+    data = data_section(args)
     scored = {name: score(data, args.split, folder) for name, folder in args.predictions}
     print(f"{platform.node()}; {args.split} split, with background (%)")
     print(table({name: results for name, (results, _) in scored.items()}))

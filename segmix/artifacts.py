@@ -20,6 +20,8 @@ inside a stage folder are named here and nowhere else:
 * pseudo-masks and predict: ``masks/legend.json`` (each class's index, name and colour);
 * predict: ``masks/<image stem>.png``, or for slides ``masks/<slide>.tiff`` (a mask pyramid);
   evaluate: ``metrics.json``;
+* predict with ``predict.probabilities``: ``probabilities/<image stem>.npz`` (float16 softmax
+  ``[K + 1, H, W]``, background first, and the ``classes``);
 * tile: ``labels.csv`` (the tiles and their labels, as the demo's dataset) and ``data.yaml``
   (the ``data`` section that reads them);
 * every stage folder: ``config.yaml`` (the resolved config) and, in a pipeline, ``seconds.json``.
@@ -43,13 +45,15 @@ __all__ = [
     "CONFIG_FILE", "TIMING_FILE", "SUMMARY_FILE", "CLASSIFIER_FILE", "SEGMENTER_FILE",
     "CAM_INDEX_FILE", "INPUT_FINGERPRINT_FILE", "LOCALISER_FILE", "EVIDENCE_FILE", "AXIS_FILE",
     "METRICS_FILE", "EPOCHS_FILE", "CURRICULUM_FILE", "MASKS_FOLDER", "MODEL_FOLDER",
+    "PROBABILITIES_FOLDER",
     "LEGEND_FILE", "SLIDE_MASK_SUFFIXES", "LABELS_CSV", "TILE_DATA_FILE",
     "RunLayout", "CamRecord", "checkpoint_path", "best_model_name", "last_epoch",
     "cam_file_path", "write_cam_file", "read_cam_file", "read_cam_labels", "top_classes",
     "cam_index_row", "write_cam_index", "read_cam_index", "foreground_map_path",
     "write_foreground_map", "read_foreground_map", "localiser_method", "pseudo_mask_path",
     "with_pseudo_masks",
-    "prediction_mask_path", "write_metrics", "read_metrics", "collect_metrics", "write_legend",
+    "prediction_mask_path", "prediction_probabilities_path", "read_prediction_probabilities",
+    "write_metrics", "read_metrics", "collect_metrics", "write_legend",
     "read_legend", "legend_folder", "slide_mask_path",
 ]
 
@@ -67,6 +71,7 @@ METRICS_FILE = "metrics.json"    # pseudo-masks (per split) and evaluate
 EPOCHS_FILE = "metrics.csv"      # a training stage's per-epoch metrics
 CURRICULUM_FILE = "curriculum.csv"
 MASKS_FOLDER = "masks"
+PROBABILITIES_FOLDER = "probabilities"  # predict: softmax maps (predict.probabilities)
 LEGEND_FILE = "legend.json"       # beside a folder of palette PNG masks: index -> name and colour
 SLIDE_MASK_SUFFIXES = (".tif", ".tiff")  # predict (slides): a slide's mask pyramid
 LABELS_CSV = "labels.csv"        # tile (and the demo's dataset): the tiles CSV `segmix run` reads
@@ -270,6 +275,22 @@ def with_pseudo_masks(samples: Sequence[Sample], pseudo_masks_dir: Path, split: 
 
 def prediction_mask_path(predictions_dir: Path, name: str) -> Path:
     return Path(predictions_dir) / MASKS_FOLDER / f"{name}.png"
+
+
+def prediction_probabilities_path(predictions_dir: Path, name: str) -> Path:
+    """Where ``segmix predict`` with ``predict.probabilities`` writes one image's softmax."""
+    return Path(predictions_dir) / PROBABILITIES_FOLDER / f"{name}.npz"
+
+
+def read_prediction_probabilities(predictions_dir: Path, name: str) -> np.ndarray:
+    """One image's softmax ``[K + 1, H, W]`` (background first) as float32; a missing file is an
+    error that names the setting that writes it."""
+    path = prediction_probabilities_path(predictions_dir, name)
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: run `segmix predict` with"
+                           f" predict.probabilities=true (predictions={predictions_dir})")
+    with np.load(path) as arrays:
+        return arrays["probabilities"].astype(np.float32)
 
 
 # -- metrics ---------------------------------------------------------------------------------------

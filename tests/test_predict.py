@@ -250,6 +250,11 @@ def test_one_class_mask_paints_the_tissue_with_the_class_of_most_probability():
         one_class_mask(probs, [0.5, 0.3, 0.2])
     with pytest.raises(ValueError, match="weight must be >= 0"):
         one_class_mask(probs, [0.5, 0.5], -1.0)
+    # a foreground drawn by another rule: the first two pixels only (mass A 0.9 > B 0.7)
+    assert one_class_mask(probs, foreground=np.array([[True, True, False, False]])).tolist() == \
+        [[1, 1, 0, 0]]
+    with pytest.raises(ValueError, match="must match the probabilities' pixels"):
+        one_class_mask(probs, foreground=np.ones((2, 2), bool))
 
 
 def test_predict_one_class_gives_each_image_one_class_of_its_own_probabilities(segmenter_file,

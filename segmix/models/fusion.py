@@ -53,11 +53,17 @@ def fuse_tile_class(probabilities: np.ndarray, class_probabilities: Sequence[flo
 
 
 def one_class_mask(probabilities: np.ndarray, class_probabilities: Optional[Sequence[float]] = None,
-                   weight: float = 1.0) -> np.ndarray:
+                   weight: float = 1.0, foreground: Optional[np.ndarray] = None) -> np.ndarray:
     """The mask, ``H x W`` uint8, of an image that holds one class: the foreground of
-    :func:`fuse_tile_class`, all of it the class whose share of the segmenter's class probability
-    summed over the foreground, times ``class_probabilities ** weight`` if given, is largest."""
-    probabilities, tile, foreground = _checked(probabilities, class_probabilities, weight)
+    :func:`fuse_tile_class` (or ``foreground``, bool ``H x W``, where another rule draws it), all
+    of it the class whose share of the segmenter's class probability summed over the foreground,
+    times ``class_probabilities ** weight`` if given, is largest."""
+    probabilities, tile, own_foreground = _checked(probabilities, class_probabilities, weight)
+    if foreground is None:
+        foreground = own_foreground
+    elif foreground.shape != own_foreground.shape:
+        raise ValueError(f"foreground {foreground.shape} must match the probabilities' pixels"
+                         f" {own_foreground.shape}")
     if not foreground.any():
         return np.zeros(foreground.shape, np.uint8)
     mass = probabilities[1:, foreground].sum(axis=1)

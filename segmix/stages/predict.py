@@ -43,6 +43,7 @@ from ..artifacts import (
     MASKS_FOLDER,
     SUMMARY_FILE,
     prediction_mask_path,
+    prediction_probabilities_path,
     slide_mask_path,
     write_legend,
 )
@@ -224,7 +225,7 @@ class Predictor:
 def _outputs(output_dir: Path, name: str, settings: Dict[str, Any]) -> Dict[str, Path]:
     paths = {"mask": prediction_mask_path(output_dir, name)}
     if settings["probabilities"]:
-        paths["probabilities"] = output_dir / "probabilities" / f"{name}.npz"
+        paths["probabilities"] = prediction_probabilities_path(output_dir, name)
     if settings["overlays"]:
         paths["overlay"] = output_dir / "overlays" / f"{name}.jpg"
     return paths
