@@ -61,8 +61,10 @@ def one_class_mask(probabilities: np.ndarray, class_probabilities: Optional[Sequ
     probabilities, tile, own_foreground = _checked(probabilities, class_probabilities, weight)
     if foreground is None:
         foreground = own_foreground
-    elif foreground.shape != own_foreground.shape:
-        raise ValueError(f"foreground {foreground.shape} must match the probabilities' pixels"
+    elif np.shape(foreground) == own_foreground.shape:
+        foreground = np.asarray(foreground, dtype=bool)
+    else:
+        raise ValueError(f"foreground {np.shape(foreground)} must match the probabilities' pixels"
                          f" {own_foreground.shape}")
     if not foreground.any():
         return np.zeros(foreground.shape, np.uint8)
