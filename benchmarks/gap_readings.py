@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import platform
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 import torch
@@ -92,25 +92,33 @@ class OutlineErrors:
                 *[f"{100 * rate:.1f} ({100 * share:.0f})" for rate, share in zip(rates, shares)]]
 
 
+def single_label_tiles(data: Dict[str, object],
+                       split: str) -> Iterator[Tuple[str, int, np.ndarray]]:
+    """Each tile of ``split`` as ``(its unique name, its class index 1..K, its true label mask)``;
+    a tile without one class and a true mask is an error."""
+    samples = read_split(data, split, progress=False)
+    num_classes, convention = len(data["classes"]), mask_convention(data)
+    for sample, name in zip(samples, unique_names(samples)):
+        if sample.mask is None or len(sample.labels) != 1:
+            raise DatasetError(f"{sample.image}: single-label tiles with a true mask expected,"
+                               f" got labels {list(sample.labels)} and mask {sample.mask}")
+        yield (name, sample.labels[0] + 1,
+               read_label_mask(sample.mask, sample.labels, num_classes, convention))
+
+
 def score(data: Dict[str, object], split: str,
           folder: Path) -> Tuple[Dict[str, Dict[str, object]], OutlineErrors]:
     """The with-background metrics of each reading of ``folder``'s masks for ``split``, and the
     errors of their outline."""
-    samples = read_split(data, split, progress=False)
     classes = list(data["classes"])
     matrices = {name: ConfusionMatrix(len(classes)) for name in READINGS}
     outline = OutlineErrors()
-    convention = mask_convention(data)
-    for sample, name in zip(samples, unique_names(samples)):
-        if sample.mask is None or len(sample.labels) != 1:
-            raise DatasetError(f"{sample.image}: the readings need one class and a true mask per"
-                               f" tile, got labels {list(sample.labels)} and mask {sample.mask}")
+    for name, label, truth in single_label_tiles(data, split):
         path = folder / f"{name}.png"
         if not path.is_file():
             raise DatasetError(f"{path} is missing: --predictions takes segmix predict's masks/")
-        truth = read_label_mask(sample.mask, sample.labels, len(classes), convention)
         prediction = read_mask_png(path)
-        for reading, mask in readings(prediction, truth, sample.labels[0] + 1).items():
+        for reading, mask in readings(prediction, truth, label).items():
             matrices[reading].update(torch.from_numpy(mask.astype(np.uint8)),
                                      torch.from_numpy(truth))
         outline.update(class_pixels(prediction), class_pixels(truth))

@@ -29,19 +29,25 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from gap_readings import add_data_arguments, data_section, parse_prediction, table  # a sibling
+from gap_readings import (  # a sibling script
+    add_data_arguments,
+    data_section,
+    parse_prediction,
+    single_label_tiles,
+    table,
+)
 from pseudo_masks import ConfusionMatrix, segmentation_metrics
 from segmix.artifacts import read_foreground_map, read_prediction_probabilities
-from segmix.data import DatasetError, mask_convention, read_label_mask, read_split, unique_names
+from segmix.data import DatasetError
 from segmix.models.fusion import one_class_mask
 
 
 def tissue(probabilities: np.ndarray, foreground_map: Optional[np.ndarray],
            rule: str, value: float, map_threshold: float) -> np.ndarray:
     """The tissue (bool ``H x W``) of one rule (``background`` or ``map``, see the module)."""
-    segmenter = 1.0 - probabilities[0]
     if rule == "background":
-        return segmenter > 1.0 - value
+        return probabilities[0] < value
+    segmenter = 1.0 - probabilities[0]
     if foreground_map.shape != segmenter.shape:
         raise DatasetError(f"a foreground map of {foreground_map.shape} against a softmax of"
                            f" {segmenter.shape}: the localiser must map the predicted tiles")
@@ -57,20 +63,13 @@ def score(data: Dict[str, object], split: str, predictions: Path, localiser: Opt
     """The with-background metrics of each rule ``(name, kind, value)`` over ``split``."""
     classes = list(data["classes"])
     matrices = {name: ConfusionMatrix(len(classes)) for name, _, _ in rules}
-    convention = mask_convention(data)
-    samples = read_split(data, split, progress=False)
-    for sample, name in zip(samples, unique_names(samples)):
-        if sample.mask is None or len(sample.labels) != 1:
-            raise DatasetError(f"{sample.image}: the rules need one class and a true mask per"
-                               f" tile, got labels {list(sample.labels)} and mask {sample.mask}")
+    for name, _, truth in single_label_tiles(data, split):
         probabilities = read_prediction_probabilities(predictions, name)
         foreground_map = None if localiser is None else read_foreground_map(localiser, split, name)
-        truth = torch.from_numpy(read_label_mask(sample.mask, sample.labels, len(classes),
-                                                 convention))
         for rule, kind, value in rules:
             mask = one_class_mask(probabilities, foreground=tissue(
                 probabilities, foreground_map, kind, value, map_threshold))
-            matrices[rule].update(torch.from_numpy(mask), truth)
+            matrices[rule].update(torch.from_numpy(mask), torch.from_numpy(truth))
     return {rule: segmentation_metrics(matrix, "with_background", classes)
             for rule, matrix in matrices.items()}
 
