@@ -1,7 +1,6 @@
 """benchmarks/gap_readings.py on synthetic tiles: a prediction with the true outline and the wrong
 class loses everything to the class, which the true-class reading gives back."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -9,18 +8,10 @@ from PIL import Image
 
 from synthetic import write_csv_dataset
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gap_readings.py"
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("gap_readings", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_true_class_reading_gives_back_a_wrong_class(tmp_path, capsys):
-    gap = load_script()
+def test_the_true_class_reading_gives_back_a_wrong_class(tmp_path, capsys,
+                                                         benchmark_script):
+    gap = benchmark_script("gap_readings")
     csv_path = write_csv_dataset(tmp_path, per_class=4, size=32)
     predictions = tmp_path / "predicted"
     predictions.mkdir()
@@ -39,8 +30,8 @@ def test_the_true_class_reading_gives_back_a_wrong_class(tmp_path, capsys):
     assert "| **25.0** |" in rows["true outline"] and "| **25.0** |" in rows["majority class"]
 
 
-def test_the_outline_errors_are_read_by_distance_from_the_true_outline():
-    gap = load_script()
+def test_the_outline_errors_are_read_by_distance_from_the_true_outline(benchmark_script):
+    gap = benchmark_script("gap_readings")
     truth = np.zeros((8, 8), dtype=bool)
     truth[:, :4] = True
     predicted = truth.copy()

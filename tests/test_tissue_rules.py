@@ -1,7 +1,6 @@
 """benchmarks/tissue_rules.py on synthetic tiles: each rule's tissue, read from saved softmax maps
 and a localiser's maps, is scored one class per tile against the true masks."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +16,9 @@ from segmix.data import DatasetError
 from segmix.io import atomic_write_npz
 from synthetic import write_csv_dataset
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
-
-def load_script(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # it imports its sibling gap_readings
-    spec = importlib.util.spec_from_file_location("tissue_rules", BENCHMARKS / "tissue_rules.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_each_rule_draws_its_own_tissue(tmp_path, monkeypatch, capsys):
-    rules = load_script(monkeypatch)
+def test_each_rule_draws_its_own_tissue(tmp_path, capsys, benchmark_script):
+    rules = benchmark_script("tissue_rules")
     csv_path = write_csv_dataset(tmp_path, per_class=4, size=32)
     predictions, localiser = tmp_path / "predicted", tmp_path / "localiser"
     for line in csv_path.read_text().splitlines()[1:]:
@@ -59,8 +48,9 @@ def test_each_rule_draws_its_own_tissue(tmp_path, monkeypatch, capsys):
     # half the segmenter's 0.7 and half the map's 0 stay below half 0.5 and half 0.4: no tissue
     assert cells["map weight 0.5"] == no_tissue
 
-def test_a_missing_softmax_names_the_setting_that_writes_it(tmp_path, monkeypatch):
-    rules = load_script(monkeypatch)
+
+def test_a_missing_softmax_names_the_setting_that_writes_it(tmp_path, benchmark_script):
+    rules = benchmark_script("tissue_rules")
     csv_path = write_csv_dataset(tmp_path, per_class=4, size=32)
     with pytest.raises(DatasetError, match=r"predict\.probabilities=true"):
         rules.main(["--data", str(csv_path), "--classes", "A,B,C",
