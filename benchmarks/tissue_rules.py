@@ -63,13 +63,14 @@ def score(data: Dict[str, object], split: str, predictions: Path, localiser: Opt
     """The with-background metrics of each rule ``(name, kind, value)`` over ``split``."""
     classes = list(data["classes"])
     matrices = {name: ConfusionMatrix(len(classes)) for name, _, _ in rules}
-    for name, _, truth in single_label_tiles(data, split):
+    for name, _, truth_mask in single_label_tiles(data, split):
+        truth = torch.from_numpy(truth_mask)
         probabilities = read_prediction_probabilities(predictions, name)
         foreground_map = None if localiser is None else read_foreground_map(localiser, split, name)
         for rule, kind, value in rules:
             mask = one_class_mask(probabilities, foreground=tissue(
                 probabilities, foreground_map, kind, value, map_threshold))
-            matrices[rule].update(torch.from_numpy(mask), torch.from_numpy(truth))
+            matrices[rule].update(torch.from_numpy(mask), truth)
     return {rule: segmentation_metrics(matrix, "with_background", classes)
             for rule, matrix in matrices.items()}
 
