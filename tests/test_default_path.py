@@ -46,6 +46,8 @@ def test_a_copy_of_the_ebhi_config_runs_the_default_path_on_labels_only(tmp_path
     for name in ("tiles_by_quality.csv", "worst_tiles.png"):
         assert (out / "pseudo-masks" / name).is_file()
     assert len(list((out / "predictions" / "masks").glob("*.png"))) == 6
+    segmenter = yaml.safe_load((out / "segmenter" / "config.yaml").read_text())
+    assert segmenter["synthesis"]["probability"] == 0.5  # the default path trains with synthesis
     assert json.loads((out / "summary.json").read_text())["metrics"]["segmenter"] is None
 
 
