@@ -9,9 +9,17 @@ per-class IoU per arm (means over the runs), and each arm's share of its upper b
 
 Each run trains with its own saved config (``<run>/config.yaml``: seed, data and recipe) and its
 pseudo masks; ``--set`` applies to every arm; an arm is ``name=key=value,key=value`` (``name=``:
-the run's recipe as it is). ``--val-data CSV`` scores against another val CSV (a labels-only run's
+the run's recipe as it is: on the pseudo masks that is the run's own model, whose evaluation is
+read, not trained again). ``--val-data CSV`` scores against another val CSV (a labels-only run's
 split with its masks). A finished step is read back, an interrupted training resumes. Writes
 ``arms.json`` in ``--out``.
+
+Three seeds of the default path against the bound trained the same way (on a GPU, at once):
+
+    for s in 0 1 2; do segmix run --config configs/ebhi.yaml --set seed=$s \
+        --output-dir runs/ebhi-s$s & done; wait
+    .venv/bin/python benchmarks/segmenter_arms.py --runs runs/ebhi-s0 runs/ebhi-s1 runs/ebhi-s2 \
+        --out runs/ebhi-arms --upper-bound --arm default=
 """
 
 from __future__ import annotations
@@ -46,17 +54,20 @@ def segmix(stage: str, run: Path, out: Path, settings: List[str]) -> None:
 
 def run_arm(run: Path, out: Path, settings: List[str], val_data: Optional[Path]
             ) -> Dict[str, object]:
-    """Train, predict and score one arm of one run; returns the with-background val metrics."""
-    data = [f"data.val.path={val_data}"] if val_data else []
-    segmenter = out / "segmenter" / "segmenter.pt"
-    if not segmenter.exists():
-        segmix("train-seg", run, out / "segmenter",
-               [f"pseudo_masks_dir={run / 'pseudo-masks'}", *data, *settings])
-    if not (out / "predictions" / "summary.json").exists():
-        segmix("predict", run, out / "predictions",
-               [f"segmenter_path={segmenter}", "split=val", *data])
+    """Train, predict and score one arm of one run; returns the with-background val metrics.
+    Without settings or ``val_data`` the arm is the run's own model: its evaluation is read."""
+    if not settings and not val_data:
+        out = run
     metrics_file = out / "evaluation" / "metrics.json"
     if not metrics_file.exists():
+        data = [f"data.val.path={val_data}"] if val_data else []
+        segmenter = out / "segmenter" / "segmenter.pt"
+        if not segmenter.exists():
+            segmix("train-seg", run, out / "segmenter",
+                   [f"pseudo_masks_dir={run / 'pseudo-masks'}", *data, *settings])
+        if not (out / "predictions" / "summary.json").exists():
+            segmix("predict", run, out / "predictions",
+                   [f"segmenter_path={segmenter}", "split=val", *data])
         segmix("evaluate", run, out / "evaluation",
                [f"predictions={out / 'predictions' / 'masks'}", "split=val", *data])
     metrics = json.loads(metrics_file.read_text())["with_background"]
