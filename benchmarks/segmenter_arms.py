@@ -19,7 +19,7 @@ Three seeds of the default path against the bound trained the same way (on a GPU
     for s in 0 1 2; do segmix run --config configs/ebhi.yaml --set seed=$s \
         --output-dir runs/ebhi-s$s & done; wait
     .venv/bin/python benchmarks/segmenter_arms.py --runs runs/ebhi-s0 runs/ebhi-s1 runs/ebhi-s2 \
-        --out runs/ebhi-arms --upper-bound --arm default=
+        --out runs/ebhi-arms --upper-bound --arm default= --jobs 3
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import json
 import platform
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -43,33 +44,42 @@ def parse_arm(text: str) -> Tuple[str, List[str]]:
     return name, [s for s in settings.split(",") if s]
 
 
-def segmix(stage: str, run: Path, out: Path, settings: List[str]) -> None:
-    """``segmix <stage> --config <run>/config.yaml`` into ``out`` with ``settings``."""
+def segmix(stage: str, run: Path, out: Path, settings: List[str], log: Optional[Path]) -> None:
+    """``segmix <stage> --config <run>/config.yaml`` into ``out`` with ``settings``; its output
+    goes to ``log`` (appended) when given, else to this terminal."""
     command = [sys.executable, "-m", "segmix.cli", stage, "--config", str(run / "config.yaml"),
                "--output-dir", str(out)] + [a for s in settings for a in ("--set", s)]
     if stage == "train-seg" and (out / "checkpoints" / "last.pt").exists():
         command.append("--resume")
-    subprocess.run(command, check=True)
+    if log is None:
+        subprocess.run(command, check=True)
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as stream:
+        if subprocess.run(command, stdout=stream, stderr=subprocess.STDOUT).returncode:
+            raise RuntimeError(f"segmix {stage} into {out} failed: see {log}")
 
 
-def run_arm(run: Path, out: Path, settings: List[str], val_data: Optional[Path]
-            ) -> Dict[str, object]:
+def run_arm(run: Path, out: Path, settings: List[str], val_data: Optional[Path],
+            logged: bool = False) -> Dict[str, object]:
     """Train, predict and score one arm of one run; returns the with-background val metrics.
-    Without settings or ``val_data`` the arm is the run's own model: its evaluation is read."""
+    Without settings or ``val_data`` the arm is the run's own model: its evaluation is read.
+    ``logged``: each step's output goes to ``<out>/log.txt`` (for arms trained side by side)."""
     if not settings and not val_data:
         out = run
     metrics_file = out / "evaluation" / "metrics.json"
     if not metrics_file.exists():
+        log = out / "log.txt" if logged else None
         data = [f"data.val.path={val_data}"] if val_data else []
         segmenter = out / "segmenter" / "segmenter.pt"
         if not segmenter.exists():
             segmix("train-seg", run, out / "segmenter",
-                   [f"pseudo_masks_dir={run / 'pseudo-masks'}", *data, *settings])
+                   [f"pseudo_masks_dir={run / 'pseudo-masks'}", *data, *settings], log)
         if not (out / "predictions" / "summary.json").exists():
             segmix("predict", run, out / "predictions",
-                   [f"segmenter_path={segmenter}", "split=val", *data])
+                   [f"segmenter_path={segmenter}", "split=val", *data], log)
         segmix("evaluate", run, out / "evaluation",
-               [f"predictions={out / 'predictions' / 'masks'}", "split=val", *data])
+               [f"predictions={out / 'predictions' / 'masks'}", "split=val", *data], log)
     metrics = json.loads(metrics_file.read_text())["with_background"]
     return {"mIoU": metrics["mIoU"], "foreground_iou": metrics["foreground_iou"],
             "iou": metrics["iou"]}
@@ -92,7 +102,8 @@ def table(results: Dict[str, Dict[str, Dict[str, Dict[str, object]]]], runs: Lis
             cells = [arm, target, *[f"{100 * by_run[r]['mIoU']:.1f}" for r in runs],
                      f"**{100 * mean:.1f}**",
                      f"{100 * np.mean([by_run[r]['foreground_iou'] for r in runs]):.1f}", share,
-                     *[f"{100 * np.mean([by_run[r]['iou'][c] for r in runs]):.1f}" for c in classes]]
+                     *[f"{100 * np.mean([by_run[r]['iou'][c] for r in runs]):.1f}"
+                       for c in classes]]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -107,21 +118,28 @@ def main() -> None:
     parser.add_argument("--upper-bound", action="store_true",
                         help="also train each arm on the true masks")
     parser.add_argument("--val-data", type=Path, help="a val CSV with masks to score against")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="arms trained at once (on a GPU, where two data-loading workers a"
+                             " job leave it idle); each one's output goes to <its folder>/log.txt")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     for run in args.runs:
         for needed in (run / "config.yaml", run / "pseudo-masks" / "summary.json"):
             if not needed.exists():
                 parser.error(f"{needed} does not exist: --runs takes finished segmix run folders")
     targets = ARM_TARGETS if args.upper_bound else {"pseudo masks": []}
     names = [run.name for run in args.runs]
-    results: Dict[str, Dict[str, Dict[str, Dict[str, object]]]] = {}
-    for text in args.arm:
-        arm, settings = parse_arm(text)
-        results[arm] = {
-            target: {run.name: run_arm(run, args.out / run.name / (arm + ("-ub" if extra else "")),
-                                       [*args.set, *settings, *extra], args.val_data)
-                     for run in args.runs}
-            for target, extra in targets.items()}
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {
+            arm: {target: {run.name: pool.submit(
+                run_arm, run, args.out / run.name / (arm + ("-ub" if extra else "")),
+                [*args.set, *settings, *extra], args.val_data, args.jobs > 1)
+                for run in args.runs} for target, extra in targets.items()}
+            for arm, settings in map(parse_arm, args.arm)}
+        results = {arm: {target: {name: future.result() for name, future in by_run.items()}
+                         for target, by_run in by_target.items()}
+                   for arm, by_target in futures.items()}
     text = table(results, names)
     print(f"{platform.node()}, {torch.get_num_threads()} threads; val, with background, final"
           " epoch; per-class IoU is the mean over runs (%)")
