@@ -65,10 +65,13 @@ def run_arm(run: Path, out: Path, settings: List[str], val_data: Optional[Path],
     """Train, predict and score one arm of one run; returns the with-background val metrics.
     Without settings or ``val_data`` the arm is the run's own model: its evaluation is read.
     ``logged``: each step's output goes to ``<out>/log.txt`` (for arms trained side by side)."""
-    if not settings and not val_data:
-        out = run
     metrics_file = out / "evaluation" / "metrics.json"
-    if not metrics_file.exists():
+    if not settings and not val_data:
+        metrics_file = run / "evaluation" / "metrics.json"
+        if not metrics_file.exists():
+            raise FileNotFoundError(f"{metrics_file} does not exist: an arm without settings is"
+                                    f" the run's own model (re-run segmix run to finish {run})")
+    elif not metrics_file.exists():
         log = out / "log.txt" if logged else None
         data = [f"data.val.path={val_data}"] if val_data else []
         segmenter = out / "segmenter" / "segmenter.pt"
