@@ -31,17 +31,13 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
+from classifier_arms import parse_arm  # a sibling script in benchmarks/: the same arm syntax
 
 ARM_TARGETS = {"pseudo masks": [], "upper bound": ["targets=ground_truth"]}
-
-
-def parse_arm(text: str) -> Tuple[str, List[str]]:
-    name, _, settings = text.partition("=")
-    return name, [s for s in settings.split(",") if s]
 
 
 def segmix(stage: str, run: Path, out: Path, settings: List[str], log: Optional[Path]) -> None:
